@@ -1,0 +1,87 @@
+/**
+ * imsg channels (OpenBSD libutil imsg, current layout: imsg.md §1-3).
+ *
+ * `ImsgChannel` is the transport service: it opens a framed channel on a
+ * socket fd, makes socketpairs, and offers the raw reads and writes that
+ * the VM start handshake does on a socket before it becomes a channel
+ * (vmd.md §7). One `Channel` talks to the parent (fd 3), one to each VM.
+ *
+ * Layers: `ImsgChannelNative` (koffi sendmsg/recvmsg + libuv poll) and
+ * `ImsgChannelMemory` (paired in-memory sockets, fds tracked).
+ */
+import { Context, Data, Effect, Scope, Stream } from "effect"
+import type { Fd } from "./Fd.ts"
+
+/** A received message. `fd` is owned by the receiver: take it or close it. */
+export interface Imsg {
+  readonly type: number
+  readonly peerid: number
+  readonly pid: number
+  readonly data: Uint8Array
+  readonly fd: Fd | null
+}
+
+/** A message to send. pid 0 is replaced by the sender's pid, as imsg_compose does. */
+export interface OutgoingImsg {
+  readonly type: number
+  readonly peerid: number
+  readonly pid: number
+  readonly data?: Uint8Array
+  /** Ownership passes to the channel, which closes it once sent (libutil semantics). */
+  readonly fd?: Fd | null
+}
+
+export type ChannelErrorReason =
+  | "Framing" // a header with len < 16 or > maxsize (libutil: ERANGE)
+  | "TooLarge" // an outgoing message larger than MAX_IMSGSIZE
+  | "Closed" // send on a closed channel
+  | "Io" // sendmsg/recvmsg/read/write failed with an errno
+  | "Timeout" // a raw read or write did not complete in time
+  | "Eof" // a raw read hit end of file before n bytes
+
+export class ChannelError extends Data.TaggedError("ChannelError")<{
+  readonly reason: ChannelErrorReason
+  readonly message: string
+  /** OpenBSD errno where one applies (EPIPE 32, ERANGE 34, ...). */
+  readonly errno?: number
+}> {}
+
+export interface Channel {
+  /** The socket's fd number (for logs and --trace). */
+  readonly fd: number
+  /**
+   * Queue a message (imsg_compose). Never blocks: the writer drains the
+   * queue when the socket is writable, gathering messages into one sendmsg
+   * as msgbuf_write does. Fails only if the message is too large or the
+   * channel is closed.
+   */
+  readonly send: (msg: OutgoingImsg) => Effect.Effect<void, ChannelError>
+  /**
+   * Received messages in order. Ends on EOF (or EPIPE on write); fails with
+   * ChannelError on a framing or I/O error. Only one consumer.
+   */
+  readonly messages: Stream.Stream<Imsg, ChannelError>
+  /** Wait until every queued message has been written (or the channel died). */
+  readonly flush: Effect.Effect<void>
+  /** Close the socket (idempotent); the message stream ends; unsent messages are dropped and their fds closed. */
+  readonly close: Effect.Effect<void>
+  /** Messages queued and not yet written (imsgbuf_queuelen). */
+  readonly queued: Effect.Effect<number>
+}
+
+export interface ImsgChannelService {
+  /**
+   * Start imsg framing on a socket fd (imsgbuf_init + imsgbuf_allow_fdpass).
+   * The channel owns the fd from then on; it is closed when the scope ends
+   * or on `close`.
+   */
+  readonly open: (fd: Fd) => Effect.Effect<Channel, ChannelError, Scope.Scope>
+  /** socketpair(AF_UNIX, SOCK_STREAM|SOCK_NONBLOCK|SOCK_CLOEXEC). */
+  readonly socketpair: (label: string) => Effect.Effect<readonly [Fd, Fd], ChannelError>
+  /** Write all of `bytes` to a socket not yet framed (atomicio(vwrite)). */
+  readonly writeRaw: (fd: Fd, bytes: Uint8Array, timeoutMs: number) => Effect.Effect<void, ChannelError>
+  /** Read exactly n bytes from a socket not yet framed (atomicio(read)). */
+  readonly readRaw: (fd: Fd, n: number, timeoutMs: number) => Effect.Effect<Uint8Array, ChannelError>
+}
+
+export class ImsgChannel extends Context.Tag("vmd-vmm/ImsgChannel")<ImsgChannel, ImsgChannelService>() {}

@@ -1,0 +1,67 @@
+/**
+ * Starting and watching VM processes (vmm.c's fork+exec and SIGCHLD handler).
+ *
+ * Layers: `ProcessNode` (real processes via Node's spawn, every fd at its
+ * own number, own session) and `ProcessMock` (each "process" is a fiber
+ * running a simulated program, for the property tests).
+ */
+import { Context, Data, Effect, Stream } from "effect"
+import type { Fd } from "./Fd.ts"
+
+export type ExitStatus =
+  | { readonly _tag: "Exited"; readonly code: number }
+  | { readonly _tag: "Signaled"; readonly signal: number }
+
+export interface ChildExit {
+  readonly pid: number
+  readonly status: ExitStatus
+}
+
+export interface SpawnRequest {
+  /** Program to exec (argv[0] is `command`). */
+  readonly command: string
+  readonly args: ReadonlyArray<string>
+  /**
+   * fds the child gets, each at its own number (the numbers written into
+   * struct vmd_vm are the child's numbers, as after fork). Every other fd
+   * is closed in the child. The caller keeps ownership of these Fds.
+   */
+  readonly fds: ReadonlyArray<Fd>
+  /** "null": stdin/out/err on /dev/null; "inherit": this process's stdio (vmd -d). */
+  readonly stdio: "null" | "inherit"
+  /** Extra environment; the child otherwise inherits this process's. */
+  readonly env?: Readonly<Record<string, string>>
+}
+
+export type SpawnErrorReason = "NotFound" | "Resources" | "Other"
+
+export class SpawnError extends Data.TaggedError("SpawnError")<{
+  readonly reason: SpawnErrorReason
+  readonly message: string
+  /** OpenBSD errno (ENOENT 2, EAGAIN 35, ENOMEM 12, ...). */
+  readonly errno: number
+}> {}
+
+export interface Child {
+  readonly pid: number
+  /** Completes when the child has exited and been reaped. */
+  readonly exit: Effect.Effect<ExitStatus>
+}
+
+/** Signal numbers are host numbers; use these names. */
+export type SignalName = "SIGTERM" | "SIGKILL" | "SIGINT" | "SIGHUP" | "SIGSTOP" | "SIGCONT"
+
+export interface ProcessService {
+  /** fork+exec (setsid in the child). The child runs in its own session. */
+  readonly spawn: (req: SpawnRequest) => Effect.Effect<Child, SpawnError>
+  /** kill(2); fails with the OpenBSD errno (ESRCH 3 for a pid that is gone). */
+  readonly kill: (pid: number, signal: SignalName) => Effect.Effect<void, SpawnError>
+  /** true while the pid is one of ours and has not been reaped. */
+  readonly isAlive: (pid: number) => Effect.Effect<boolean>
+  /** Every reaped child of this service, in order (the SIGCHLD handler's waitpid loop). */
+  readonly exits: Stream.Stream<ChildExit>
+  /** Pids spawned and not yet reaped. */
+  readonly children: Effect.Effect<ReadonlyArray<number>>
+}
+
+export class Process extends Context.Tag("vmd-vmm/Process")<Process, ProcessService>() {}
