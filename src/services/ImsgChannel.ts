@@ -27,7 +27,10 @@ export interface OutgoingImsg {
   readonly peerid: number
   readonly pid: number
   readonly data?: Uint8Array
-  /** Ownership passes to the channel, which closes it once sent (libutil semantics). */
+  /**
+   * Ownership passes to the channel, which closes it once sent (libutil
+   * semantics), or at once if the send fails.
+   */
   readonly fd?: Fd | null
 }
 

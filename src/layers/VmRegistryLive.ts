@@ -1,0 +1,177 @@
+/**
+ * VmRegistry: vmd.c's vm_register / vm_getby* / vm_remove for the vmm
+ * process. State is a Ref of the list; entries are mutable records, written
+ * only by the vmm dispatcher fiber (as the C process is single-threaded).
+ */
+import { Effect, Layer, Ref } from "effect"
+import { Errno, VmdError } from "../schema/errno.ts"
+import {
+  VM_DEFAULT_MEMORY,
+  VM_MAX_BASE_PER_DISK,
+  VM_MAX_DISKS_PER_VM,
+  VM_MAX_NICS_PER_VM,
+  VM_STATE_RUNNING,
+  VM_STATE_SHUTDOWN,
+  VMM_MAX_VCPUS_PER_VM
+} from "../schema/constants.ts"
+import type { VmopCreateParams } from "../schema/structs.ts"
+import { logDebug, logWarnx } from "../vmm/log.ts"
+import { RegisterError, type Vm, VmRegistry } from "../services/VmRegistry.ts"
+import type { Fd } from "../services/Fd.ts"
+
+const VALID_NAME = /^[A-Za-z0-9._-]+$/
+
+/** Why vm_register refuses a VM, or null. Mirrors the order of checks in vmd.c. */
+const validate = (p: VmopCreateParams): string | null => {
+  if (p.vmc_ncpus > BigInt(VMM_MAX_VCPUS_PER_VM)) return "invalid number of CPUs"
+  if (p.vmc_ndisks > BigInt(VM_MAX_DISKS_PER_VM)) return "invalid number of disks"
+  if (p.vmc_nnics > BigInt(VM_MAX_NICS_PER_VM)) return "invalid number of interfaces"
+  if (p.vmc_kernel === -1 && p.vmc_ndisks === 0n && p.vmc_cdrom.length === 0)
+    return "no kernel or disk/cdrom specified"
+  if (p.vmc_name.length === 0) return "invalid VM name"
+  const first = p.vmc_name[0]
+  if (first === "-" || first === "." || first === "_") return "invalid VM name"
+  if (!VALID_NAME.test(p.vmc_name)) return "invalid VM name"
+  return null
+}
+
+/** vm_register's defaults: 1 vcpu, 512 MiB, random locally administered MACs for zero ones. */
+const applyDefaults = (p: VmopCreateParams, random: () => number): VmopCreateParams => {
+  const memranges = p.vmc_memranges.map((r, i) =>
+    i === 0 && r.vmr_size === 0n ? { ...r, vmr_size: BigInt(VM_DEFAULT_MEMORY) } : r
+  )
+  const macs = p.vmc_macs.map((mac, i) => {
+    if (BigInt(i) >= p.vmc_nnics || mac.some((b) => b !== 0)) return mac
+    // ether_fakeaddr() plus one, as vmd does: fe:e1:bb:d<i+1>:rr:rr
+    const rng = random()
+    return Uint8Array.of(0xfe, 0xe1, 0xbb, 0xd0 | ((i + 1) & 0xf), rng & 0xff, (rng >>> 8) & 0xff)
+  })
+  return {
+    ...p,
+    vmc_ncpus: p.vmc_ncpus === 0n ? 1n : p.vmc_ncpus,
+    vmc_memranges: memranges,
+    vmc_macs: macs
+  }
+}
+
+const newVm = (params: VmopCreateParams, vmid: number, uid: number): Vm => ({
+  params,
+  pid: -1,
+  uid,
+  vmid,
+  vmmid: 0,
+  peerid: 0,
+  state: 0,
+  kernel: null,
+  cdrom: null,
+  disks: Array.from({ length: VM_MAX_DISKS_PER_VM }, () =>
+    Array.from({ length: VM_MAX_BASE_PER_DISK }, () => null as Fd | null)
+  ),
+  ifs: Array.from({ length: VM_MAX_NICS_PER_VM }, () => null as Fd | null),
+  tty: null,
+  fromConfig: false,
+  channel: null,
+  closeChannel: null
+})
+
+/** Every fd a VM holds, for vm_stop. */
+export const heldFds = (vm: Vm): Array<Fd> => {
+  const fds: Array<Fd | null> = [vm.kernel, vm.cdrom, vm.tty, ...vm.disks.flat(), ...vm.ifs]
+  return fds.filter((fd): fd is Fd => fd !== null)
+}
+
+/** vm_stop(vm, 0): clear RUNNING and SHUTDOWN, close the channel and every fd. */
+const stopVm = (vm: Vm): Effect.Effect<void> =>
+  Effect.gen(function* () {
+    yield* logDebug(`vm_stop: stopping vm ${vm.vmid}`)
+    vm.state &= ~(VM_STATE_RUNNING | VM_STATE_SHUTDOWN)
+    if (vm.closeChannel !== null) {
+      const close = vm.closeChannel
+      vm.closeChannel = null
+      vm.channel = null
+      yield* close
+    }
+    for (const fd of heldFds(vm)) fd.closeSync()
+    vm.kernel = null
+    vm.cdrom = null
+    vm.tty = null
+    for (const layers of vm.disks) layers.fill(null)
+    vm.ifs.fill(null)
+    // vm_closetty also fchown/fchmods the tty back to root; the vmm process
+    // is not root and the parent owns the tty's mode, so we only close it.
+    vm.uid = 0
+  })
+
+export interface RegistryOptions {
+  /** arc4random() stand-in, injectable for deterministic tests. */
+  readonly random?: () => number
+}
+
+export const makeVmRegistry = (options: RegistryOptions = {}) =>
+  Effect.gen(function* () {
+    const random = options.random ?? (() => Math.floor(Math.random() * 0x1_0000_0000))
+    const vms = yield* Ref.make<ReadonlyArray<Vm>>([])
+    /** env->vmd_nvm: the id counter for VMs registered without an id. */
+    let nvm = 0
+
+    const find = (pred: (vm: Vm) => boolean) => Effect.map(Ref.get(vms), (list) => list.find(pred) ?? null)
+    const byVmid = (vmid: number) => (vmid === 0 ? Effect.succeed(null) : find((vm) => vm.vmid === vmid))
+    const byVmmid = (vmmid: number) => (vmmid === 0 ? Effect.succeed(null) : find((vm) => vm.vmmid === vmmid))
+    const byName = (name: string) => find((vm) => vm.params.vmc_name === name)
+
+    const fail = (errno: number, message: string, existing: Vm | null = null) =>
+      Effect.fail(new RegisterError({ errno, message, existing }))
+
+    const register = (params: VmopCreateParams, id: number, uid: number) =>
+      Effect.gen(function* () {
+        const existing = (yield* byName(params.vmc_name)) ?? (yield* byVmid(params.vmc_id))
+        if (existing !== null) {
+          return yield* fail(Errno.EALREADY, `vm ${params.vmc_name} already registered`, existing)
+        }
+        if (params.vmc_flags === 0) return yield* fail(VmdError.VMD_DISK_MISSING, "no create flags")
+        const p = applyDefaults(params, random)
+        const invalid = validate(p)
+        if (invalid !== null) {
+          yield* logWarnx(invalid)
+          return yield* fail(Errno.EINVAL, invalid)
+        }
+        nvm = (nvm + 1) >>> 0
+        if (nvm === 0) return yield* fail(Errno.ENOMEM, "too many vms")
+        const vm = newVm(p, id === 0 ? nvm : id, uid)
+        yield* logDebug(`vm_register: registering vm ${vm.vmid}`)
+        yield* Ref.update(vms, (list) => [...list, vm])
+        return vm
+      })
+
+    const remove = (vm: Vm, caller: string) =>
+      Effect.gen(function* () {
+        const list = yield* Ref.get(vms)
+        if (!list.includes(vm)) return
+        yield* logDebug(`${caller}: removing vm id ${vm.vmid} from running config`)
+        yield* Ref.set(
+          vms,
+          list.filter((v) => v !== vm)
+        )
+        yield* stopVm(vm)
+      })
+
+    return VmRegistry.of({
+      register,
+      byVmid,
+      byVmmid,
+      byPid: (pid) => find((vm) => vm.pid === pid),
+      id2vmid: (vmmid) => Effect.map(byVmmid(vmmid), (vm) => vm?.vmid ?? 0),
+      vmid2id: (vmid) => Effect.map(byVmid(vmid), (vm) => vm?.vmmid ?? 0),
+      all: Ref.get(vms),
+      remove,
+      purge: Effect.gen(function* () {
+        for (const vm of yield* Ref.get(vms)) yield* remove(vm, "config_purge")
+        nvm = 0
+      })
+    })
+  })
+
+export const VmRegistryLive = {
+  layer: Layer.effect(VmRegistry, makeVmRegistry()),
+  layerWith: (options: RegistryOptions) => Layer.effect(VmRegistry, makeVmRegistry(options))
+}

@@ -1,0 +1,86 @@
+/**
+ * What the vmm process's functions share: the services (resolved once) and
+ * the process state that vmm.c keeps in `env` (vmd_fd, vmd_psp_fd, vmd_cfg,
+ * vmd_verbose, vmd_debug, argv0).
+ */
+import { Context, Effect } from "effect"
+import type { VmdConfig } from "../schema/structs.ts"
+import type { Channel, ImsgChannelService, OutgoingImsg } from "../services/ImsgChannel.ts"
+import type { ProcessService } from "../services/Process.ts"
+import type { Vm, VmRegistryService } from "../services/VmRegistry.ts"
+import type { VmmDeviceService } from "../services/VmmDevice.ts"
+import type { Fd } from "../services/Fd.ts"
+import { PROC_COMPOSE_PID } from "../schema/imsgTypes.ts"
+import { logWarnx } from "./log.ts"
+
+/** How this vmm process was started (bin/vmm flags). */
+export interface VmmOptions {
+  /** -d: VM processes share our stdio; logs stay on stderr. */
+  readonly debug: boolean
+  /** -v count. */
+  readonly verbose: number
+  /** The program exec'd for each VM (vmd: argv0; ours: --vm-exec). */
+  readonly vmExec: string
+  /** Arguments placed before "-V" (e.g. a script path when vmExec is an interpreter). */
+  readonly vmExecArgs: ReadonlyArray<string>
+  /**
+   * How long to wait for a VM process's 4-byte id in the start handshake.
+   * vmm.c blocks forever; we give up, kill the child and answer ENOMEM.
+   */
+  readonly handshakeTimeoutMs: number
+}
+
+export class VmmOptionsTag extends Context.Tag("vmd-vmm/VmmOptions")<VmmOptionsTag, VmmOptions>() {}
+
+export const defaultVmmOptions = (vmExec: string): VmmOptions => ({
+  debug: false,
+  verbose: 0,
+  vmExec,
+  vmExecArgs: [],
+  handshakeTimeoutMs: 30_000
+})
+
+/** env-> fields the vmm process uses. */
+export interface VmmState {
+  /** env->vmd_fd: /dev/vmm from RECEIVE_VMM_FD. */
+  vmmFd: Fd | null
+  /** env->vmd_psp_fd: /dev/psp from RECEIVE_PSP_FD. */
+  pspFd: Fd | null
+  /** env->vmd_cfg (CONFIG). */
+  config: VmdConfig
+  verbose: number
+}
+
+export interface VmmContext {
+  readonly options: VmmOptions
+  readonly state: VmmState
+  readonly registry: VmRegistryService
+  readonly device: VmmDeviceService
+  readonly process: ProcessService
+  readonly imsg: ImsgChannelService
+  readonly parent: Channel
+  /**
+   * vmm_pipe: make the VM's socket an imsg channel and start reading it
+   * (vmm_dispatch_vm). Sets vm.channel / vm.closeChannel. false if the
+   * channel could not be set up (the socket is closed).
+   */
+  readonly watchVm: (vm: Vm, socket: Fd) => Effect.Effect<boolean>
+}
+
+/** proc_compose_imsg(ps, PROC_PARENT, type, peerid, -1, data): header pid 1. */
+export const composeParent = (ctx: VmmContext, type: number, peerid: number, data: Uint8Array) =>
+  ctx.parent
+    .send({ type, peerid, pid: PROC_COMPOSE_PID, data })
+    .pipe(Effect.catchAll((e) => logWarnx(`could not send to parent: ${e.message}`)))
+
+/** imsg_compose_event on a VM's channel; false if the VM has no channel (not started yet) or it is closed. */
+export const composeVm = (channel: Channel | null, msg: OutgoingImsg) => {
+  if (channel === null) {
+    msg.fd?.closeSync()
+    return Effect.succeed(false)
+  }
+  return channel.send(msg).pipe(
+    Effect.as(true),
+    Effect.catchAll(() => Effect.sync(() => false))
+  )
+}

@@ -1,0 +1,43 @@
+/**
+ * get_info_vm: INFO from vmm(4) (two calls), then one GET_INFO_VM_DATA per
+ * VM to the parent with the request's peerid; or, for the RECEIVE_VMM_FD
+ * sweep, TERM every VM the kernel reports. Returns 0 or an errno, which
+ * the dispatcher sends in GET_INFO_VM_END_DATA.
+ */
+import { Effect } from "effect"
+import { Errno } from "../schema/errno.ts"
+import { encodeVmopInfoResult, emptyVmopInfoResult } from "../schema/structs.ts"
+import { orDie } from "./wire.ts"
+import { IMSG_VMDOP_GET_INFO_VM_DATA } from "../schema/imsgTypes.ts"
+import type { VmmContext } from "./context.ts"
+import { terminateVm } from "./terminate.ts"
+import { logDebug } from "./log.ts"
+
+export const getInfoVm = (ctx: VmmContext, peerid: number, terminate: boolean) =>
+  Effect.gen(function* () {
+    const info = yield* Effect.either(ctx.device.info)
+    if (info._tag === "Left") return info.left.errno
+    for (const entry of info.right) {
+      if (terminate) {
+        const ret = yield* terminateVm(ctx, { vmmid: entry.vir_id, pid: entry.vir_creator_pid })
+        if (ret !== 0) return ret
+        yield* logDebug(`get_info_vm: terminated vm ${entry.vir_name} (id ${entry.vir_id})`)
+        continue
+      }
+      const vir = {
+        ...emptyVmopInfoResult(),
+        vir_memory_size: entry.vir_memory_size,
+        vir_used_size: entry.vir_used_size,
+        vir_ncpus: entry.vir_ncpus,
+        vir_vcpu_state: entry.vir_vcpu_state,
+        vir_creator_pid: entry.vir_creator_pid,
+        vir_id: yield* ctx.registry.id2vmid(entry.vir_id),
+        vir_name: entry.vir_name
+      }
+      const sent = yield* Effect.either(
+        ctx.parent.send({ type: IMSG_VMDOP_GET_INFO_VM_DATA, peerid, pid: 1, data: orDie(encodeVmopInfoResult(vir)) })
+      )
+      if (sent._tag === "Left") return Errno.EIO
+    }
+    return 0
+  }).pipe(Effect.withSpan("get_info_vm"))

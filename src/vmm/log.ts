@@ -1,0 +1,58 @@
+/**
+ * Logging in vmd's manner (log.c): log_warn/log_warnx always, log_info
+ * always, log_debug only when verbose > 1. Verbosity changes at run time
+ * (IMSG_CTL_VERBOSE). Lines are "vmm: message" on stderr in debug mode, or
+ * go to the sink installed by the program (syslog).
+ *
+ * The functions are Effects so that tests can capture the lines.
+ */
+import { Effect, Logger, LogLevel } from "effect"
+
+export interface LogSink {
+  (level: "warning" | "info" | "debug", line: string): void
+}
+
+/** Process-wide log state, like log.c's statics. */
+export const logState = {
+  verbose: 0,
+  title: "vmm",
+  sink: ((_level, line) => {
+    process.stderr.write(line + "\n")
+  }) as LogSink
+}
+
+export const setVerbose = (v: number): void => {
+  logState.verbose = v
+}
+
+const emit = (level: "warning" | "info" | "debug", msg: string): void => {
+  if (level === "debug" && logState.verbose < 2) return
+  logState.sink(level, `${logState.title}: ${msg}`)
+}
+
+/** log_warnx */
+export const logWarnx = (msg: string): Effect.Effect<void> => Effect.sync(() => emit("warning", msg))
+/** log_warn: the message with the error text appended. */
+export const logWarn = (msg: string, err: string): Effect.Effect<void> =>
+  Effect.sync(() => emit("warning", `${msg}: ${err}`))
+/** log_info */
+export const logInfo = (msg: string): Effect.Effect<void> => Effect.sync(() => emit("info", msg))
+/** log_debug (verbose > 1) */
+export const logDebug = (msg: string): Effect.Effect<void> => Effect.sync(() => emit("debug", msg))
+
+/**
+ * Route Effect's own logger (Effect.log*, defects) through the same sink so
+ * that nothing bypasses vmd's format.
+ */
+export const vmdLogger = Logger.make(({ logLevel, message }) => {
+  const text = Array.isArray(message) ? message.map(String).join(" ") : String(message)
+  const level = LogLevel.greaterThanEqual(logLevel, LogLevel.Warning)
+    ? "warning"
+    : LogLevel.greaterThanEqual(logLevel, LogLevel.Info)
+      ? "info"
+      : "debug"
+  emit(level, text)
+})
+
+export const VmdLoggerLayer = Logger.replace(Logger.defaultLogger, vmdLogger)
+

@@ -1,0 +1,170 @@
+/**
+ * The vmm process's event loop (proc_run + vmm_run + libevent dispatch).
+ *
+ * vmm.c is single-threaded: each parent message, VM message and SIGCHLD is
+ * handled to completion before the next, and vmm_start_vm blocks the whole
+ * process during the start handshake. We keep that ordering with one queue
+ * and one dispatcher fiber; the channels and the exit watcher only feed it.
+ * That is what makes the state machine testable against a model.
+ */
+import { Effect, Exit, ExecutionStrategy, Queue, Scope, Stream } from "effect"
+import type { ChannelError, Imsg } from "../services/ImsgChannel.ts"
+import { ImsgChannel } from "../services/ImsgChannel.ts"
+import { Process, type ChildExit } from "../services/Process.ts"
+import { VmRegistry, type Vm } from "../services/VmRegistry.ts"
+import { VmmDevice } from "../services/VmmDevice.ts"
+import type { Fd } from "../services/Fd.ts"
+import type { VmmContext, VmmOptions, VmmState } from "./context.ts"
+import { dispatchParent } from "./dispatchParent.ts"
+import { dispatchVm, endMisbehavingVm } from "./dispatchVm.ts"
+import { childExited } from "./childExit.ts"
+import { vmmShutdown } from "./shutdown.ts"
+import { defaultVmdConfig } from "./defaults.ts"
+import { logDebug, logInfo, logWarnx, setVerbose } from "./log.ts"
+
+export type VmmEvent =
+  | { readonly _tag: "Parent"; readonly imsg: Imsg }
+  | { readonly _tag: "ParentEnd"; readonly error: ChannelError | null }
+  | { readonly _tag: "Vm"; readonly vm: Vm; readonly imsg: Imsg }
+  | { readonly _tag: "VmEnd"; readonly vm: Vm; readonly error: ChannelError | null }
+  | { readonly _tag: "Exit"; readonly exit: ChildExit }
+  | { readonly _tag: "Shutdown"; readonly reason: string }
+
+/** How the process ended: 0 for EOF from the parent or a signal, 1 for a broken parent stream. */
+export type VmmExitCode = 0 | 1
+
+export interface VmmHandle {
+  /** Ask the loop to shut down (SIGTERM / SIGINT). */
+  readonly shutdown: (reason: string) => Effect.Effect<void>
+  /** Completes with the exit code once every VM is gone and the parent channel is flushed. */
+  readonly done: Effect.Effect<VmmExitCode>
+  readonly context: VmmContext
+}
+
+const closeImsgFd = (imsg: Imsg) => imsg.fd?.closeSync()
+
+/**
+ * Start the vmm process on the parent channel's fd. Runs until the parent
+ * goes away, shutdown is requested, or the parent's byte stream breaks.
+ */
+export const startVmmServer = (parentFd: Fd, options: VmmOptions) =>
+  Effect.gen(function* () {
+    const imsg = yield* ImsgChannel
+    const process = yield* Process
+    const registry = yield* VmRegistry
+    const device = yield* VmmDevice
+    const scope = yield* Effect.scope
+
+    setVerbose(options.verbose)
+    const state: VmmState = { vmmFd: null, pspFd: null, config: defaultVmdConfig(), verbose: options.verbose }
+    const events = yield* Queue.unbounded<VmmEvent>()
+    const offer = (e: VmmEvent) => Queue.offer(events, e).pipe(Effect.asVoid)
+
+    // SIGCHLD: subscribe before anything can be spawned.
+    yield* process.exits.pipe(
+      Stream.runForEach((exit) => offer({ _tag: "Exit", exit })),
+      Effect.forkIn(scope)
+    )
+    yield* Effect.yieldNow()
+
+    const parent = yield* imsg.open(parentFd)
+
+    const watchVm = (vm: Vm, socket: Fd) =>
+      Effect.gen(function* () {
+        const vmScope = yield* Scope.fork(scope, ExecutionStrategy.sequential)
+        const opened = yield* Effect.either(Scope.extend(imsg.open(socket), vmScope))
+        if (opened._tag === "Left") {
+          socket.closeSync()
+          yield* Scope.close(vmScope, Exit.void)
+          return false
+        }
+        const channel = opened.right
+        yield* channel.messages.pipe(
+          Stream.runForEach((m) => offer({ _tag: "Vm", vm, imsg: m })),
+          Effect.either,
+          Effect.flatMap((r) => offer({ _tag: "VmEnd", vm, error: r._tag === "Left" ? r.left : null })),
+          Effect.forkIn(vmScope)
+        )
+        vm.channel = channel
+        vm.closeChannel = Scope.close(vmScope, Exit.void)
+        return true
+      })
+
+    const ctx: VmmContext = { options, state, registry, device, process, imsg, parent, watchVm }
+
+    yield* parent.messages.pipe(
+      Stream.runForEach((m) => offer({ _tag: "Parent", imsg: m })),
+      Effect.either,
+      Effect.flatMap((r) => offer({ _tag: "ParentEnd", error: r._tag === "Left" ? r.left : null })),
+      Effect.forkIn(scope)
+    )
+
+    /** Is this still the registered VM (events for a removed VM are stale)? */
+    const live = (vm: Vm) => Effect.map(registry.byVmid(vm.vmid), (found) => found === vm)
+
+    const handle = (e: VmmEvent): Effect.Effect<VmmExitCode | null> =>
+      Effect.gen(function* () {
+        switch (e._tag) {
+          case "Parent":
+            yield* dispatchParent(ctx, e.imsg)
+            return null
+          case "Vm":
+            if (!(yield* live(e.vm))) {
+              closeImsgFd(e.imsg)
+              return null
+            }
+            yield* dispatchVm(ctx, e.vm, e.imsg)
+            return null
+          case "VmEnd":
+            if (e.error !== null && (yield* live(e.vm)))
+              yield* endMisbehavingVm(ctx, e.vm, `broken channel (${e.error.message})`)
+            // EOF: vmm.c just stops watching the socket; the exit comes by SIGCHLD.
+            return null
+          case "Exit":
+            yield* childExited(ctx, e.exit)
+            return null
+          case "ParentEnd":
+            if (e.error !== null) {
+              yield* logWarnx(`vmm_dispatch_parent: imsgbuf_read: ${e.error.message}`)
+              return 1
+            }
+            yield* logDebug("vmm: parent closed the channel")
+            return 0
+          case "Shutdown":
+            yield* logDebug(`vmm: ${e.reason}`)
+            return 0
+        }
+      })
+
+    const loop = Effect.gen(function* () {
+      for (;;) {
+        const e = yield* Queue.take(events)
+        const code = yield* handle(e).pipe(
+          Effect.catchAllDefect((defect) =>
+            // A bug must not take the other VMs down: log it and go on.
+            Effect.as(logWarnx(`vmm: internal error handling ${e._tag}: ${String(defect)}`), null)
+          )
+        )
+        if (code !== null) return code
+      }
+    })
+
+    const run = Effect.gen(function* () {
+      const code = yield* loop
+      // proc_shutdown: vmm_shutdown, flush what we owe the parent, exit.
+      yield* vmmShutdown(ctx)
+      yield* parent.flush.pipe(Effect.timeout("2 seconds"), Effect.ignore)
+      yield* logInfo(`vmm exiting, pid ${globalThis.process.pid}`)
+      return code
+    })
+
+    const fiber = yield* Effect.forkIn(run, scope)
+    const handle_: VmmHandle = {
+      shutdown: (reason) => offer({ _tag: "Shutdown", reason }),
+      done: fiber.await.pipe(
+        Effect.map((exit) => (Exit.isSuccess(exit) ? exit.value : 1))
+      ),
+      context: ctx
+    }
+    return handle_
+  })

@@ -1,0 +1,141 @@
+/**
+ * vmm_start_vm: fork+exec the VM process and do the parent side of the
+ * start handshake (vmd.md §7).
+ *
+ *   1. socketpair; spawn `argv0 -V <fd> -i <vmm fd> -j <psp fd> [-d] [-v|-vv]`
+ *      in its own session with the VM's fds at their own numbers;
+ *   2. write struct vmd_vm raw, close our copies of the passed fds, write the
+ *      local prefix raw, read the 4-byte kernel VM id (0 means the child failed);
+ *   3. the socket becomes the VM's imsg channel (vmm_pipe).
+ *
+ * Returns the kernel id and pid, or an errno as vmm.c does (ENOENT unknown
+ * VM, EINVAL no tty or id 0, EIO fork or write failure, ENOMEM no id).
+ */
+import { Effect, Either } from "effect"
+import { Errno } from "../schema/errno.ts"
+import { vmdVmBytes } from "./vmdVm.ts"
+import { localPrefixBytes } from "./wire.ts"
+import type { Vm } from "../services/VmRegistry.ts"
+import type { Imsg } from "../services/ImsgChannel.ts"
+import type { VmmContext } from "./context.ts"
+import { heldFds } from "../layers/VmRegistryLive.ts"
+import { logDebug, logWarn, logWarnx } from "./log.ts"
+
+export interface Started {
+  readonly id: number
+  readonly pid: number
+}
+
+/** The argv vmm.c builds for the child (after argv0). */
+export const vmArgv = (ctx: VmmContext, childSocket: number): Array<string> => {
+  const args = [
+    ...ctx.options.vmExecArgs,
+    "-V",
+    String(childSocket),
+    "-i",
+    String(ctx.state.vmmFd?.num ?? -1),
+    "-j",
+    String(ctx.state.pspFd?.num ?? -1)
+  ]
+  if (ctx.options.debug) args.push("-d")
+  if (ctx.state.verbose === 1) args.push("-v")
+  else if (ctx.state.verbose > 1) args.push("-vv")
+  return args
+}
+
+/** Close the vmm process's copies of the fds handed to the child (vmm.c: "we no longer need these fds"). */
+const closePassedFds = (vm: Vm) => {
+  for (const fd of heldFds(vm)) fd.closeSync()
+  vm.kernel = null
+  vm.cdrom = null
+  vm.tty = null
+  for (const layers of vm.disks) layers.fill(null)
+  vm.ifs.fill(null)
+}
+
+const handshake = (ctx: VmmContext, vm: Vm, imsg: Imsg) =>
+  Effect.gen(function* () {
+    const tty = imsg.fd
+    if (tty === null) {
+      yield* logWarnx("vmm_start_vm: can't get tty")
+      return Either.left(Errno.EINVAL)
+    }
+    vm.tty = tty
+
+    const pair = yield* Effect.either(ctx.imsg.socketpair(`vm ${vm.vmid} channel`))
+    if (Either.isLeft(pair)) {
+      yield* logWarn("vmm_start_vm: socketpair", pair.left.message)
+      return Either.left(Errno.EIO)
+    }
+    const [ours, theirs] = pair.right
+
+    const extra = [ctx.state.vmmFd, ctx.state.pspFd].filter((fd) => fd !== null)
+    const child = yield* Effect.either(
+      ctx.process.spawn({
+        command: ctx.options.vmExec,
+        args: vmArgv(ctx, theirs.num),
+        fds: [theirs, ...extra, ...heldFds(vm)],
+        stdio: ctx.options.debug ? "inherit" : "null"
+      })
+    )
+    theirs.closeSync()
+    if (Either.isLeft(child)) {
+      ours.closeSync()
+      yield* logWarn("vmm_start_vm: start child failed", child.left.message)
+      return Either.left(Errno.EIO)
+    }
+    vm.pid = child.right.pid
+
+    const fail = (errno: number) =>
+      Effect.gen(function* () {
+        ours.closeSync()
+        // vmm.c leaves the child to fail on its own; ours may be stuck in the
+        // handshake, so make sure it ends (its exit is ignored: the VM is removed).
+        yield* ctx.process.kill(child.right.pid, "SIGKILL").pipe(Effect.ignore)
+        return Either.left(errno)
+      })
+
+    const timeout = ctx.options.handshakeTimeoutMs
+    const wroteVm = yield* Effect.either(ctx.imsg.writeRaw(ours, vmdVmBytes(vm), timeout))
+    closePassedFds(vm)
+    if (Either.isLeft(wroteVm)) {
+      yield* logWarnx(`vmm_start_vm: failed to send config for vm '${vm.params.vmc_name}'`)
+      return yield* fail(Errno.EIO)
+    }
+    const wrotePrefix = yield* Effect.either(
+      ctx.imsg.writeRaw(ours, localPrefixBytes(ctx.state.config.cfg_localprefix), timeout)
+    )
+    if (Either.isLeft(wrotePrefix)) {
+      yield* logWarnx(`vmm_start_vm: failed to send local prefix for vm '${vm.params.vmc_name}'`)
+      return yield* fail(Errno.EIO)
+    }
+    const idBytes = yield* Effect.either(ctx.imsg.readRaw(ours, 4, timeout))
+    if (Either.isLeft(idBytes)) {
+      // vmd could not allocate memory for the vm
+      yield* logDebug(`vmm_start_vm: failed to receive vm id from vm ${vm.params.vmc_name}`)
+      return yield* fail(Errno.ENOMEM)
+    }
+    const id = new DataView(idBytes.right.buffer, idBytes.right.byteOffset, 4).getUint32(0, true)
+    if (id === 0) return yield* fail(Errno.EINVAL)
+    vm.vmmid = id
+
+    // vmm_pipe: the socket becomes the VM's imsg channel.
+    if (!(yield* ctx.watchVm(vm, ours))) {
+      yield* logWarnx(`vmm_start_vm: setup vm pipe failed for vm ${vm.vmid}`)
+      return yield* fail(Errno.EIO)
+    }
+    return Either.right({ id, pid: child.right.pid })
+  })
+
+export const startVm = (ctx: VmmContext, imsg: Imsg): Effect.Effect<Either.Either<Started, number>> =>
+  Effect.gen(function* () {
+    const vm = yield* ctx.registry.byVmid(imsg.peerid)
+    if (vm === null) {
+      imsg.fd?.closeSync()
+      yield* logWarnx("vmm_start_vm: can't find vm")
+      return Either.left(Errno.ENOENT)
+    }
+    const result = yield* handshake(ctx, vm, imsg)
+    if (Either.isLeft(result) && !vm.fromConfig) yield* ctx.registry.remove(vm, "vmm_start_vm")
+    return result
+  }).pipe(Effect.withSpan("vmm_start_vm"))

@@ -1,0 +1,37 @@
+/**
+ * The struct vmd_vm that vmm_start_vm writes raw to the VM child (vmd.md
+ * §4.5): vm_params as registered (vmc_kernel = the kernel fd number,
+ * vmc_diskbases = layers received per disk), the child's pid, our fd numbers
+ * (-1 where absent: the child finds each at that number), vm_state, and
+ * zeros for everything that only means something in the vmm process.
+ */
+import { Either } from "effect"
+import { emptyVmdVm, encodeVmdVm, type VmdVm } from "../schema/structs.ts"
+import type { Vm } from "../services/VmRegistry.ts"
+import type { Fd } from "../services/Fd.ts"
+
+const num = (fd: Fd | null): number => fd?.num ?? -1
+
+export const buildVmdVm = (vm: Vm): VmdVm => {
+  const base = emptyVmdVm()
+  return {
+    ...base,
+    vm_params: vm.params,
+    vm_pid: vm.pid,
+    vm_uid: vm.uid,
+    vm_vmid: vm.vmid,
+    vm_vmmid: vm.vmmid,
+    vm_peerid: vm.peerid,
+    vm_kernel: num(vm.kernel),
+    vm_cdrom: num(vm.cdrom),
+    vm_disks: vm.disks.map((layers) => layers.map(num)),
+    vm_ifs: base.vm_ifs.map((vif, i) => ({ ...vif, vif_fd: num(vm.ifs[i] ?? null) })),
+    vm_tty: num(vm.tty),
+    vm_from_config: vm.fromConfig ? 1 : 0,
+    vm_state: vm.state
+  }
+}
+
+/** The bytes; a value that does not encode (a bug, not input) is a defect. */
+export const vmdVmBytes = (vm: Vm): Uint8Array =>
+  Either.getOrThrowWith(encodeVmdVm(buildVmdVm(vm)), (e) => new Error(`encode vmd_vm: ${e.message}`))
