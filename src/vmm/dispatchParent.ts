@@ -20,7 +20,15 @@ import { startVm } from "./startVm.ts"
 import { terminateRequest } from "./terminate.ts"
 import { getInfoVm } from "./info.ts"
 import { vmmShutdown } from "./shutdown.ts"
+import type { VmOpError } from "./errors.ts"
 import { logDebug, logWarnx, setVerbose } from "./log.ts"
+
+/** 0 for success, else the operation's errno: what goes into a reply. */
+const errnoOf = <R>(eff: Effect.Effect<void, VmOpError, R>) =>
+  eff.pipe(
+    Effect.as(0),
+    Effect.catchAll((e) => Effect.succeed(e.errno))
+  )
 
 /** A reply decided by a handler: none, a vmop_result, or an int (GET_INFO_VM_END_DATA). */
 type Reply =
@@ -70,8 +78,8 @@ const handle = (ctx: VmmContext, imsg: Imsg): Effect.Effect<Reply> =>
       case T.IMSG_VMDOP_START_VM_IF:
         return startStep(yield* configGetIf(ctx, imsg))
       case T.IMSG_VMDOP_START_VM_END: {
-        const started = yield* startVm(ctx, imsg)
-        if (Either.isLeft(started)) return reply(T.IMSG_VMDOP_START_VM_RESPONSE, started.left)
+        const started = yield* Effect.either(startVm(ctx, imsg))
+        if (Either.isLeft(started)) return reply(T.IMSG_VMDOP_START_VM_RESPONSE, started.left.errno)
         // Check if the ID can be mapped correctly
         const id = yield* ctx.registry.id2vmid(started.right.id)
         if (id === 0) return reply(T.IMSG_VMDOP_START_VM_RESPONSE, Errno.ENOENT, 0, started.right.pid)
@@ -84,12 +92,12 @@ const handle = (ctx: VmmContext, imsg: Imsg): Effect.Effect<Reply> =>
           yield* logWarnx(`vmm_dispatch_parent: TERMINATE_VM_REQUEST: ${vid.left.message}`)
           return reply(T.IMSG_VMDOP_TERMINATE_VM_RESPONSE, Errno.EINVAL)
         }
-        const res = yield* terminateRequest(ctx, vid.right.vid_id, vid.right.vid_flags)
+        const res = yield* terminateRequest(ctx, vid.right.vid_id, vid.right.vid_flags).pipe(errnoOf)
         return reply(T.IMSG_VMDOP_TERMINATE_VM_RESPONSE, res, vid.right.vid_id)
       }
       case T.IMSG_VMDOP_GET_INFO_VM_REQUEST:
         imsg.fd?.closeSync()
-        return reply(T.IMSG_VMDOP_GET_INFO_VM_END_DATA, yield* getInfoVm(ctx, imsg.peerid, false))
+        return reply(T.IMSG_VMDOP_GET_INFO_VM_END_DATA, yield* getInfoVm(ctx, imsg.peerid, false).pipe(errnoOf))
       case T.IMSG_VMDOP_CONFIG:
         yield* configGetConfig(ctx, imsg)
         return none
@@ -168,7 +176,7 @@ const handle = (ctx: VmmContext, imsg: Imsg): Effect.Effect<Reply> =>
         ctx.state.vmmFd = imsg.fd
         yield* ctx.device.attach(imsg.fd)
         // Get and terminate all running VMs
-        const res = yield* getInfoVm(ctx, imsg.peerid, true)
+        const res = yield* getInfoVm(ctx, imsg.peerid, true).pipe(errnoOf)
         if (res !== 0) yield* logDebug(`vmm_dispatch_parent: terminate sweep: ${res}`)
         return none
       }

@@ -12,15 +12,18 @@ import { IMSG_VMDOP_GET_INFO_VM_DATA } from "../schema/imsgTypes.ts"
 import type { VmmContext } from "./context.ts"
 import { terminateVm } from "./terminate.ts"
 import { logDebug } from "./log.ts"
+import { opError, type VmOpError } from "./errors.ts"
 
-export const getInfoVm = (ctx: VmmContext, peerid: number, terminate: boolean) =>
+const fail = (errno: number) => Effect.fail(opError("info")(errno))
+
+export const getInfoVm = (ctx: VmmContext, peerid: number, terminate: boolean): Effect.Effect<void, VmOpError> =>
   Effect.gen(function* () {
     const info = yield* Effect.either(ctx.device.info)
-    if (info._tag === "Left") return info.left.errno
+    if (info._tag === "Left") return yield* fail(info.left.errno)
     for (const entry of info.right) {
       if (terminate) {
         const ret = yield* terminateVm(ctx, { vmmid: entry.vir_id, pid: entry.vir_creator_pid })
-        if (ret !== 0) return ret
+        if (ret !== 0) return yield* fail(ret)
         yield* logDebug(`get_info_vm: terminated vm ${entry.vir_name} (id ${entry.vir_id})`)
         continue
       }
@@ -37,7 +40,6 @@ export const getInfoVm = (ctx: VmmContext, peerid: number, terminate: boolean) =
       const sent = yield* Effect.either(
         ctx.parent.send({ type: IMSG_VMDOP_GET_INFO_VM_DATA, peerid, pid: 1, data: orDie(encodeVmopInfoResult(vir)) })
       )
-      if (sent._tag === "Left") return Errno.EIO
+      if (sent._tag === "Left") return yield* fail(Errno.EIO)
     }
-    return 0
   }).pipe(Effect.withSpan("get_info_vm"))

@@ -20,6 +20,7 @@ import type { Imsg } from "../services/ImsgChannel.ts"
 import type { VmmContext } from "./context.ts"
 import { heldFds } from "../layers/VmRegistryLive.ts"
 import { logDebug, logWarn, logWarnx } from "./log.ts"
+import { opError, type VmOpError } from "./errors.ts"
 
 export interface Started {
   readonly id: number
@@ -53,7 +54,7 @@ const closePassedFds = (vm: Vm) => {
   vm.ifs.fill(null)
 }
 
-const handshake = (ctx: VmmContext, vm: Vm, imsg: Imsg) =>
+const handshake = (ctx: VmmContext, vm: Vm, imsg: Imsg): Effect.Effect<Either.Either<Started, number>> =>
   Effect.gen(function* () {
     const tty = imsg.fd
     if (tty === null) {
@@ -127,8 +128,8 @@ const handshake = (ctx: VmmContext, vm: Vm, imsg: Imsg) =>
     return Either.right({ id, pid: child.right.pid })
   })
 
-export const startVm = (ctx: VmmContext, imsg: Imsg): Effect.Effect<Either.Either<Started, number>> =>
-  Effect.gen(function* () {
+export const startVm = (ctx: VmmContext, imsg: Imsg): Effect.Effect<Started, VmOpError> =>
+  Effect.gen(function* (): Effect.fn.Return<Either.Either<Started, number>> {
     const vm = yield* ctx.registry.byVmid(imsg.peerid)
     if (vm === null) {
       imsg.fd?.closeSync()
@@ -138,4 +139,7 @@ export const startVm = (ctx: VmmContext, imsg: Imsg): Effect.Effect<Either.Eithe
     const result = yield* handshake(ctx, vm, imsg)
     if (Either.isLeft(result) && !vm.fromConfig) yield* ctx.registry.remove(vm, "vmm_start_vm")
     return result
-  }).pipe(Effect.withSpan("vmm_start_vm"))
+  }).pipe(
+    Effect.flatMap((r) => (Either.isLeft(r) ? Effect.fail(opError("start")(r.left)) : Effect.succeed(r.right))),
+    Effect.withSpan("vmm_start_vm")
+  )

@@ -9,6 +9,7 @@ import type { Vm } from "../services/VmRegistry.ts"
 import type { VmmContext } from "./context.ts"
 import { composeVm } from "./context.ts"
 import { logDebug } from "./log.ts"
+import { opError, type VmOpError } from "./errors.ts"
 
 /** terminate_vm: VMM_IOC_TERM (or SIGTERM in the process backend). Returns 0 or an errno. */
 export const terminateVm = (ctx: VmmContext, vm: Pick<Vm, "vmmid" | "pid">) =>
@@ -23,32 +24,34 @@ export const terminateVm = (ctx: VmmContext, vm: Pick<Vm, "vmmid" | "pid">) =>
  * as shutting down, so that the guest's reset ends it instead of restarting
  * it (vmm.c's comment: this avoids the ACPI-less "press any key to reboot").
  */
-export const terminateRequest = (ctx: VmmContext, id: number, flags: number) =>
+const fail = (errno: number) => Effect.fail(opError("terminate")(errno))
+
+export const terminateRequest = (ctx: VmmContext, id: number, flags: number): Effect.Effect<void, VmOpError> =>
   Effect.gen(function* () {
     yield* logDebug(`vmm_dispatch_parent: recv'ed TERMINATE_VM for ${id}`)
-    if (id === 0) return Errno.ENOENT
+    if (id === 0) return yield* fail(Errno.ENOENT)
     const vm = yield* ctx.registry.byVmid(id)
     if (vm === null) {
       yield* logDebug("vmm_dispatch_parent: cannot stop vm that is not running")
-      return VmdError.VMD_VM_STOP_INVALID
+      return yield* fail(VmdError.VMD_VM_STOP_INVALID)
     }
     if (flags & VMOP_FORCE) {
       vm.state |= VM_STATE_SHUTDOWN
       yield* terminateVm(ctx, vm)
-      return 0
+      return
     }
     if (!(vm.state & VM_STATE_SHUTDOWN)) {
       yield* logDebug(`vmm_dispatch_parent: sending shutdown request to vm ${id}`)
       vm.state |= VM_STATE_SHUTDOWN
       const sent = yield* composeVm(vm.channel, { type: IMSG_VMDOP_VM_REBOOT, peerid: 0, pid: 0 })
       // A VM registered but not started has no channel to send on.
-      return sent ? 0 : Errno.EINVAL
+      if (!sent) return yield* fail(Errno.EINVAL)
+      return
     }
     // Already shutting down: only an error if the VM never got a kernel id.
     if (vm.vmmid === 0) {
       yield* logDebug("vmm_dispatch_parent: no vm running anymore")
-      return VmdError.VMD_VM_STOP_INVALID
+      return yield* fail(VmdError.VMD_VM_STOP_INVALID)
     }
-    return 0
   }).pipe(Effect.withSpan("terminate_vm"))
 
