@@ -128,10 +128,10 @@ export const startVmmServer = (parentFd: Fd, options: VmmOptions) =>
               yield* logWarnx(`vmm_dispatch_parent: imsgbuf_read: ${e.error.message}`)
               return 1
             }
-            yield* logDebug("vmm: parent closed the channel")
+            yield* logDebug("parent closed the channel")
             return 0
           case "Shutdown":
-            yield* logDebug(`vmm: ${e.reason}`)
+            yield* logDebug(e.reason)
             return 0
         }
       })
@@ -142,7 +142,7 @@ export const startVmmServer = (parentFd: Fd, options: VmmOptions) =>
         const code = yield* handle(e).pipe(
           Effect.catchAllDefect((defect) =>
             // A bug must not take the other VMs down: log it and go on.
-            Effect.as(logWarnx(`vmm: internal error handling ${e._tag}: ${String(defect)}`), null)
+            Effect.as(logWarnx(`internal error handling ${e._tag}: ${String(defect)}`), null)
           )
         )
         if (code !== null) return code
@@ -154,7 +154,7 @@ export const startVmmServer = (parentFd: Fd, options: VmmOptions) =>
       // proc_shutdown: vmm_shutdown, flush what we owe the parent, exit.
       yield* vmmShutdown(ctx)
       yield* parent.flush.pipe(Effect.timeout("2 seconds"), Effect.ignore)
-      yield* logInfo(`vmm exiting, pid ${globalThis.process.pid}`)
+      yield* logInfo(`exiting, pid ${globalThis.process.pid}`)
       return code
     })
 

@@ -1,0 +1,104 @@
+/**
+ * bin/vmm -P vmm: the vmm process, started by vmd's parent with its channel
+ * on fd 3 (imsg.md §4.2). Wires the layers for the chosen backend and runs
+ * the event loop until the parent goes away or a signal asks us to stop;
+ * every VM process is ended before we exit.
+ */
+import { Effect, Exit, Layer, Runtime } from "effect"
+import { isAbsolute, resolve } from "node:path"
+import type { VmmArgs } from "./args.ts"
+import { nativeFd } from "../native/libc.ts"
+import { openSyslog } from "../native/syslog.ts"
+import { PROC_PARENT_SOCK_FILENO } from "../schema/imsgTypes.ts"
+import * as ImsgChannelNative from "../layers/ImsgChannelNative.ts"
+import * as ProcessNode from "../layers/ProcessNode.ts"
+import * as IoctlNative from "../layers/IoctlNative.ts"
+import * as VmmDeviceVmm from "../layers/VmmDeviceVmm.ts"
+import * as VmmDeviceProcess from "../layers/VmmDeviceProcess.ts"
+import * as VmmDeviceMock from "../layers/VmmDeviceMock.ts"
+import { VmRegistryLive } from "../layers/VmRegistryLive.ts"
+import { VmRegistry } from "../services/VmRegistry.ts"
+import { logState, logWarnx, VmdLoggerLayer } from "../vmm/log.ts"
+import { startVmmServer } from "../vmm/server.ts"
+import { withTrace } from "../vmm/trace.ts"
+import type { VmmOptions } from "../vmm/context.ts"
+
+/** The program exec'd for each VM: --vm-exec, or this program itself (vmd execs its own argv0). */
+export const vmExecOf = (args: VmmArgs): { command: string; prefix: ReadonlyArray<string> } => {
+  if (args.vmExec !== null) return { command: resolve(args.vmExec), prefix: [] }
+  const self = process.argv[1] ?? ""
+  // Run as a script (tsx, node dist/vmm.mjs): exec the interpreter with it.
+  if (/\.(m?[jt]s)$/.test(self)) return { command: process.execPath, prefix: [...process.execArgv, resolve(self)] }
+  return { command: isAbsolute(self) ? self : resolve(self), prefix: [] }
+}
+
+/** VmSource for the process backend: the registry's started VMs. */
+const vmSourceFromRegistry = Layer.effect(
+  VmmDeviceProcess.VmSource,
+  Effect.map(VmRegistry, (registry) =>
+    Effect.map(registry.all, (vms) =>
+      vms
+        .filter((vm) => vm.pid > 0)
+        .map((vm) => ({
+          vmmId: vm.vmmid,
+          pid: vm.pid,
+          name: vm.params.vmc_name,
+          memorySize: vm.params.vmc_memranges[0]?.vmr_size ?? 0n,
+          ncpus: vm.params.vmc_ncpus
+        }))
+    )
+  )
+)
+
+const deviceLayer = (args: VmmArgs) => {
+  switch (args.backend) {
+    case "vmm":
+      return VmmDeviceVmm.layer.pipe(Layer.provide(IoctlNative.layer))
+    case "process":
+      return VmmDeviceProcess.layer.pipe(Layer.provide(vmSourceFromRegistry))
+    case "mock":
+      return VmmDeviceMock.layer
+  }
+}
+
+export const runVmm = async (args: VmmArgs): Promise<number> => {
+  logState.title = "vmm"
+  if (!args.debug) {
+    const syslog = openSyslog("vmd")
+    if (syslog !== null) logState.sink = (level, line) => syslog(level, line)
+  }
+  const exec = vmExecOf(args)
+  const options: VmmOptions = {
+    debug: args.debug,
+    verbose: args.verbose,
+    vmExec: exec.command,
+    vmExecArgs: exec.prefix,
+    handshakeTimeoutMs: 30_000
+  }
+
+  const imsg = args.trace ? withTrace.pipe(Layer.provide(ImsgChannelNative.layer)) : ImsgChannelNative.layer
+  const base = Layer.mergeAll(imsg, ProcessNode.layer, VmRegistryLive.layer, VmdLoggerLayer)
+  const layers = Layer.provideMerge(deviceLayer(args), base)
+
+  const program = Effect.gen(function* () {
+    const runtime = yield* Effect.runtime<never>()
+    const handle = yield* startVmmServer(nativeFd(PROC_PARENT_SOCK_FILENO, "parent"), options)
+    const stop = (sig: string) => () => {
+      Runtime.runFork(runtime)(handle.shutdown(`received ${sig}`))
+    }
+    // proc_run: SIGINT/SIGTERM shut down; SIGHUP and SIGPIPE are ignored.
+    process.on("SIGTERM", stop("SIGTERM"))
+    process.on("SIGINT", stop("SIGINT"))
+    process.on("SIGHUP", () => {})
+    return yield* handle.done
+  })
+
+  // The layers' scope closes when the program ends: ProcessNode's finalizer
+  // kills and reaps every VM process still alive, channels close.
+  const exit = await Effect.runPromiseExit(program.pipe(Effect.scoped, Effect.provide(layers)))
+  if (Exit.isFailure(exit)) {
+    await Effect.runPromise(logWarnx(`fatal: ${String(exit.cause)}`))
+    return 1
+  }
+  return exit.value
+}

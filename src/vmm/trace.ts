@@ -1,0 +1,81 @@
+/**
+ * --trace: every imsg in and out, on every channel, by name with its
+ * payload decoded field by field. A decorator over the ImsgChannel service,
+ * so it sees exactly what goes on the wire and costs nothing when off.
+ */
+import { Effect, Either, Layer, Stream } from "effect"
+import * as T from "../schema/imsgTypes.ts"
+import * as S from "../schema/structs.ts"
+import type { SchemaError } from "../schema/codec.ts"
+import { ImsgChannel, type Channel, type Imsg, type OutgoingImsg } from "../services/ImsgChannel.ts"
+import { logState } from "./log.ts"
+
+type Decoder = (data: Uint8Array) => Either.Either<unknown, SchemaError>
+
+const PAYLOADS: ReadonlyMap<number, Decoder> = new Map<number, Decoder>([
+  [T.IMSG_CTL_VERBOSE, S.imsgIntRead],
+  [T.IMSG_CTL_RESET, S.imsgUintRead],
+  [T.IMSG_VMDOP_START_VM_REQUEST, S.decodeVmopCreateParams],
+  [T.IMSG_VMDOP_START_VM_DISK, S.imsgUintRead],
+  [T.IMSG_VMDOP_START_VM_IF, S.imsgUintRead],
+  [T.IMSG_VMDOP_START_VM_RESPONSE, S.decodeVmopResult],
+  [T.IMSG_VMDOP_PAUSE_VM, S.decodeVmopId],
+  [T.IMSG_VMDOP_PAUSE_VM_RESPONSE, S.decodeVmopResult],
+  [T.IMSG_VMDOP_UNPAUSE_VM, S.decodeVmopId],
+  [T.IMSG_VMDOP_UNPAUSE_VM_RESPONSE, S.decodeVmopResult],
+  [T.IMSG_VMDOP_TERMINATE_VM_REQUEST, S.decodeVmopId],
+  [T.IMSG_VMDOP_TERMINATE_VM_RESPONSE, S.decodeVmopResult],
+  [T.IMSG_VMDOP_TERMINATE_VM_EVENT, S.decodeVmopResult],
+  [T.IMSG_VMDOP_GET_INFO_VM_DATA, S.decodeVmopInfoResult],
+  [T.IMSG_VMDOP_GET_INFO_VM_END_DATA, S.imsgIntRead],
+  [T.IMSG_VMDOP_PRIV_GET_ADDR_RESPONSE, S.decodeVmopAddrResult],
+  [T.IMSG_VMDOP_CONFIG, S.decodeVmdConfig]
+])
+
+/** Field values, skipping zero bytes arrays and empty strings so a create request stays readable. */
+const show = (v: unknown): string => {
+  if (typeof v === "bigint") return v.toString()
+  if (typeof v === "string") return JSON.stringify(v)
+  if (v instanceof Uint8Array) return Buffer.from(v).toString("hex")
+  if (Array.isArray(v)) return `[${v.map(show).join(",")}]`
+  if (typeof v === "object" && v !== null)
+    return `{${Object.entries(v)
+      .filter(([, x]) => !(x === "" || (x instanceof Uint8Array && x.every((b) => b === 0))))
+      .map(([k, x]) => `${k}=${show(x)}`)
+      .join(" ")}}`
+  return String(v)
+}
+
+export const describeImsg = (type: number, peerid: number, pid: number, data: Uint8Array, hasFd: boolean): string => {
+  const head = `${T.imsgTypeName(type)} peerid=${peerid === T.PEERID_NONE ? "-1" : peerid} pid=${pid} len=${data.length}${hasFd ? " fd" : ""}`
+  if (data.length === 0) return head
+  const decode = PAYLOADS.get(type)
+  if (decode === undefined) return `${head} data=${Buffer.from(data.subarray(0, 64)).toString("hex")}`
+  const v = decode(data)
+  return Either.isRight(v) ? `${head} ${show(v.right)}` : `${head} (undecodable: ${v.left.message})`
+}
+
+const line = (fd: number, dir: "<" | ">", text: string) => logState.sink("info", `trace fd ${fd} ${dir} ${text}`)
+
+const traceChannel = (ch: Channel): Channel => ({
+  ...ch,
+  send: (msg: OutgoingImsg) =>
+    Effect.zipRight(
+      Effect.sync(() =>
+        line(ch.fd, ">", describeImsg(msg.type, msg.peerid, msg.pid, msg.data ?? new Uint8Array(0), msg.fd != null))
+      ),
+      ch.send(msg)
+    ),
+  messages: ch.messages.pipe(
+    Stream.tap((m: Imsg) => Effect.sync(() => line(ch.fd, "<", describeImsg(m.type, m.peerid, m.pid, m.data, m.fd !== null))))
+  )
+})
+
+/** Wrap the ImsgChannel service in the context so every channel it opens is traced. */
+export const withTrace = Layer.effect(
+  ImsgChannel,
+  Effect.map(ImsgChannel, (svc) => ({
+    ...svc,
+    open: (fd) => Effect.map(svc.open(fd), traceChannel)
+  }))
+)
