@@ -1,0 +1,181 @@
+/**
+ * Real processes through Node's child_process (vmm.c vmm_start_vm's
+ * fork+exec and vmm_sighdlr's waitpid loop).
+ *
+ * The child side of vmm_start_vm, as Node's spawn gives it:
+ *  - setsid(): `detached: true`;
+ *  - every given fd at its own number: the stdio array has one slot per
+ *    number up to the highest fd, the fd's own number in its slot and
+ *    'ignore' in the holes (Node compacts an array with holes, which would
+ *    move the fds down); libuv dup2s each into place and clears
+ *    close-on-exec on the child's copy only;
+ *  - nothing else reaches the child: every fd this process made is
+ *    close-on-exec, and before each spawn the fds it inherited without the
+ *    flag (vmd's parent socket at fd 3, a harness's pipes) get it
+ *    (`sealInheritedFds`), as the C child closes PROC_PARENT_SOCK_FILENO;
+ *  - 0, 1, 2 on /dev/null ('ignore') or this process's ('inherit', vmd -d).
+ *
+ * Exec failures (ENOENT, EACCES) come back from libuv's exec pipe before
+ * spawn() returns, so `child.pid` is defined exactly when the 'spawn' event
+ * will follow; without a pid the 'error' event carries the errno. EAGAIN and
+ * ENOMEM from fork are thrown synchronously by Node. Both become SpawnError
+ * with the OpenBSD errno.
+ *
+ * `exits` is a queue, not a broadcast: its one consumer (the vmm's
+ * SIGCHLD handler) sees every reaped child in order, including those
+ * reaped before it started reading. Use `Child.exit` to wait for one child.
+ *
+ * Reaping: libuv waitpids on SIGCHLD and Node emits 'exit' for that child
+ * in the same callback, so a pid leaves the table before any of our code
+ * can run again; `kill` only signals pids in the table and so never a pid
+ * that was reaped (and possibly reused). (libuv reaps a batch of children
+ * before emitting their 'exit' events one by one, so in theory code run
+ * between two of those events could signal an already-reaped pid; that
+ * needs the pid to be reused within one loop turn.)
+ */
+import { spawn as nodeSpawn } from "node:child_process"
+import type { ChildProcess } from "node:child_process"
+import { constants as osConstants } from "node:os"
+import { Deferred, Duration, Effect, Exit, Layer, Queue, Stream } from "effect"
+import type { Scope } from "effect"
+import { sealInheritedFds } from "../native/sys.ts"
+import { Errno, errnoName, fromErrorCode } from "../schema/errno.ts"
+import { Process, SpawnError } from "../services/Process.ts"
+import type {
+  ChildExit,
+  ExitStatus,
+  ProcessService,
+  SignalName,
+  SpawnErrorReason,
+  SpawnRequest
+} from "../services/Process.ts"
+
+/** How long the layer's finalizer waits for SIGKILLed children to be reaped. */
+const REAP_TIMEOUT = Duration.seconds(10)
+
+type StdioSlot = "ignore" | "inherit" | number
+
+/** The stdio array that puts each of `req.fds` at its own number in the child. */
+export const stdioFor = (req: SpawnRequest): Array<StdioSlot> => {
+  const top = req.fds.reduce((max, fd) => Math.max(max, fd.num), 2)
+  const slots: Array<StdioSlot> = Array.from({ length: top + 1 }, (_, i) =>
+    i <= 2 && req.stdio === "inherit" ? "inherit" : "ignore"
+  )
+  for (const fd of req.fds) slots[fd.num] = fd.num
+  return slots
+}
+
+export const reasonOf = (errno: number): SpawnErrorReason =>
+  errno === Errno.ENOENT || errno === Errno.ESRCH
+    ? "NotFound"
+    : errno === Errno.EAGAIN || errno === Errno.ENOMEM
+      ? "Resources"
+      : "Other"
+
+const spawnError = (errno: number, message: string): SpawnError =>
+  new SpawnError({ reason: reasonOf(errno), errno, message })
+
+const codeOf = (e: unknown): string | undefined =>
+  typeof e === "object" && e !== null && "code" in e && typeof e.code === "string" ? e.code : undefined
+
+const messageOf = (e: unknown): string => (e instanceof Error ? e.message : String(e))
+
+const signalNumber = (name: string | null): number => {
+  const signals: Readonly<Record<string, number | undefined>> = osConstants.signals
+  return (name !== null ? signals[name] : undefined) ?? 0
+}
+
+const statusOf = (code: number | null, signal: string | null): ExitStatus =>
+  code !== null ? { _tag: "Exited", code } : { _tag: "Signaled", signal: signalNumber(signal) }
+
+interface LiveChild {
+  readonly child: ChildProcess
+  readonly exit: Deferred.Deferred<ExitStatus>
+}
+
+export const make: Effect.Effect<ProcessService, never, Scope.Scope> = Effect.gen(function* () {
+  const live = new Map<number, LiveChild>()
+  const exits = yield* Queue.unbounded<ChildExit>()
+
+  const signal = (pid: number, sig: SignalName): number => {
+    if (!live.has(pid)) return Errno.ESRCH
+    try {
+      process.kill(pid, sig)
+      return 0
+    } catch (e) {
+      return fromErrorCode(codeOf(e))
+    }
+  }
+
+  // Nothing orphaned: SIGKILL every child still alive and wait until each is reaped.
+  yield* Effect.addFinalizer(() =>
+    Effect.suspend(() => {
+      const children = [...live.entries()]
+      for (const [pid] of children) signal(pid, "SIGKILL")
+      return Effect.forEach(children, ([, c]) => Deferred.await(c.exit), { discard: true }).pipe(
+        Effect.timeout(REAP_TIMEOUT),
+        Effect.catchAll(() =>
+          Effect.logWarning(`children not reaped after SIGKILL: ${[...live.keys()].join(" ")}`)
+        )
+      )
+    })
+  )
+
+  const spawn = (req: SpawnRequest): Effect.Effect<{ pid: number; exit: Effect.Effect<ExitStatus> }, SpawnError> =>
+    Effect.gen(function* () {
+      const closed = req.fds.find((fd) => !fd.isOpen)
+      if (closed !== undefined) {
+        return yield* Effect.fail(spawnError(Errno.EBADF, `${req.command}: ${closed.toString()} is closed`))
+      }
+      const exit = yield* Deferred.make<ExitStatus>()
+      sealInheritedFds()
+      let child: ChildProcess
+      try {
+        child = nodeSpawn(req.command, [...req.args], {
+          detached: true,
+          stdio: stdioFor(req),
+          ...(req.env !== undefined ? { env: { ...process.env, ...req.env } } : {})
+        })
+      } catch (e) {
+        const errno = fromErrorCode(codeOf(e))
+        return yield* Effect.fail(spawnError(errno, `spawn ${req.command}: ${messageOf(e)}`))
+      }
+      const pid = child.pid
+      if (pid === undefined) {
+        return yield* Effect.async<never, SpawnError>((resume) => {
+          child.once("error", (e) => {
+            const errno = fromErrorCode(codeOf(e))
+            resume(Effect.fail(spawnError(errno, `spawn ${req.command}: ${errnoName(errno)}`)))
+          })
+        })
+      }
+      const entry: LiveChild = { child, exit }
+      live.set(pid, entry)
+      // Errors after a successful spawn (none expected: we never use child.kill or IPC) are not ours to throw.
+      child.on("error", () => {})
+      child.once("exit", (code, sig) => {
+        if (live.get(pid) === entry) live.delete(pid)
+        const status = statusOf(code, sig)
+        Queue.unsafeOffer(exits, { pid, status })
+        Deferred.unsafeDone(exit, Exit.succeed(status))
+      })
+      return { pid, exit: Deferred.await(exit) }
+    })
+
+  return Process.of({
+    spawn,
+    kill: (pid, sig) =>
+      Effect.suspend(() => {
+        const errno = signal(pid, sig)
+        return errno === 0
+          ? Effect.void
+          : Effect.fail(spawnError(errno, `kill ${pid} ${sig}: ${errnoName(errno)}`))
+      }),
+    isAlive: (pid) => Effect.sync(() => live.has(pid)),
+    exits: Stream.fromQueue(exits),
+    children: Effect.sync(() => [...live.keys()])
+  })
+})
+
+/** The Process service on real processes; its scope's end SIGKILLs and reaps every child still alive. */
+export const layer: Layer.Layer<Process> = Layer.scoped(Process, make)
