@@ -18,7 +18,8 @@ import * as VmmDeviceProcess from "../layers/VmmDeviceProcess.ts"
 import * as VmmDeviceMock from "../layers/VmmDeviceMock.ts"
 import { VmRegistryLive } from "../layers/VmRegistryLive.ts"
 import { VmRegistry } from "../services/VmRegistry.ts"
-import { logState, logWarnx, VmdLoggerLayer } from "../vmm/log.ts"
+import { logDebug, logState, logWarnx, VmdLoggerLayer } from "../vmm/log.ts"
+import { applyPrivsep } from "../native/privsep.ts"
 import { startVmmServer } from "../vmm/server.ts"
 import { withTrace } from "../vmm/trace.ts"
 import type { VmmOptions } from "../vmm/context.ts"
@@ -82,6 +83,8 @@ export const runVmm = async (args: VmmArgs): Promise<number> => {
 
   const program = Effect.gen(function* () {
     const runtime = yield* Effect.runtime<never>()
+    const privsep = applyPrivsep(options.vmExec)
+    yield* logDebug(`privsep: ${privsep.note}`)
     const handle = yield* startVmmServer(nativeFd(PROC_PARENT_SOCK_FILENO, "parent"), options)
     const stop = (sig: string) => () => {
       Runtime.runFork(runtime)(handle.shutdown(`received ${sig}`))
