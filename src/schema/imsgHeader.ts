@@ -63,6 +63,10 @@ export const hasFdMark = (word: number, format: HeaderFormat = "current"): boole
 /** A masked len < 16 or > max is a framing error (imsgbuf_read: ERANGE). */
 export const validLen = (len: number, max: number = MAX_IMSGSIZE): boolean => len >= IMSG_HEADER_SIZE && len <= max
 
+/** The len word for a message of `len` bytes (header included), fd flag per format. */
+export const lenWord = (len: number, hasFd: boolean, format: HeaderFormat = "current"): number =>
+  (hasFd ? (format === "current" ? len | IMSG_FD_MARK : len | (IMSGF_HASFD_LEGACY << 16)) : len) >>> 0
+
 /** Write a header at `offset`. `len` includes the header. */
 export const writeHeader = (
   b: Uint8Array,
@@ -75,8 +79,7 @@ export const writeHeader = (
   format: HeaderFormat = "current"
 ): void => {
   put32(b, offset, type)
-  const word = format === "current" ? (hasFd ? len | IMSG_FD_MARK : len) : hasFd ? len | (IMSGF_HASFD_LEGACY << 16) : len
-  put32(b, offset + 4, word >>> 0)
+  put32(b, offset + 4, lenWord(len, hasFd, format))
   put32(b, offset + 8, peerid)
   put32(b, offset + 12, pid)
 }

@@ -1,0 +1,342 @@
+/**
+ * One imsg channel over a non-blocking stream socket: the part shared by
+ * the native and in-memory layers. A `SocketDriver` moves bytes (recvmsg,
+ * sendmsg, readiness); this file does what imsgbuf_read/imsgbuf_write and
+ * vmd's imsg_event_add do around them:
+ *
+ * - reading: on readable, recv into one large buffer, parse every message in
+ *   it, hand chunks to the single consumer of `messages`. Reading pauses
+ *   while the consumer lags (highWaterBytes) and resumes when it pulls.
+ * - writing: `send` only queues; the queue is written at the end of the
+ *   current turn (a microtask), and on EAGAIN the driver watches for
+ *   writability until the queue is empty (EV_WRITE only while queued).
+ * - endings: EOF ends the stream; EPIPE drops the output queue and ends the
+ *   stream once nothing more is readable; a framing or I/O error fails it.
+ */
+import { Chunk, Effect, Option, Stream } from "effect"
+import { Errno, errnoName } from "../schema/errno.ts"
+import type { HeaderFormat } from "../schema/imsgHeader.ts"
+import { MAX_IMSG_PAYLOAD } from "../schema/imsgHeader.ts"
+import type { Fd } from "../services/Fd.ts"
+import type { Channel, Imsg, OutgoingImsg } from "../services/ImsgChannel.ts"
+import { ChannelError } from "../services/ImsgChannel.ts"
+import { ImsgParser } from "./parser.ts"
+import { ImsgWriter } from "./writer.ts"
+
+/** What a channel needs from a socket. Errors are OpenBSD errno, negated. */
+export interface SocketDriver {
+  readonly fd: number
+  /** What `send` sends from; at least MAX_IMSGSIZE bytes. */
+  readonly writeBuffer: Uint8Array
+  /** One recvmsg into `into`: bytes (0 = EOF) or -errno; received fds are appended to `fds`. */
+  recv(into: Uint8Array, fds: Array<Fd>): number
+  /**
+   * One sendmsg of writeBuffer[offset, offset + length) with `fd` attached.
+   * Bytes sent or -errno. When it returns > 0 the fd is gone from the
+   * sender (closed, or moved to the peer in memory).
+   */
+  send(offset: number, length: number, fd: Fd | null): number
+  /** Ask for `events.readable` / `events.writable` callbacks. */
+  watch(readable: boolean, writable: boolean): void
+  /** Stop watching and close the socket; `done` runs when nothing will call back. */
+  close(done: () => void): void
+}
+
+export interface DriverEvents {
+  readonly readable: () => void
+  readonly writable: () => void
+  /** Readiness itself failed (OpenBSD errno). */
+  readonly error: (errno: number) => void
+}
+
+export interface ChannelOptions {
+  /** Header layout for the fd flag; "legacy" talks to old libutil peers with fds (imsg.md §1.3). */
+  readonly format?: HeaderFormat
+  /** Pause reading once this many bytes of messages wait for the consumer. */
+  readonly highWaterBytes?: number
+}
+
+const DEFAULT_HIGH_WATER = 1 << 20
+/** recvmsg calls per readable event before yielding to the loop. */
+const READS_PER_EVENT = 64
+type Ending = { readonly _tag: "Eof" } | { readonly _tag: "Failed"; readonly error: ChannelError }
+const EOF: Ending = { _tag: "Eof" }
+
+const closeFd = (fd: Fd): void => {
+  fd.closeSync()
+}
+
+const ioError = (op: string, errno: number): ChannelError =>
+  new ChannelError({ reason: "Io", message: `${op}: ${errnoName(errno)}`, errno })
+
+class ImsgConnection {
+  readonly #driver: SocketDriver
+  readonly #parser: ImsgParser<Fd>
+  readonly #writer: ImsgWriter<Fd>
+  readonly #highWater: number
+  readonly #fds: Array<Fd> = []
+  #inbox: Array<Imsg> = []
+  #inboxBytes = 0
+  #ending: Ending | null = null
+  #closed = false
+  /** The peer stopped reading (EPIPE): end the stream once nothing more is readable. */
+  #peerGone = false
+  #reading = true
+  #writing = false
+  #writeScheduled = false
+  #wake: (() => void) | null = null
+  #flushed: Array<() => void> = []
+
+  constructor(socket: (events: DriverEvents) => SocketDriver, options: ChannelOptions) {
+    this.#highWater = options.highWaterBytes ?? DEFAULT_HIGH_WATER
+    this.#parser = new ImsgParser<Fd>({ closeFd, format: options.format ?? "current" })
+    this.#driver = socket({
+      readable: () => this.#guard(() => this.#readNow()),
+      writable: () => this.#guard(() => this.#writeNow()),
+      error: (errno) => this.#fail(ioError("poll", errno))
+    })
+    this.#writer = new ImsgWriter<Fd>(this.#driver.writeBuffer, {
+      pid: process.pid,
+      format: options.format ?? "current"
+    })
+    this.#driver.watch(true, false)
+  }
+
+  /** Callbacks come from the event loop, where a throw would vanish: turn it into a stream failure. */
+  #guard(f: () => void): void {
+    try {
+      f()
+    } catch (e) {
+      this.#fail(new ChannelError({ reason: "Io", message: `imsg channel bug: ${String(e)}` }))
+    }
+  }
+
+  #watch(): void {
+    if (!this.#closed) this.#driver.watch(this.#reading, this.#writing)
+  }
+
+  // ---- input ------------------------------------------------------------
+
+  #readNow(): void {
+    const d = this.#driver
+    const fds = this.#fds
+    const before = this.#inbox.length
+    for (let i = 0; i < READS_PER_EVENT && this.#reading; i++) {
+      const into = this.#parser.readTarget()
+      fds.length = 0
+      const n = d.recv(into, fds)
+      if (n <= 0) for (const f of fds) f.closeSync()
+      if (n > 0) {
+        this.#inboxBytes += n
+        const r = this.#parser.commit(n, fds, this.#inbox)
+        if (!r.ok) {
+          this.#fail(
+            new ChannelError({ reason: "Framing", message: `imsg with bad length ${r.len}`, errno: Errno.ERANGE })
+          )
+          return
+        }
+        // A short read means drained, unless it carried an fd: Linux ends a read after the
+        // bytes that came with fds. Level-triggered polling calls again if more is there.
+        if (n < into.length && fds.length === 0) break
+      } else if (n === 0) {
+        this.#end(EOF)
+        break
+      } else if (n === -Errno.EAGAIN) {
+        if (this.#peerGone) this.#end(EOF)
+        break
+      } else if (n === -Errno.ECONNRESET && this.#peerGone) {
+        this.#end(EOF)
+        break
+      } else {
+        this.#fail(ioError("recvmsg", -n))
+        return
+      }
+    }
+    if (this.#inboxBytes >= this.#highWater && this.#reading) {
+      this.#reading = false
+      this.#watch()
+    }
+    if (this.#inbox.length > before || this.#ending !== null) this.#notify()
+  }
+
+  #notify(): void {
+    const w = this.#wake
+    if (w !== null) {
+      this.#wake = null
+      w()
+    }
+  }
+
+  /** Stop reading and end the stream after what is buffered. */
+  #end(ending: Ending): void {
+    if (this.#ending !== null) return
+    this.#ending = ending
+    this.#reading = false
+    this.#parser.dispose()
+    this.#watch()
+    this.#notify()
+  }
+
+  #fail(error: ChannelError): void {
+    this.#end({ _tag: "Failed", error })
+  }
+
+  /** What the consumer gets next, or null to wait. */
+  #take(): Effect.Effect<Chunk.Chunk<Imsg>, Option.Option<ChannelError>> | null {
+    if (this.#inbox.length > 0) {
+      const chunk = Chunk.unsafeFromArray(this.#inbox)
+      this.#inbox = []
+      this.#inboxBytes = 0
+      if (!this.#reading && this.#ending === null && !this.#closed) {
+        this.#reading = true
+        this.#watch()
+      }
+      return Effect.succeed(chunk)
+    }
+    const e = this.#ending
+    if (e === null) return null
+    return e._tag === "Eof" ? Effect.fail(Option.none()) : Effect.fail(Option.some(e.error))
+  }
+
+  readonly #pull: Effect.Effect<Chunk.Chunk<Imsg>, Option.Option<ChannelError>> = Effect.suspend(
+    () =>
+      this.#take() ??
+      Effect.async<Chunk.Chunk<Imsg>, Option.Option<ChannelError>>((resume) => {
+        this.#wake = () => resume(this.#pull)
+        return Effect.sync(() => {
+          this.#wake = null
+        })
+      })
+  )
+
+  readonly messages: Stream.Stream<Imsg, ChannelError> = Stream.repeatEffectChunkOption(this.#pull)
+
+  // ---- output -----------------------------------------------------------
+
+  send(msg: OutgoingImsg): Effect.Effect<void, ChannelError> {
+    return Effect.suspend(() => {
+      const size = msg.data?.length ?? 0
+      // The fd is ours from here on (OutgoingImsg): a send that fails closes it.
+      // Found by test/reliability: a PAUSE_VM with an fd for a VM whose peer
+      // had gone leaked the fd in the vmm.
+      if (size > MAX_IMSG_PAYLOAD || this.#closed || this.#peerGone) msg.fd?.closeSync()
+      if (size > MAX_IMSG_PAYLOAD) {
+        return Effect.fail(
+          new ChannelError({ reason: "TooLarge", message: `imsg payload ${size} > ${MAX_IMSG_PAYLOAD}`, errno: Errno.ERANGE })
+        )
+      }
+      if (this.#closed || this.#peerGone) {
+        return Effect.fail(
+          new ChannelError({
+            reason: "Closed",
+            message: `send on closed imsg channel fd ${this.#driver.fd}`,
+            errno: Errno.EPIPE
+          })
+        )
+      }
+      this.#writer.push(msg)
+      if (!this.#writing && !this.#writeScheduled) {
+        this.#writeScheduled = true
+        queueMicrotask(this.#writeSoon)
+      }
+      return Effect.void
+    })
+  }
+
+  readonly #writeSoon = (): void => {
+    this.#writeScheduled = false
+    if (!this.#writing) this.#guard(() => this.#writeNow())
+  }
+
+  /** msgbuf_write until the queue is empty or the socket is full. */
+  #writeNow(): void {
+    if (this.#closed) return
+    const d = this.#driver
+    const w = this.#writer
+    for (;;) {
+      const batch = w.gather()
+      if (batch === null) break
+      const n = d.send(batch.offset, batch.length, batch.fd)
+      if (n > 0) {
+        w.written(n)
+        if (n < batch.length) return this.#waitWritable()
+      } else if (n === -Errno.EAGAIN || n === -Errno.ENOBUFS) {
+        return this.#waitWritable()
+      } else {
+        w.clear(closeFd)
+        if (n === -Errno.EPIPE) {
+          // the peer is gone: what it sent before is still readable
+          this.#peerGone = true
+          if (this.#reading) this.#readNow()
+        } else {
+          this.#fail(ioError("sendmsg", n === 0 ? Errno.EIO : -n))
+        }
+        break
+      }
+    }
+    if (this.#writing) {
+      this.#writing = false
+      this.#watch()
+    }
+    this.#drained()
+  }
+
+  #waitWritable(): void {
+    if (!this.#writing) {
+      this.#writing = true
+      this.#watch()
+    }
+  }
+
+  #drained(): void {
+    for (const f of this.#flushed.splice(0)) f()
+  }
+
+  readonly flush: Effect.Effect<void> = Effect.async<void>((resume) => {
+    if (this.#writer.length === 0 || this.#closed) return resume(Effect.void)
+    const f = () => resume(Effect.void)
+    this.#flushed.push(f)
+    return Effect.sync(() => {
+      const i = this.#flushed.indexOf(f)
+      if (i >= 0) this.#flushed.splice(i, 1)
+    })
+  })
+
+  readonly queued: Effect.Effect<number> = Effect.sync(() => this.#writer.length)
+
+  // ---- closing ----------------------------------------------------------
+
+  readonly close: Effect.Effect<void> = Effect.suspend(() => {
+    if (this.#closed) return Effect.void
+    this.#closed = true
+    this.#reading = this.#writing = false
+    this.#writer.clear(closeFd)
+    for (const m of this.#inbox) if (m.fd !== null) m.fd.closeSync()
+    this.#inbox = []
+    this.#end(EOF)
+    this.#drained()
+    return Effect.async<void>((resume) => {
+      this.#driver.close(() => resume(Effect.void))
+    })
+  })
+
+  get fd(): number {
+    return this.#driver.fd
+  }
+}
+
+/** A channel on a driver, closed when the scope ends. */
+export const makeChannel = (
+  socket: (events: DriverEvents) => SocketDriver,
+  options: ChannelOptions = {}
+): Channel => {
+  const c = new ImsgConnection(socket, options)
+  return {
+    fd: c.fd,
+    send: (msg) => c.send(msg),
+    messages: c.messages,
+    flush: c.flush,
+    close: c.close,
+    queued: c.queued
+  }
+}

@@ -1,0 +1,148 @@
+/**
+ * ImsgChannel on real sockets: koffi sendmsg/recvmsg (SCM_RIGHTS,
+ * MSG_CMSG_CLOEXEC, MSG_NOSIGNAL) and libuv poll handles on Node's loop.
+ * Framing and queueing live in src/imsg/channel.ts; this file only moves
+ * bytes and owns the native resources: the fd, its poll handle and two
+ * native msghdrs, all released once when the channel closes or its scope ends.
+ */
+import { Effect, Layer } from "effect"
+import type { Scope } from "effect"
+import { makeChannel } from "../imsg/channel.ts"
+import type { ChannelOptions, DriverEvents, SocketDriver } from "../imsg/channel.ts"
+import type { RawSocket } from "../imsg/raw.ts"
+import { readExactly, writeAll } from "../imsg/raw.ts"
+import * as libc from "../native/libc.ts"
+import { closePoll, UV_DISCONNECT, UV_READABLE, UV_WRITABLE, UvPoll } from "../native/uvpoll.ts"
+import { Errno, errnoName, fromHostErrno } from "../schema/errno.ts"
+import type { Fd } from "../services/Fd.ts"
+import type { Channel, ImsgChannelService } from "../services/ImsgChannel.ts"
+import { ChannelError, ImsgChannel } from "../services/ImsgChannel.ts"
+
+/** Bytes per sendmsg at most: enough to fill a socket buffer in one call (at least MAX_IMSGSIZE). */
+const WRITE_SIZE = 262144
+
+/** Host errno (negated, as libc.ts returns it) to OpenBSD errno (negated). */
+const bsd = (r: number): number => (r >= 0 ? r : -fromHostErrno(-r))
+
+const ioError = (op: string, fd: Fd, errno: number): ChannelError =>
+  new ChannelError({ reason: "Io", message: `${op} on ${fd}: ${errnoName(errno)}`, errno })
+
+const checkOpen = (fd: Fd): Effect.Effect<void, ChannelError> =>
+  fd.isOpen
+    ? Effect.void
+    : Effect.fail(new ChannelError({ reason: "Closed", message: `${fd} is closed`, errno: Errno.EBADF }))
+
+/** Turn a socket fd into a channel (imsgbuf_init + imsgbuf_allow_fdpass); `options.format` for legacy peers. */
+const openChannel = (fd: Fd, options: ChannelOptions = {}): Effect.Effect<Channel, ChannelError, Scope.Scope> =>
+  Effect.acquireRelease(
+    Effect.gen(function* () {
+      yield* checkOpen(fd)
+      // fd 3 is inherited and may lack O_NONBLOCK; every channel fd is close-on-exec.
+      const r = libc.setNonblockCloexec(fd.num)
+      if (r < 0) return yield* Effect.fail(ioError("fcntl", fd, fromHostErrno(-r)))
+      let events: DriverEvents | null = null
+      const poll = UvPoll.open(fd.num, (status, ev) => {
+        if (events === null) return
+        if (status < 0) return events.error(fromHostErrno(-status))
+        if ((ev & (UV_READABLE | UV_DISCONNECT)) !== 0) events.readable()
+        if ((ev & UV_WRITABLE) !== 0) events.writable()
+      })
+      if (typeof poll === "number") return yield* Effect.fail(ioError("uv_poll_init", fd, fromHostErrno(-poll)))
+      return makeChannel((e) => {
+        events = e
+        return nativeDriver(fd, poll, e)
+      }, options)
+    }),
+    (channel) => channel.close
+  )
+
+const nativeDriver = (fd: Fd, poll: UvPoll, events: DriverEvents): SocketDriver => {
+  const rbuf = new libc.ScmBuffer()
+  const wbuf = new libc.ScmBuffer()
+  const writeBuffer = new Uint8Array(WRITE_SIZE)
+  const sock = fd.num
+  const label = `imsg fd via ${fd.label || `fd ${sock}`}`
+  return {
+    fd: sock,
+    writeBuffer,
+    recv: (into, out) => {
+      const n = rbuf.recv(sock, into)
+      for (const f of rbuf.fds) out.push(libc.nativeFd(f, label))
+      return bsd(n)
+    },
+    send: (offset, length, pass) => {
+      const n = wbuf.send(sock, writeBuffer.subarray(offset, offset + length), pass === null ? -1 : pass.num)
+      // msgbuf_write: the fd went with the first sendmsg that sent anything
+      if (n > 0 && pass !== null) pass.closeSync()
+      return bsd(n)
+    },
+    watch: (readable, writable) => {
+      const r = poll.start((readable ? UV_READABLE : 0) | (writable ? UV_WRITABLE : 0))
+      if (r < 0) events.error(fromHostErrno(-r))
+    },
+    close: (done) => {
+      poll.stop() // before close(2): libuv must not watch a dead fd
+      fd.closeSync()
+      poll.close(() => {
+        rbuf.free()
+        wbuf.free()
+        done()
+      })
+    }
+  }
+}
+
+/** Raw I/O on a socket not yet framed; readiness through a poll handle held only while waiting. */
+const rawSocket = (fd: Fd): RawSocket => ({
+  fd: fd.num,
+  read: (buf) => bsd(libc.read(fd.num, buf)),
+  write: (buf) => bsd(libc.write(fd.num, buf)),
+  wait: (writable) =>
+    Effect.acquireUseRelease(
+      Effect.sync(() => {
+        const slot: { fire: (status: number) => void } = { fire: () => {} }
+        const p = UvPoll.open(fd.num, (status) => slot.fire(status))
+        return { slot, p }
+      }),
+      ({ slot, p }) =>
+        typeof p === "number"
+          ? Effect.fail(ioError("uv_poll_init", fd, fromHostErrno(-p)))
+          : Effect.async<void, ChannelError>((resume) => {
+              slot.fire = (status) => {
+                slot.fire = () => {}
+                p.stop()
+                resume(status < 0 ? Effect.fail(ioError("poll", fd, fromHostErrno(-status))) : Effect.void)
+              }
+              const r = p.start(writable ? UV_WRITABLE : UV_READABLE)
+              if (r < 0) resume(Effect.fail(ioError("uv_poll_start", fd, fromHostErrno(-r))))
+            }),
+      ({ p }) => (typeof p === "number" ? Effect.void : closePoll(p))
+    )
+})
+
+const socketpair = (label: string): Effect.Effect<readonly [Fd, Fd], ChannelError> =>
+  Effect.suspend(() => {
+    const r = libc.socketpair(libc.AF_UNIX, libc.SOCK_STREAM | libc.SOCK_NONBLOCK | libc.SOCK_CLOEXEC)
+    if (typeof r === "number") {
+      const errno = fromHostErrno(-r)
+      return Effect.fail(new ChannelError({ reason: "Io", message: `socketpair (${label}): ${errnoName(errno)}`, errno }))
+    }
+    return Effect.succeed([libc.nativeFd(r[0], `${label}[0]`), libc.nativeFd(r[1], `${label}[1]`)] as const)
+  })
+
+const service: ImsgChannelService = {
+  open: (fd) => openChannel(fd),
+  socketpair,
+  writeRaw: (fd, bytes, timeoutMs) => checkOpen(fd).pipe(Effect.zipRight(writeAll(rawSocket(fd), bytes, timeoutMs))),
+  readRaw: (fd, n, timeoutMs) => checkOpen(fd).pipe(Effect.zipRight(readExactly(rawSocket(fd), n, timeoutMs)))
+}
+
+export class ImsgChannelNative {
+  /** The ImsgChannel service on real sockets. */
+  static readonly layer: Layer.Layer<ImsgChannel> = Layer.succeed(ImsgChannel, service)
+  /** `open` with options, e.g. `{ format: "legacy" }` to pass fds to an old libutil peer (imsg.md §1.3, §5.4). */
+  static readonly open = openChannel
+  static readonly service = service
+}
+
+export const layer = ImsgChannelNative.layer

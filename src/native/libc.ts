@@ -1,0 +1,253 @@
+/**
+ * libc through koffi: small typed wrappers that never throw.
+ *
+ * Every call returns a non-negative result or the **host** errno negated
+ * (-11 for Linux EAGAIN). Translate with fromHostErrno (schema/errno.ts) at
+ * the service boundary, not here. New fds are close-on-exec from birth.
+ *
+ * Constants and struct offsets are Linux LP64 (x86_64, aarch64).
+ */
+import koffi from "koffi"
+import type { FdBackend } from "../services/Fd.ts"
+import { Fd } from "../services/Fd.ts"
+
+/** The process itself: libc and, inside Node, libuv (see uvpoll.ts). */
+export const self = koffi.load(null)
+
+export const AF_UNIX = 1
+export const SOCK_STREAM = 1
+export const SOCK_NONBLOCK = 0o4000
+export const SOCK_CLOEXEC = 0o2000000
+export const O_RDONLY = 0
+export const O_WRONLY = 1
+export const O_RDWR = 2
+export const O_CREAT = 0o100
+export const O_NONBLOCK = 0o4000
+export const O_CLOEXEC = 0o2000000
+export const F_GETFD = 1
+export const F_SETFD = 2
+export const F_GETFL = 3
+export const F_SETFL = 4
+export const F_DUPFD_CLOEXEC = 1030
+export const FD_CLOEXEC = 1
+export const MSG_CTRUNC = 0x8
+export const MSG_NOSIGNAL = 0x4000
+export const MSG_CMSG_CLOEXEC = 0x40000000
+export const SOL_SOCKET = 1
+export const SCM_RIGHTS = 1
+
+const EINTR = 4
+
+const c = {
+  socketpair: self.func("int socketpair(int domain, int type, int protocol, _Out_ int *sv)"),
+  sendmsg: self.func("intptr_t sendmsg(int fd, void *msg, int flags)"),
+  recvmsg: self.func("intptr_t recvmsg(int fd, void *msg, int flags)"),
+  read: self.func("intptr_t read(int fd, void *buf, size_t count)"),
+  write: self.func("intptr_t write(int fd, const void *buf, size_t count)"),
+  close: self.func("int close(int fd)"),
+  fcntl: self.func("int fcntl(int fd, int cmd, ...)"),
+  fstat: self.func("int fstat(int fd, void *statbuf)"),
+  open: self.func("int open(const char *path, int flags, ...)"),
+  getpid: self.func("int getpid(void)")
+}
+
+const ret = (r: number | bigint): number => {
+  const n = Number(r)
+  return n < 0 ? -koffi.errno() : n
+}
+
+/** Run a syscall wrapper again while it fails with EINTR. */
+const retry = (f: () => number): number => {
+  for (;;) {
+    const r = f()
+    if (r !== -EINTR) return r
+  }
+}
+
+/** socketpair(2); returns the two fds or -errno. */
+export const socketpair = (domain: number, type: number, protocol = 0): readonly [number, number] | number => {
+  const sv = [-1, -1]
+  const r = ret(c.socketpair(domain, type, protocol, sv))
+  return r < 0 ? r : [sv[0] ?? -1, sv[1] ?? -1]
+}
+
+/** sendmsg(2) with a native struct msghdr (see ScmBuffer). Bytes sent or -errno. */
+export const sendmsg = (fd: number, msghdr: unknown, flags: number): number =>
+  retry(() => ret(c.sendmsg(fd, msghdr, flags)))
+
+/** recvmsg(2) with a native struct msghdr (see ScmBuffer). Bytes read (0 = EOF) or -errno. */
+export const recvmsg = (fd: number, msghdr: unknown, flags: number): number =>
+  retry(() => ret(c.recvmsg(fd, msghdr, flags)))
+
+/** read(2) into `buf` (JS memory, passed without copy). Bytes read or -errno. */
+export const read = (fd: number, buf: Uint8Array): number => retry(() => ret(c.read(fd, buf, buf.length)))
+
+/** write(2) from `buf`. Bytes written or -errno. */
+export const write = (fd: number, buf: Uint8Array): number => retry(() => ret(c.write(fd, buf, buf.length)))
+
+/** close(2); 0 or -errno. Not retried on EINTR (the fd is gone on Linux). */
+export const close = (fd: number): number => ret(c.close(fd))
+
+/** fcntl(2) with an int argument (every variadic argument is typed for koffi). */
+export const fcntl = (fd: number, cmd: number, arg = 0): number => retry(() => ret(c.fcntl(fd, cmd, "int", arg)))
+
+/** A close-on-exec duplicate (F_DUPFD_CLOEXEC). */
+export const dup = (fd: number): number => fcntl(fd, F_DUPFD_CLOEXEC, 0)
+
+/** open(2), always O_CLOEXEC. */
+export const open = (path: string, flags: number, mode = 0o600): number =>
+  retry(() => ret(c.open(path, flags | O_CLOEXEC, "uint32", mode)))
+
+export const getpid = (): number => c.getpid() as number
+
+/** Set O_NONBLOCK and FD_CLOEXEC on an fd (an inherited fd may have neither). 0 or -errno. */
+export const setNonblockCloexec = (fd: number): number => {
+  const fl = fcntl(fd, F_GETFL)
+  if (fl < 0) return fl
+  if ((fl & O_NONBLOCK) === 0) {
+    const r = fcntl(fd, F_SETFL, fl | O_NONBLOCK)
+    if (r < 0) return r
+  }
+  const fdfl = fcntl(fd, F_GETFD)
+  if (fdfl < 0) return fdfl
+  return (fdfl & FD_CLOEXEC) !== 0 ? 0 : Math.min(0, fcntl(fd, F_SETFD, fdfl | FD_CLOEXEC))
+}
+
+export interface FileId {
+  readonly dev: bigint
+  readonly ino: bigint
+}
+
+const statBuf = new BigUint64Array(32) // struct stat is 144 (x86_64) or 128 (aarch64) bytes
+
+/** st_dev and st_ino from fstat(2) (both at offsets 0 and 8 on x86_64 and aarch64), or -errno. */
+export const fstatId = (fd: number): FileId | number => {
+  const r = ret(c.fstat(fd, statBuf))
+  return r < 0 ? r : { dev: statBuf[0] ?? 0n, ino: statBuf[1] ?? 0n }
+}
+
+/** Count of double closes seen by the native backend (a bug if non-zero). */
+export let nativeDoubleCloses = 0
+
+/** The FdBackend of real descriptors: close(2). */
+export const nativeFdBackend: FdBackend = {
+  name: "native",
+  closeNumber: (num) => {
+    const r = close(num)
+    return r < 0 ? -r : 0
+  },
+  onDoubleClose: () => {
+    nativeDoubleCloses++
+  }
+}
+
+/** Wrap a real fd number in an owned Fd. */
+export const nativeFd = (num: number, label = ""): Fd => new Fd(num, nativeFdBackend, label)
+
+// struct msghdr (LP64): name@0 namelen@8 iov@16 iovlen@24 control@32 controllen@40 flags@48, 56 bytes.
+// struct iovec: base@0 len@8. struct cmsghdr: len@0 level@8 type@12 data@16.
+const MSGHDR = 0
+const IOV = 56
+const CMSG = 72
+/** CMSG_SPACE(sizeof(int)): room for one fd (padding leaves room for a second, as in libutil). */
+const CMSG_SPACE_1 = 24
+const CMSG_LEN_1 = 20
+const SIZE = CMSG + CMSG_SPACE_1
+
+const setPtr = (dv: DataView, off: number, addr: number): void => {
+  dv.setUint32(off, addr % 0x100000000, true)
+  dv.setUint32(off + 4, Math.floor(addr / 0x100000000), true)
+}
+
+/**
+ * Where a Uint8Array's bytes are. Asking for `.buffer` first moves a small
+ * on-heap typed array off the V8 heap, where memory never moves; the
+ * address stays valid while the array is referenced.
+ */
+const addressOf = (bytes: Uint8Array): number => {
+  void bytes.buffer
+  return Number(koffi.address(bytes))
+}
+
+/**
+ * A native struct msghdr with one iovec and one SCM_RIGHTS slot, reused for
+ * every sendmsg/recvmsg: the data itself stays in JS memory and is passed
+ * by address, without a copy. Nothing is allocated per call. `free` once.
+ */
+export class ScmBuffer {
+  /** fds received by the last `recv` (the caller owns them). */
+  readonly fds: Array<number> = []
+  /** msg_flags of the last `recv` (MSG_CTRUNC: fds beyond the slot were discarded by the kernel). */
+  flags = 0
+  readonly #mem: unknown
+  readonly #dv: DataView
+  #freed = false
+
+  constructor() {
+    this.#mem = koffi.alloc("uint8_t", SIZE)
+    const ab = koffi.view(this.#mem, SIZE)
+    this.#dv = new DataView(ab)
+    new Uint8Array(ab).fill(0)
+    const base = Number(koffi.address(this.#mem))
+    setPtr(this.#dv, MSGHDR + 16, base + IOV)
+    this.#dv.setUint32(MSGHDR + 24, 1, true) // msg_iovlen
+    setPtr(this.#dv, MSGHDR + 32, base + CMSG)
+  }
+
+  /**
+   * sendmsg of `data` with `fd` attached unless it is -1. MSG_NOSIGNAL: a
+   * closed peer is EPIPE, not SIGPIPE. Bytes sent or -errno.
+   */
+  send(sock: number, data: Uint8Array, fd: number): number {
+    const dv = this.#dv
+    setPtr(dv, IOV, addressOf(data))
+    dv.setUint32(IOV + 8, data.length, true)
+    if (fd >= 0) {
+      dv.setUint32(MSGHDR + 40, CMSG_SPACE_1, true)
+      dv.setUint32(CMSG, CMSG_LEN_1, true)
+      dv.setUint32(CMSG + 4, 0, true)
+      dv.setInt32(CMSG + 8, SOL_SOCKET, true)
+      dv.setInt32(CMSG + 12, SCM_RIGHTS, true)
+      dv.setInt32(CMSG + 16, fd, true)
+      dv.setInt32(CMSG + 20, 0, true)
+    } else {
+      dv.setUint32(MSGHDR + 40, 0, true)
+    }
+    return sendmsg(sock, this.#mem, MSG_NOSIGNAL)
+  }
+
+  /**
+   * recvmsg into `into` with MSG_CMSG_CLOEXEC. Received fds land in `fds`
+   * (cleared first). Bytes read (0 = EOF) or -errno.
+   */
+  recv(sock: number, into: Uint8Array): number {
+    const dv = this.#dv
+    this.fds.length = 0
+    setPtr(dv, IOV, addressOf(into))
+    dv.setUint32(IOV + 8, into.length, true)
+    dv.setUint32(MSGHDR + 40, CMSG_SPACE_1, true)
+    dv.setUint32(MSGHDR + 44, 0, true)
+    dv.setInt32(MSGHDR + 48, 0, true)
+    const n = recvmsg(sock, this.#mem, MSG_CMSG_CLOEXEC)
+    if (n < 0) return n
+    this.flags = dv.getInt32(MSGHDR + 48, true)
+    const controllen = dv.getUint32(MSGHDR + 40, true)
+    // CMSG_FIRSTHDR/CMSG_NXTHDR over the control area we handed in.
+    let off = 0
+    while (off + 16 <= controllen) {
+      const len = dv.getUint32(CMSG + off, true)
+      if (len < 16 || off + len > controllen) break
+      if (dv.getInt32(CMSG + off + 8, true) === SOL_SOCKET && dv.getInt32(CMSG + off + 12, true) === SCM_RIGHTS) {
+        for (let p = 16; p + 4 <= len; p += 4) this.fds.push(dv.getInt32(CMSG + off + p, true))
+      }
+      off += (len + 7) & ~7
+    }
+    return n
+  }
+
+  free(): void {
+    if (this.#freed) return
+    this.#freed = true
+    koffi.free(this.#mem)
+  }
+}

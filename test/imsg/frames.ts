@@ -1,0 +1,49 @@
+/** Test helpers: building imsg byte streams and cutting them into reads. */
+import fc from "fast-check"
+import { IMSG_HEADER_SIZE, writeHeader } from "../../src/schema/imsgHeader.ts"
+
+export interface Frame {
+  readonly type: number
+  readonly peerid: number
+  readonly pid: number
+  readonly data: Uint8Array
+  /** bit 31 of len */
+  readonly marked: boolean
+}
+
+export const frameArb = (maxPayload = 200): fc.Arbitrary<Frame> =>
+  fc.record({
+    type: fc.nat(0xffffffff),
+    peerid: fc.nat(0xffffffff),
+    pid: fc.nat(0xffffffff),
+    data: fc.uint8Array({ maxLength: maxPayload }),
+    marked: fc.boolean()
+  })
+
+/** The wire bytes of frames, and where each frame starts. */
+export const encodeFrames = (frames: ReadonlyArray<Frame>): { bytes: Uint8Array; starts: Array<number> } => {
+  const total = frames.reduce((n, f) => n + IMSG_HEADER_SIZE + f.data.length, 0)
+  const bytes = new Uint8Array(total)
+  const starts: Array<number> = []
+  let o = 0
+  for (const f of frames) {
+    starts.push(o)
+    writeHeader(bytes, o, f.type, IMSG_HEADER_SIZE + f.data.length, f.marked, f.peerid, f.pid)
+    bytes.set(f.data, o + IMSG_HEADER_SIZE)
+    o += IMSG_HEADER_SIZE + f.data.length
+  }
+  return { bytes, starts }
+}
+
+/** Sorted, distinct cut points strictly inside (0, total), turned into [start, end) reads. */
+export const readsOf = (total: number, cuts: Iterable<number>): Array<readonly [number, number]> => {
+  const cs = [...new Set([...cuts].filter((c) => c > 0 && c < total))].sort((a, b) => a - b)
+  const bounds = [0, ...cs, total]
+  const reads: Array<readonly [number, number]> = []
+  for (let i = 0; i + 1 < bounds.length; i++) reads.push([bounds[i] as number, bounds[i + 1] as number])
+  return reads
+}
+
+export const hex = (s: string): Uint8Array => Uint8Array.from(s.trim().split(/\s+/).map((b) => parseInt(b, 16)))
+
+export const toHex = (b: Uint8Array): string => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join(" ")

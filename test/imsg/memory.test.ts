@@ -1,0 +1,262 @@
+import { describe, expect, it } from "@effect/vitest"
+import { Chunk, Effect, Either, Fiber, Stream, TestClock } from "effect"
+import type { Scope } from "effect"
+import fc from "fast-check"
+import { ImsgChannelMemory, MemorySockets } from "../../src/layers/ImsgChannelMemory.ts"
+import { Errno } from "../../src/schema/errno.ts"
+import type { Imsg } from "../../src/services/ImsgChannel.ts"
+import { ImsgChannel } from "../../src/services/ImsgChannel.ts"
+import { hex } from "./frames.ts"
+
+const take = (messages: Stream.Stream<Imsg, unknown>, n: number) =>
+  messages.pipe(Stream.take(n), Stream.runCollect, Effect.map(Chunk.toArray))
+
+/** Fresh fake kernel per test; after the test no fd may be left open or closed twice. */
+const memory = <A, E>(body: Effect.Effect<A, E, ImsgChannel | MemorySockets | Scope.Scope>) =>
+  Effect.gen(function* () {
+    const table = yield* MemorySockets
+    const a = yield* Effect.scoped(body)
+    expect(table.doubleCloses).toBe(0)
+    return { a, open: table.openFds() }
+  }).pipe(Effect.provide(ImsgChannelMemory.layer))
+
+describe("ImsgChannelMemory", () => {
+  it.effect("messages and an fd cross a pair; the Fd object itself travels; pid 0 becomes ours", () =>
+    Effect.gen(function* () {
+      const { a, open } = yield* memory(
+        Effect.gen(function* () {
+          const svc = yield* ImsgChannel
+          const table = yield* MemorySockets
+          const [x, y] = yield* svc.socketpair("vm1")
+          const cx = yield* svc.open(x)
+          const cy = yield* svc.open(y)
+          const disk = table.makeFd("disk0")
+          yield* cx.send({ type: 9, peerid: 3, pid: 0, data: hex("01 02") })
+          yield* cx.send({ type: 10, peerid: 4, pid: 1, fd: disk })
+          yield* cx.send({ type: 11, peerid: 5, pid: 1 })
+          const got = yield* take(cy.messages, 3)
+          expect(got.map((m) => [m.type, m.peerid, m.pid])).toEqual([
+            [9, 3, process.pid],
+            [10, 4, 1],
+            [11, 5, 1]
+          ])
+          expect(got[1]?.fd).toBe(disk)
+          expect(disk.isOpen).toBe(true)
+          disk.closeSync()
+          return table.openFds().map((f) => f.label)
+        })
+      )
+      expect(a).toEqual(["vm1[0]", "vm1[1]"])
+      expect(open).toEqual([])
+    })
+  )
+
+  it.effect("EOF when the peer closes ends the stream after what was buffered", () =>
+    Effect.gen(function* () {
+      const { a } = yield* memory(
+        Effect.gen(function* () {
+          const svc = yield* ImsgChannel
+          const [x, y] = yield* svc.socketpair("p")
+          const cx = yield* svc.open(x)
+          const cy = yield* svc.open(y)
+          yield* cx.send({ type: 1, peerid: 0, pid: 1 })
+          yield* cx.send({ type: 2, peerid: 0, pid: 1 })
+          yield* cx.flush
+          yield* cx.close
+          return (yield* Stream.runCollect(cy.messages).pipe(Effect.map(Chunk.toArray))).map((m) => m.type)
+        })
+      )
+      expect(a).toEqual([1, 2])
+    })
+  )
+
+  it.effect("EPIPE on write drops the queue, closes its fds, ends the stream cleanly; later sends fail Closed", () =>
+    Effect.gen(function* () {
+      const { a, open } = yield* memory(
+        Effect.gen(function* () {
+          const svc = yield* ImsgChannel
+          const table = yield* MemorySockets
+          const [x, y] = yield* svc.socketpair("p")
+          const cx = yield* svc.open(x)
+          yield* svc.open(y)
+          table.failNextWrite(x, Errno.EPIPE)
+          const f = table.makeFd("f")
+          yield* cx.send({ type: 1, peerid: 0, pid: 1, fd: f })
+          yield* cx.flush
+          const rest = yield* Stream.runCollect(cx.messages)
+          const again = yield* Effect.either(cx.send({ type: 2, peerid: 0, pid: 1 }))
+          return { rest: Chunk.size(rest), fOpen: f.isOpen, again }
+        })
+      )
+      expect(a.rest).toBe(0)
+      expect(a.fOpen).toBe(false)
+      expect(Either.isLeft(a.again) && a.again.left.reason).toBe("Closed")
+      expect(open).toEqual([])
+    })
+  )
+
+  it.effect("raw handshake with short writes and reads, then the same socket becomes a channel", () =>
+    Effect.gen(function* () {
+      const { a } = yield* memory(
+        Effect.gen(function* () {
+          const svc = yield* ImsgChannel
+          const table = yield* MemorySockets
+          const [vmm, vm] = yield* svc.socketpair("vm")
+          table.shortWrites(vmm, 100)
+          table.shortReads(vm, 7)
+          const vmdVm = new Uint8Array(13352).map((_, i) => i & 0xff)
+          const prefix = new Uint8Array(40).fill(0xaa)
+          const child = yield* Effect.fork(
+            Effect.gen(function* () {
+              const got = yield* svc.readRaw(vm, 13352 + 40, 1000)
+              yield* svc.writeRaw(vm, hex("07 00 00 00"), 1000)
+              return got
+            })
+          )
+          yield* svc.writeRaw(vmm, vmdVm, 1000)
+          yield* svc.writeRaw(vmm, prefix, 1000)
+          const id = yield* svc.readRaw(vmm, 4, 1000)
+          const got = yield* Fiber.join(child)
+          table.shortWrites(vmm, Infinity)
+          const cvmm = yield* svc.open(vmm)
+          const cvm = yield* svc.open(vm)
+          yield* cvm.send({ type: 37, peerid: 0, pid: 1 })
+          const [m] = yield* take(cvmm.messages, 1)
+          return { id, same: got.subarray(0, 13352).every((b, i) => b === (vmdVm[i] ?? -1)), tail: got.subarray(13352), type: m?.type }
+        })
+      )
+      expect(a.id).toEqual(hex("07 00 00 00"))
+      expect(a.same).toBe(true)
+      expect(a.tail).toEqual(new Uint8Array(40).fill(0xaa))
+      expect(a.type).toBe(37)
+    })
+  )
+
+  it.effect("readRaw: EOF before n bytes is Eof; silence is Timeout under TestClock", () =>
+    Effect.gen(function* () {
+      const { a } = yield* memory(
+        Effect.gen(function* () {
+          const svc = yield* ImsgChannel
+          const [x, y] = yield* svc.socketpair("p")
+          const slow = yield* Effect.fork(Effect.either(svc.readRaw(x, 4, 500)))
+          yield* TestClock.adjust("499 millis")
+          yield* Effect.yieldNow()
+          const early = slow.unsafePoll()
+          yield* TestClock.adjust("1 millis")
+          const timedOut = yield* Fiber.join(slow)
+          yield* svc.writeRaw(y, hex("01 02"), 100)
+          y.closeSync()
+          const eof = yield* Effect.either(svc.readRaw(x, 4, 100))
+          x.closeSync()
+          return { early, timedOut, eof }
+        })
+      )
+      expect(a.early).toBeNull()
+      expect(Either.isLeft(a.timedOut) && a.timedOut.left.reason).toBe("Timeout")
+      expect(Either.isLeft(a.eof) && a.eof.left.reason).toBe("Eof")
+    })
+  )
+
+  it.effect("a bad length from the peer fails the stream with Framing (ERANGE)", () =>
+    Effect.gen(function* () {
+      const { a } = yield* memory(
+        Effect.gen(function* () {
+          const svc = yield* ImsgChannel
+          const [x, y] = yield* svc.socketpair("p")
+          const cx = yield* svc.open(x)
+          yield* svc.writeRaw(y, hex("01 00 00 00 0f 00 00 00 00 00 00 00 00 00 00 00"), 100)
+          return yield* Effect.flip(Stream.runDrain(cx.messages))
+        })
+      )
+      expect(a.reason).toBe("Framing")
+      expect(a.errno).toBe(Errno.ERANGE)
+    })
+  )
+
+  it.effect("backpressure: 4 MB to a reader that pauses, all in order; close drops unsent fds", () =>
+    Effect.gen(function* () {
+      const { a, open } = yield* memory(
+        Effect.gen(function* () {
+          const svc = yield* ImsgChannel
+          const table = yield* MemorySockets
+          const [x, y] = yield* svc.socketpair("p")
+          table.setCapacity(y, 8192)
+          const cx = yield* svc.open(x)
+          const cy = yield* ImsgChannelMemory.open(table, y, { highWaterBytes: 32 * 1024 })
+          const n = 4200 // 4.2 MB
+          for (let i = 0; i < n; i++) yield* cx.send({ type: i, peerid: 0, pid: 1, data: new Uint8Array(984).fill(i & 0xff) })
+          const peak = yield* cx.queued
+          let expected = 0
+          let ok = true
+          const reader = yield* Effect.fork(
+            cy.messages.pipe(
+              Stream.take(n),
+              Stream.runForEach((m) =>
+                Effect.gen(function* () {
+                  ok &&= m.type === expected && m.data[0] === (expected & 0xff)
+                  expected++
+                  if (expected % 97 === 0) yield* Effect.yieldNow()
+                })
+              )
+            )
+          )
+          yield* cx.flush
+          yield* Fiber.join(reader)
+          // now a message that cannot be written: the reader stopped reading
+          table.setCapacity(y, 0)
+          const f = table.makeFd("late")
+          yield* cx.send({ type: 1, peerid: 0, pid: 1, fd: f })
+          yield* Effect.yieldNow()
+          yield* cx.close
+          return { peak, ok, expected, fOpen: f.isOpen }
+        })
+      )
+      expect(a.peak).toBeGreaterThan(1000)
+      expect(a.ok).toBe(true)
+      expect(a.expected).toBe(4200)
+      expect(a.fOpen).toBe(false)
+      expect(open).toEqual([])
+    })
+  )
+
+  it.effect("property: with random short reads and writes every message and fd arrives in order, nothing leaks", () =>
+    Effect.promise(() =>
+      fc.assert(
+        fc.asyncProperty(
+          fc.array(fc.record({ size: fc.nat(3000), fd: fc.boolean() }), { minLength: 1, maxLength: 60 }),
+          fc.integer({ min: 1, max: 5000 }),
+          fc.option(fc.integer({ min: 1, max: 5000 }), { nil: Infinity }),
+          (msgs, maxWrite, maxRead) =>
+            Effect.runPromise(
+              memory(
+                Effect.gen(function* () {
+                  const svc = yield* ImsgChannel
+                  const table = yield* MemorySockets
+                  const [x, y] = yield* svc.socketpair("p")
+                  table.shortWrites(x, maxWrite)
+                  table.shortReads(y, maxRead)
+                  const cx = yield* svc.open(x)
+                  const cy = yield* svc.open(y)
+                  const fds = msgs.map((m, i) => (m.fd ? table.makeFd(`f${i}`) : null))
+                  for (let i = 0; i < msgs.length; i++) {
+                    yield* cx.send({ type: i, peerid: 0, pid: 1, data: new Uint8Array(msgs[i]?.size ?? 0).fill(i), fd: fds[i] ?? null })
+                  }
+                  const got = yield* take(cy.messages, msgs.length)
+                  expect(got.map((m) => m.type)).toEqual(msgs.map((_, i) => i))
+                  expect(got.map((m) => m.data.length)).toEqual(msgs.map((m) => m.size))
+                  // Writes or reads that cut a header away from the bytes its fd came with break
+                  // libutil's fd rule (the fd is closed, or a later marked header takes it); the
+                  // fds are then only never leaked. Otherwise each fd reaches its own message.
+                  if (maxRead === Infinity && maxWrite >= 16) expect(got.map((m) => m.fd)).toEqual(fds)
+                  for (const m of got) m.fd?.closeSync()
+                })
+              )
+            ).then(({ open }) => {
+              expect(open).toEqual([])
+            })
+        ),
+        { numRuns: 60 }
+      )
+    )
+  )
+})

@@ -1,0 +1,349 @@
+import { spawn } from "node:child_process"
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { describe, expect, it } from "@effect/vitest"
+import { Chunk, Deferred, Effect, Either, Fiber, Stream } from "effect"
+import type { Scope } from "effect"
+import { ImsgChannelNative } from "../../src/layers/ImsgChannelNative.ts"
+import * as libc from "../../src/native/libc.ts"
+import { Errno } from "../../src/schema/errno.ts"
+import { MAX_IMSG_PAYLOAD } from "../../src/schema/imsgHeader.ts"
+import type { Imsg } from "../../src/services/ImsgChannel.ts"
+import { ImsgChannel } from "../../src/services/ImsgChannel.ts"
+import { encodeFrames, hex, toHex } from "./frames.ts"
+import { fdCount, recvRaw, sendRaw } from "./sockets.ts"
+
+const native = <A, E>(body: Effect.Effect<A, E, ImsgChannel | Scope.Scope>) =>
+  Effect.gen(function* () {
+    const before = libc.nativeDoubleCloses
+    const a = yield* Effect.scoped(body)
+    expect(libc.nativeDoubleCloses).toBe(before)
+    return a
+  }).pipe(Effect.provide(ImsgChannelNative.layer))
+
+const take = (messages: Stream.Stream<Imsg, unknown>, n: number) =>
+  messages.pipe(Stream.take(n), Stream.runCollect, Effect.map(Chunk.toArray))
+
+const le32 = (n: number) => toHex(Uint8Array.of(n & 0xff, (n >>> 8) & 0xff, (n >>> 16) & 0xff, n >>> 24))
+
+const devNull = (label: string) => libc.nativeFd(libc.open("/dev/null", libc.O_RDONLY), label)
+
+describe("ImsgChannelNative over real socketpairs", () => {
+  it.live("writes the hex dump of imsg.md §2 byte for byte, in the same two sendmsgs", () =>
+    native(
+      Effect.gen(function* () {
+        const svc = yield* ImsgChannel
+        const [a, b] = yield* svc.socketpair("dump")
+        const ch = yield* svc.open(a)
+        const passed = devNull("passed")
+        yield* ch.send({ type: 0x1234, peerid: 7, pid: 0, data: new TextEncoder().encode("abc") })
+        yield* ch.send({ type: 5, peerid: 0xffffffff, pid: 1, fd: passed, data: hex("01 02 03 04") })
+        yield* ch.send({ type: 6, peerid: 0, pid: 1 })
+        yield* ch.flush
+        expect(passed.isOpen).toBe(false) // the sender's copy is closed once sent
+        // a 19-byte read would carry the fd if the first sendmsg had it
+        const first = yield* recvRaw(b.num, 19)
+        const second = yield* recvRaw(b.num, 4096)
+        expect(toHex(first.bytes)).toBe(`34 12 00 00 13 00 00 00 07 00 00 00 ${le32(process.pid)} 61 62 63`)
+        expect(first.fds).toEqual([])
+        expect(toHex(second.bytes)).toBe(
+          "05 00 00 00 14 00 00 80 ff ff ff ff 01 00 00 00 01 02 03 04 06 00 00 00 10 00 00 00 00 00 00 00 01 00 00 00"
+        )
+        expect(second.fds.length).toBe(1)
+        for (const f of second.fds) libc.close(f)
+        b.closeSync()
+      })
+    )
+  )
+
+  it.live("passes an fd: the receiver's fd is the same file (st_dev, st_ino), close-on-exec", () =>
+    native(
+      Effect.gen(function* () {
+        const svc = yield* ImsgChannel
+        const dir = mkdtempSync(join(tmpdir(), "imsg-"))
+        const path = join(dir, "disk.img")
+        writeFileSync(path, "x")
+        const file = libc.nativeFd(libc.open(path, libc.O_RDWR), "disk")
+        const id = libc.fstatId(file.num)
+        const [a, b] = yield* svc.socketpair("fdpass")
+        const ca = yield* svc.open(a)
+        const cb = yield* svc.open(b)
+        yield* ca.send({ type: 21, peerid: 3, pid: 1, fd: file, data: hex("aa") })
+        const [m] = yield* take(cb.messages, 1)
+        rmSync(dir, { recursive: true })
+        const got = m?.fd
+        expect(got).not.toBeNull()
+        if (!got) return
+        expect(file.isOpen).toBe(false)
+        expect(libc.fstatId(got.num)).toEqual(id)
+        expect(libc.fcntl(got.num, libc.F_GETFD) & libc.FD_CLOEXEC).toBe(libc.FD_CLOEXEC)
+        got.closeSync()
+      })
+    )
+  )
+
+  it.live("a message with an fd and the fd-less ones after it leave in one sendmsg", () =>
+    native(
+      Effect.gen(function* () {
+        const svc = yield* ImsgChannel
+        const [a, b] = yield* svc.socketpair("batch")
+        const ch = yield* svc.open(a)
+        yield* ch.send({ type: 1, peerid: 0, pid: 1, data: new Uint8Array(10) })
+        yield* ch.send({ type: 2, peerid: 0, pid: 1, fd: devNull("f"), data: new Uint8Array(4) })
+        for (let t = 3; t <= 5; t++) yield* ch.send({ type: t, peerid: 0, pid: 1, data: new Uint8Array(t) })
+        yield* ch.flush
+        // the first message alone: a 26-byte read would carry the fd if its sendmsg had it
+        const r1 = yield* recvRaw(b.num, 26)
+        const r2 = yield* recvRaw(b.num, 65536)
+        expect([r1.bytes.length, r1.fds.length]).toEqual([26, 0])
+        // fd message (20) + 3 fd-less (19, 20, 21) in one read: Linux ends a read with the
+        // sendmsg that carried an fd, so these 80 bytes were one sendmsg
+        expect([r2.bytes.length, r2.fds.length]).toEqual([80, 1])
+        expect(Array.from(r2.bytes.subarray(0, 8))).toEqual([2, 0, 0, 0, 20, 0, 0, 0x80])
+        for (const f of r2.fds) libc.close(f)
+        b.closeSync()
+      })
+    )
+  )
+
+  it.live.each([15, 16385])("a header with len %i fails the stream with Framing (ERANGE)", (len) =>
+    native(
+      Effect.gen(function* () {
+        const svc = yield* ImsgChannel
+        const [a, b] = yield* svc.socketpair("bad")
+        const ch = yield* svc.open(a)
+        const good = encodeFrames([{ type: 1, peerid: 0, pid: 1, data: new Uint8Array(3), marked: false }]).bytes
+        const bad = new Uint8Array(32)
+        bad.set(hex(`09 00 00 00 ${le32(len)}`))
+        sendRaw(b.num, Uint8Array.from([...good, ...bad]))
+        const seen: Array<number> = []
+        const err = yield* Effect.flip(Stream.runForEach(ch.messages, (m) => Effect.sync(() => seen.push(m.type))))
+        expect(seen).toEqual([1])
+        expect([err.reason, err.errno]).toEqual(["Framing", Errno.ERANGE])
+        b.closeSync()
+      })
+    )
+  )
+
+  it.live("EOF in the middle of a message ends the stream cleanly after the complete ones", () =>
+    native(
+      Effect.gen(function* () {
+        const svc = yield* ImsgChannel
+        const [a, b] = yield* svc.socketpair("eof")
+        const ch = yield* svc.open(a)
+        const { bytes } = encodeFrames([
+          { type: 1, peerid: 0, pid: 1, data: new Uint8Array(5), marked: false },
+          { type: 2, peerid: 0, pid: 1, data: new Uint8Array(100), marked: false }
+        ])
+        sendRaw(b.num, bytes.subarray(0, 21 + 40))
+        b.closeSync()
+        const got = yield* Stream.runCollect(ch.messages).pipe(Effect.map(Chunk.toArray))
+        expect(got.map((m) => m.type)).toEqual([1])
+      })
+    )
+  )
+
+  it.live("an fd that no marked header claims is closed (/proc/self/fd back to its count)", () =>
+    native(
+      Effect.gen(function* () {
+        const svc = yield* ImsgChannel
+        const [a, b] = yield* svc.socketpair("unclaimed")
+        const ch = yield* svc.open(a)
+        const before = fdCount()
+        const extra = libc.dup(b.num)
+        const unmarked = encodeFrames([{ type: 7, peerid: 0, pid: 1, data: new Uint8Array(4), marked: false }]).bytes
+        expect(sendRaw(b.num, unmarked, extra)).toBe(20)
+        libc.close(extra) // only the copy in flight is left
+        const [m] = yield* take(ch.messages, 1)
+        expect(m?.type).toBe(7)
+        expect(m?.fd).toBeNull()
+        expect(fdCount()).toBe(before)
+        b.closeSync()
+      })
+    )
+  )
+
+  it.live("a marked header without an fd yields fd null", () =>
+    native(
+      Effect.gen(function* () {
+        const svc = yield* ImsgChannel
+        const [a, b] = yield* svc.socketpair("nofd")
+        const ch = yield* svc.open(a)
+        sendRaw(b.num, encodeFrames([{ type: 8, peerid: 0, pid: 1, data: new Uint8Array(0), marked: true }]).bytes)
+        const [m] = yield* take(ch.messages, 1)
+        expect([m?.type, m?.fd]).toEqual([8, null])
+        b.closeSync()
+      })
+    )
+  )
+
+  it.live("backpressure: 10 MB to a slow reader arrive complete and in order", () =>
+    native(
+      Effect.gen(function* () {
+        const svc = yield* ImsgChannel
+        const [a, b] = yield* svc.socketpair("bulk")
+        const ca = yield* svc.open(a)
+        const cb = yield* ImsgChannelNative.open(b, { highWaterBytes: 64 * 1024 })
+        const sizes: Array<number> = []
+        for (let total = 0, i = 0; total < 10 * 1024 * 1024; i++) {
+          const size = (i * 7919) % (MAX_IMSG_PAYLOAD + 1)
+          sizes.push(size)
+          total += size + 16
+        }
+        let received = 0
+        let inOrder = true
+        const reader = yield* Effect.fork(
+          cb.messages.pipe(
+            Stream.take(sizes.length),
+            Stream.runForEach((m) =>
+              Effect.gen(function* () {
+                const i = received++
+                inOrder &&= m.type === i && m.data.length === sizes[i] && (m.data.length === 0 || m.data[m.data.length - 1] === (i & 0xff))
+                if (i % 25 === 0) yield* Effect.sleep("1 millis")
+              })
+            )
+          )
+        )
+        let peak = 0
+        for (let i = 0; i < sizes.length; i++) {
+          yield* ca.send({ type: i, peerid: 0, pid: 1, data: new Uint8Array(sizes[i] ?? 0).fill(i & 0xff) })
+          if (i % 200 === 199) {
+            yield* Effect.yieldNow()
+            peak = Math.max(peak, yield* ca.queued)
+          }
+        }
+        yield* ca.flush
+        expect(yield* ca.queued).toBe(0)
+        yield* Fiber.join(reader)
+        expect(received).toBe(sizes.length)
+        expect(inOrder).toBe(true)
+        expect(peak).toBeGreaterThan(0) // the writer did wait for the socket
+      })
+    ),
+    60_000
+  )
+
+  it.live("raw handshake (13352 + 40 bytes out, a 4-byte id back), then the same sockets carry imsgs", () =>
+    native(
+      Effect.gen(function* () {
+        const svc = yield* ImsgChannel
+        const [vmm, vm] = yield* svc.socketpair("vm")
+        const vmdVm = new Uint8Array(13352).map((_, i) => (i * 31) & 0xff)
+        const prefix = new Uint8Array(40).fill(0x5a)
+        const child = yield* Effect.fork(
+          Effect.gen(function* () {
+            const got = yield* svc.readRaw(vm, 13352 + 40, 2000)
+            yield* svc.writeRaw(vm, hex("2a 00 00 00"), 2000)
+            return got
+          })
+        )
+        yield* svc.writeRaw(vmm, vmdVm, 2000)
+        yield* svc.writeRaw(vmm, prefix, 2000)
+        const id = yield* svc.readRaw(vmm, 4, 2000)
+        const got = yield* Fiber.join(child)
+        expect(id).toEqual(hex("2a 00 00 00"))
+        expect(got).toEqual(Uint8Array.from([...vmdVm, ...prefix]))
+        const cvmm = yield* svc.open(vmm)
+        const cvm = yield* svc.open(vm)
+        yield* cvm.send({ type: 37, peerid: 0, pid: 0 })
+        const [m] = yield* take(cvmm.messages, 1)
+        expect(m?.type).toBe(37)
+      })
+    )
+  )
+
+  it.live("readRaw: EOF before n bytes is Eof, silence is Timeout; a closed Fd is Closed", () =>
+    native(
+      Effect.gen(function* () {
+        const svc = yield* ImsgChannel
+        const [x, y] = yield* svc.socketpair("raw")
+        const t0 = Date.now()
+        const silent = yield* Effect.either(svc.readRaw(x, 4, 100))
+        expect(Either.isLeft(silent) && silent.left.reason).toBe("Timeout")
+        expect(Date.now() - t0).toBeGreaterThanOrEqual(90)
+        yield* svc.writeRaw(y, hex("01 02"), 100)
+        y.closeSync()
+        const eof = yield* Effect.either(svc.readRaw(x, 4, 1000))
+        expect(Either.isLeft(eof) && eof.left.reason).toBe("Eof")
+        x.closeSync()
+        const closed = yield* Effect.either(svc.readRaw(x, 4, 1000))
+        expect(Either.isLeft(closed) && closed.left.reason).toBe("Closed")
+      })
+    )
+  )
+
+  it.live("EPIPE from a closed peer ends the stream cleanly and drops the queue", () =>
+    native(
+      Effect.gen(function* () {
+        const svc = yield* ImsgChannel
+        const [a, b] = yield* svc.socketpair("pipe")
+        const ch = yield* svc.open(a)
+        sendRaw(b.num, encodeFrames([{ type: 3, peerid: 0, pid: 1, data: new Uint8Array(2), marked: false }]).bytes)
+        b.closeSync()
+        const f = devNull("queued")
+        yield* ch.send({ type: 1, peerid: 0, pid: 1, fd: f })
+        yield* ch.flush
+        expect(f.isOpen).toBe(false)
+        const got = yield* Stream.runCollect(ch.messages).pipe(Effect.map(Chunk.toArray))
+        expect(got.map((m) => m.type)).toEqual([3])
+      })
+    )
+  )
+
+  it.live("opening and closing channels leaves no fd behind", () =>
+    native(
+      Effect.gen(function* () {
+        const svc = yield* ImsgChannel
+        const before = fdCount()
+        for (let i = 0; i < 50; i++) {
+          yield* Effect.scoped(
+            Effect.gen(function* () {
+              const [a, b] = yield* svc.socketpair("churn")
+              const ca = yield* svc.open(a)
+              const cb = yield* svc.open(b)
+              yield* ca.send({ type: i, peerid: 0, pid: 1, fd: devNull("churn") })
+              const [m] = yield* take(cb.messages, 1)
+              m?.fd?.closeSync()
+              yield* ca.close
+              yield* ca.close // idempotent
+            })
+          )
+        }
+        expect(fdCount()).toBe(before)
+      })
+    )
+  )
+
+  it.live("a child whose parent channel is an inherited blocking fd 3 opens it and echoes, fds included", () =>
+    native(
+      Effect.gen(function* () {
+        const svc = yield* ImsgChannel
+        // blocking, like proc.c's end once inherited; close-on-exec so the child holds only its fd 3
+        const pair = libc.socketpair(libc.AF_UNIX, libc.SOCK_STREAM | libc.SOCK_CLOEXEC)
+        if (typeof pair === "number") return yield* Effect.die(new Error(`socketpair: ${pair}`))
+        const mine = libc.nativeFd(pair[0], "to child")
+        const childEnd = libc.nativeFd(pair[1], "child end")
+        const exited = yield* Deferred.make<number | null>()
+        const child = spawn(process.execPath, ["--import", "tsx", join(import.meta.dirname, "echo-child.ts")], {
+          stdio: ["ignore", "inherit", "inherit", childEnd.num]
+        })
+        child.on("exit", (code) => Deferred.unsafeDone(exited, Effect.succeed(code)))
+        childEnd.closeSync()
+        const ch = yield* svc.open(mine)
+        const [hello] = yield* take(ch.messages, 1)
+        expect(Array.from(hello?.data ?? [])).toEqual([1, 1]) // blocking before open, O_NONBLOCK after
+        const file = devNull("round trip")
+        const id = libc.fstatId(file.num)
+        yield* ch.send({ type: 40, peerid: 9, pid: 1, fd: file, data: hex("de ad") })
+        const [echo] = yield* take(ch.messages, 1)
+        expect([echo?.type, echo?.peerid, echo?.pid]).toEqual([41, 9, child.pid])
+        expect(libc.fstatId(echo?.fd?.num ?? -1)).toEqual(id)
+        echo?.fd?.closeSync()
+        yield* ch.close
+        expect(yield* Deferred.await(exited)).toBe(0)
+      })
+    ),
+    30_000
+  )
+})

@@ -1,0 +1,145 @@
+import { describe, expect, it } from "@effect/vitest"
+import fc from "fast-check"
+import type { ParsedImsg } from "../../src/imsg/parser.ts"
+import { ImsgParser } from "../../src/imsg/parser.ts"
+import { IMSG_HEADER_SIZE, MAX_IMSG_PAYLOAD, writeHeader } from "../../src/schema/imsgHeader.ts"
+import type { Frame } from "./frames.ts"
+import { encodeFrames, frameArb, hex, readsOf } from "./frames.ts"
+
+/** A parser over number "fds" that records every close. */
+const recording = () => {
+  const closed: Array<number> = []
+  const parser = new ImsgParser<number>({ closeFd: (fd) => closed.push(fd) })
+  return { parser, closed }
+}
+
+const plain = (m: ParsedImsg<number>) => ({ type: m.type, peerid: m.peerid, pid: m.pid, data: Array.from(m.data) })
+const plainFrame = (f: Frame) => ({ type: f.type, peerid: f.peerid, pid: f.pid, data: Array.from(f.data) })
+
+describe("ImsgParser", () => {
+  it("any chunking of a message sequence yields the same messages, each fd going to its own message", () => {
+    fc.assert(
+      fc.property(fc.array(frameArb(), { maxLength: 40 }), fc.array(fc.nat(20_000), { maxLength: 60 }), (frames, rawCuts) => {
+      const { bytes, starts } = encodeFrames(frames)
+      // The kernel delivers an fd with the read holding the start of the sendmsg that carried it,
+      // and a read never spans two fd-carrying sendmsgs: no cut inside a marked header, and a
+      // cut between consecutive marked messages.
+      const marked = starts.filter((_, i) => frames[i]?.marked)
+      const cuts = rawCuts.map((c) => c % (bytes.length + 1)).filter((c) => !marked.some((s) => c > s && c < s + 16))
+      let prevEnd = 0
+      for (const s of marked) {
+        if (!cuts.some((c) => c >= prevEnd && c <= s)) cuts.push(s)
+        prevEnd = s + IMSG_HEADER_SIZE
+      }
+      const reads = readsOf(bytes.length, cuts)
+      const fdOf = new Map(marked.map((s, i) => [s, 100 + i]))
+      const { parser, closed } = recording()
+      const out: Array<ParsedImsg<number>> = []
+      for (const [a, b] of reads) {
+        const fds = marked.filter((s) => s >= a && s < b).map((s) => fdOf.get(s) as number)
+        expect(fds.length).toBeLessThanOrEqual(1)
+        expect(parser.feed(bytes, a, b, fds, out)).toEqual({ ok: true })
+      }
+      expect(out.map(plain)).toEqual(frames.map(plainFrame))
+      expect(out.map((m) => m.fd)).toEqual(starts.map((s) => fdOf.get(s) ?? null))
+      expect(closed).toEqual([])
+      expect(parser.midMessage).toBe(false)
+      })
+    )
+  })
+
+  it("an fd goes to the first marked header completed in its read; every other fd is closed exactly once", () => {
+    fc.assert(
+      fc.property(
+      fc.array(frameArb(40), { maxLength: 30 }),
+      fc.array(fc.nat(5_000), { maxLength: 40 }),
+      fc.array(fc.nat(2), { maxLength: 80 })
+    , (frames, rawCuts, fdCounts) => {
+      const { bytes, starts } = encodeFrames(frames)
+      const reads = readsOf(bytes.length, rawCuts)
+      const { parser, closed } = recording()
+      const out: Array<ParsedImsg<number>> = []
+      const expectedFd: Array<number | null> = frames.map(() => null)
+      const expectedClosed: Array<number> = []
+      let next = 100
+      reads.forEach(([a, b], r) => {
+        const fds = Array.from({ length: fdCounts[r] ?? 0 }, () => next++)
+        // model: headers whose 16th byte lies in this read, in order
+        const taker = starts.findIndex((s, i) => s + 15 >= a && s + 15 < b && frames[i]?.marked)
+        fds.forEach((fd, k) => {
+          if (k === 0 && taker >= 0) expectedFd[taker] = fd
+          else expectedClosed.push(fd)
+        })
+        parser.feed(bytes, a, b, fds, out)
+      })
+      expect(out.map(plain)).toEqual(frames.map(plainFrame))
+      expect(out.map((m) => m.fd)).toEqual(expectedFd)
+      expect([...closed].sort((x, y) => x - y)).toEqual(expectedClosed.sort((x, y) => x - y))
+      })
+    )
+  })
+
+  it("a marked header with no fd in its read yields fd null", () => {
+    const { parser } = recording()
+    const out: Array<ParsedImsg<number>> = []
+    const { bytes } = encodeFrames([{ type: 1, peerid: 2, pid: 3, data: new Uint8Array([9]), marked: true }])
+    parser.feed(bytes, 0, bytes.length, [], out)
+    expect(out).toEqual([{ type: 1, peerid: 2, pid: 3, data: new Uint8Array([9]), fd: null }])
+  })
+
+  it("an fd whose read completes no marked header is closed; extra fds of one read are closed at once", () => {
+    const { parser, closed } = recording()
+    const out: Array<ParsedImsg<number>> = []
+    const { bytes } = encodeFrames([
+      { type: 1, peerid: 0, pid: 0, data: new Uint8Array(4), marked: false },
+      { type: 2, peerid: 0, pid: 0, data: new Uint8Array(4), marked: true }
+    ])
+    parser.feed(bytes, 0, 10, [7, 8], out) // 10 bytes: no header completed
+    expect(closed).toEqual([8, 7])
+    parser.feed(bytes, 10, bytes.length, [9], out)
+    expect(out.map((m) => m.fd)).toEqual([null, 9])
+  })
+
+  it.each([15, 16385, 0x7fffffff])("a masked len of %i is a framing error, and stays one", (len) => {
+    const { parser, closed } = recording()
+    const out: Array<ParsedImsg<number>> = []
+    const b = new Uint8Array(32)
+    writeHeader(b, 0, 1, len, true, 0, 0)
+    expect(parser.feed(b, 0, 32, [5], out)).toEqual({ ok: false, len })
+    expect(parser.feed(b, 0, 32, [6], out)).toEqual({ ok: false, len })
+    expect(out).toEqual([])
+    expect(closed).toEqual([5, 6])
+  })
+
+  it("accepts the largest message (16368 payload bytes) split byte by byte", () => {
+    const { parser } = recording()
+    const out: Array<ParsedImsg<number>> = []
+    const { bytes } = encodeFrames([
+      { type: 3, peerid: 4, pid: 5, data: new Uint8Array(MAX_IMSG_PAYLOAD).fill(7), marked: false }
+    ])
+    for (let i = 0; i < bytes.length; i++) parser.feed(bytes, i, i + 1, [], out)
+    expect(out.length).toBe(1)
+    expect(out[0]?.data.length).toBe(MAX_IMSG_PAYLOAD)
+    expect(out[0]?.data.every((x) => x === 7)).toBe(true)
+  })
+
+  it("legacy format: flags = 1 marks the fd", () => {
+    const closed: Array<number> = []
+    const parser = new ImsgParser<number>({ closeFd: (fd) => closed.push(fd), format: "legacy" })
+    const out: Array<ParsedImsg<number>> = []
+    const b = hex("2c 00 00 00 14 00 01 00 00 00 00 00 04 03 02 01 00 00 00 00")
+    expect(parser.feed(b, 0, b.length, [42], out)).toEqual({ ok: true })
+    expect(out).toEqual([{ type: 44, peerid: 0, pid: 0x01020304, data: new Uint8Array(4), fd: 42 }])
+  })
+
+  it("dispose closes the fd of an unfinished message", () => {
+    const { parser, closed } = recording()
+    const out: Array<ParsedImsg<number>> = []
+    const { bytes } = encodeFrames([{ type: 1, peerid: 0, pid: 0, data: new Uint8Array(8), marked: true }])
+    parser.feed(bytes, 0, 20, [3], out)
+    expect(parser.midMessage).toBe(true)
+    parser.dispose()
+    expect(closed).toEqual([3])
+    expect(out).toEqual([])
+  })
+})
