@@ -57,6 +57,9 @@ export const startVmmServer = (parentFd: Fd, options: VmmOptions) =>
 
     setVerbose(options.verbose)
     const state: VmmState = { vmmFd: null, pspFd: null, config: defaultVmdConfig(), verbose: options.verbose }
+    // /dev/psp is ours from RECEIVE_PSP_FD until we exit (vmm.c leaves it to exit(2));
+    // /dev/vmm is closed by the VmmDevice it was attached to.
+    yield* Effect.addFinalizer(() => Effect.sync(() => state.pspFd?.closeSync()))
     const events = yield* Queue.unbounded<VmmEvent>()
     const offer = (e: VmmEvent) => Queue.offer(events, e).pipe(Effect.asVoid)
 

@@ -21,6 +21,7 @@ import type { VmmContext } from "./context.ts"
 import { heldFds } from "../layers/VmRegistryLive.ts"
 import { logDebug, logWarn, logWarnx } from "./log.ts"
 import { opError, type VmOpError } from "./errors.ts"
+import { terminateVm } from "./terminate.ts"
 
 export interface Started {
   readonly id: number
@@ -56,6 +57,16 @@ const closePassedFds = (vm: Vm) => {
 
 const handshake = (ctx: VmmContext, vm: Vm, imsg: Imsg): Effect.Effect<Either.Either<Started, number>> =>
   Effect.gen(function* () {
+    // A second START_VM_END for a VM that already has a process: vmm.c forks
+    // another and loses track of the first (its exit ignored, its socket
+    // leaked). Refuse it; the VM is removed as on any start failure, which
+    // closes its channel, and its process exits on the EOF.
+    // Found by test/reliability (fuzzing the parent side).
+    if (vm.pid > 0) {
+      imsg.fd?.closeSync()
+      yield* logWarnx(`vmm_start_vm: vm ${vm.vmid} already started (pid ${vm.pid})`)
+      return Either.left(Errno.EALREADY)
+    }
     const tty = imsg.fd
     if (tty === null) {
       yield* logWarnx("vmm_start_vm: can't get tty")
@@ -87,9 +98,9 @@ const handshake = (ctx: VmmContext, vm: Vm, imsg: Imsg): Effect.Effect<Either.Ei
     }
     vm.pid = child.right.pid
 
-    const fail = (errno: number) =>
+    const fail = (errno: number, socketClosed = false) =>
       Effect.gen(function* () {
-        ours.closeSync()
+        if (!socketClosed) ours.closeSync()
         // vmm.c leaves the child to fail on its own; ours may be stuck in the
         // handshake, so make sure it ends (its exit is ignored: the VM is removed).
         yield* ctx.process.kill(child.right.pid, "SIGKILL").pipe(Effect.ignore)
@@ -123,7 +134,12 @@ const handshake = (ctx: VmmContext, vm: Vm, imsg: Imsg): Effect.Effect<Either.Ei
     // vmm_pipe: the socket becomes the VM's imsg channel.
     if (!(yield* ctx.watchVm(vm, ours))) {
       yield* logWarnx(`vmm_start_vm: setup vm pipe failed for vm ${vm.vmid}`)
-      return yield* fail(Errno.EIO)
+      // vmm.c calls fatal here; we answer EIO and undo the child's work instead:
+      // the VM it created in vmm(4) goes too (else it is left behind until the
+      // next RECEIVE_VMM_FD sweep), and watchVm has already closed our socket
+      // end (closing it again was a double close). Found by test/vmm.
+      yield* terminateVm(ctx, vm)
+      return yield* fail(Errno.EIO, true)
     }
     return Either.right({ id, pid: child.right.pid })
   })
