@@ -7,8 +7,12 @@ import { Either } from "effect"
 
 export type Backend = "vmm" | "process" | "mock"
 
+/** How VM processes are started: a small C spawner process (fast), or Node's spawn. */
+export type SpawnMethod = "spawner" | "node"
+
 export interface VmmArgs {
   readonly mode: "vmm"
+  readonly spawn: SpawnMethod
   readonly debug: boolean
   readonly verbose: number
   readonly backend: Backend
@@ -29,7 +33,7 @@ export interface VmArgs {
 export type Args = VmmArgs | VmArgs
 
 export const usage =
-  "usage: vmm -P vmm [-dv] [--backend vmm|process|mock] [--vm-exec path] [--trace]\n" +
+  "usage: vmm -P vmm [-dv] [--backend vmm|process|mock] [--vm-exec path] [--spawn spawner|node] [--trace]\n" +
   "       vmm -V fd -i vmmfd -j pspfd [-dv]"
 
 const WITH_ARG = new Set(["D", "P", "V", "X", "f", "i", "j", "t", "p"])
@@ -49,6 +53,7 @@ export const parseArgs = (argv: ReadonlyArray<string>): Either.Either<Args, stri
   let backend: Backend = process.platform === "openbsd" ? "vmm" : "process"
   let vmExec: string | null = null
   let trace = false
+  let spawn: SpawnMethod = "spawner"
 
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!
@@ -56,10 +61,14 @@ export const parseArgs = (argv: ReadonlyArray<string>): Either.Either<Args, stri
       trace = true
       continue
     }
-    if (a === "--backend" || a === "--vm-exec") {
+    if (a === "--backend" || a === "--vm-exec" || a === "--spawn") {
       const v = argv[++i]
       if (v === undefined) return Either.left(`${a} needs a value\n${usage}`)
       if (a === "--vm-exec") vmExec = v
+      else if (a === "--spawn") {
+        if (v !== "spawner" && v !== "node") return Either.left(`unknown spawn method ${v}\n${usage}`)
+        spawn = v
+      }
       else if (v === "vmm" || v === "process" || v === "mock") backend = v
       else return Either.left(`unknown backend ${v}\n${usage}`)
       continue
@@ -98,5 +107,5 @@ export const parseArgs = (argv: ReadonlyArray<string>): Either.Either<Args, stri
   const title = opts.get("P")
   if (title === undefined) return Either.left(`only the vmm process and VM processes are implemented\n${usage}`)
   if (title !== "vmm") return Either.left(`invalid process name ${title}: only "vmm" is implemented`)
-  return Either.right({ mode: "vmm", debug, verbose, backend, vmExec, trace })
+  return Either.right({ mode: "vmm", debug, verbose, backend, vmExec, trace, spawn })
 }

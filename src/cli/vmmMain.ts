@@ -12,6 +12,7 @@ import { openSyslog } from "../native/syslog.ts"
 import { PROC_PARENT_SOCK_FILENO } from "../schema/imsgTypes.ts"
 import * as ImsgChannelNative from "../layers/ImsgChannelNative.ts"
 import * as ProcessNode from "../layers/ProcessNode.ts"
+import * as ProcessSpawner from "../layers/ProcessSpawner.ts"
 import * as IoctlNative from "../layers/IoctlNative.ts"
 import * as VmmDeviceVmm from "../layers/VmmDeviceVmm.ts"
 import * as VmmDeviceProcess from "../layers/VmmDeviceProcess.ts"
@@ -78,7 +79,8 @@ export const runVmm = async (args: VmmArgs): Promise<number> => {
   }
 
   const imsg = args.trace ? withTrace.pipe(Layer.provide(ImsgChannelNative.layer)) : ImsgChannelNative.layer
-  const base = Layer.mergeAll(imsg, ProcessNode.layer, VmRegistryLive.layer, VmdLoggerLayer)
+  const processLayer = args.spawn === "spawner" ? ProcessSpawner.layerOrNode : ProcessNode.layer
+  const base = Layer.mergeAll(imsg, processLayer, VmRegistryLive.layer, VmdLoggerLayer)
   const layers = Layer.provideMerge(deviceLayer(args), base)
 
   const program = Effect.gen(function* () {

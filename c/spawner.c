@@ -1,0 +1,600 @@
+/*
+ * spawner: the vmm process's fork+exec helper (a "zygote").
+ *
+ * Node's child_process.spawn forks the whole Node process (1-4 ms, growing
+ * with its RSS). This program is started once by src/layers/ProcessSpawner.ts
+ * and forks the VM processes from its own tiny address space instead.
+ *
+ * Started with: fd 0-2 the vmm's stdio (what "inherit" children get), fd 3
+ * one end of an AF_UNIX SOCK_SEQPACKET socketpair. At start it closes every
+ * other fd, so that everything it holds besides 0-2 is close-on-exec: the
+ * socket, /dev/null, and each received fd (MSG_CMSG_CLOEXEC). A child
+ * therefore execs with exactly 0-2 and the fds dup2'ed to their targets
+ * (dup2 clears FD_CLOEXEC on the new number only).
+ *
+ * Protocol. One request or reply per SEQPACKET message, host byte order,
+ * every field 32 bits.
+ *
+ *   to the spawner
+ *   SPAWN    {1, seq, flags, nfds, argc, envc, target[nfds], strings}
+ *            flags: 1 = stdio inherit (else 0-2 on /dev/null),
+ *                   2 = envc strings "K=V" are the whole environment
+ *                       (else the spawner's own, i.e. the vmm's at start).
+ *            strings: argc then envc NUL-terminated strings, packed;
+ *            argv[0] is also the program, searched in PATH when it has no
+ *            '/'. The nfds fds come by SCM_RIGHTS in the same message, in
+ *            target order: fd i lands at number target[i] in the child.
+ *   KILL     {3, seq, pid, signo}     kill(2), only for a pid not yet reaped
+ *   SHUTDOWN {6, 0, 0, 0}             as EOF, but the EXITs are still sent
+ *
+ *   from the spawner (16 bytes each)
+ *   HELLO    {0, version, own pid, max fds per SPAWN}    once, at start
+ *   SPAWNED  {2, seq, pid, 0} or {2, seq, -1, errno}     errno: host's, from
+ *            the checks, fork, or the child's execve (reported through
+ *            memory shared by vfork, or a close-on-exec pipe after fork)
+ *   KILLED   {4, seq, 0, errno}
+ *   EXIT     {5, pid, 0, exit code} or {5, pid, 1, signal}    each child
+ *            exactly once, after its SPAWNED, in the order reaped
+ *
+ * Children: setsid(), signals default and unblocked, PR_SET_PDEATHSIG
+ * SIGKILL on Linux (the spawner killed by SIGKILL still takes its children
+ * with it), stdio, fds, execve. Reaping: SIGCHLD is blocked except inside
+ * ppoll, whose return runs the waitpid(-1, WNOHANG) loop. EOF on the
+ * socket, SHUTDOWN, or SIGTERM/SIGINT/SIGHUP: SIGKILL every child, reap
+ * them all (sending EXITs while the peer listens), exit 0. So when the
+ * vmm process dies, no VM is orphaned.
+ *
+ * Build: cc -O2 -o build/spawner c/spawner.c (scripts/build-spawner.mjs).
+ * -DSPAWNER_FORK uses fork and the pipe instead of vfork.
+ */
+#define _GNU_SOURCE
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
+
+#define SOCK_FD		3
+#define VERSION		1
+#define MAX_FDS		128
+#define MAX_REQ		(64 * 1024)
+#define MAX_STRINGS	8192
+
+enum {
+	T_HELLO = 0, T_SPAWN = 1, T_SPAWNED = 2, T_KILL = 3, T_KILLED = 4,
+	T_EXIT = 5, T_SHUTDOWN = 6
+};
+#define F_INHERIT	1
+#define F_ENV		2
+#define HDR_WORDS	6
+
+#if defined(__linux__) && !defined(SPAWNER_FORK)
+#define USE_VFORK 1
+#endif
+
+extern char **environ;
+
+static volatile sig_atomic_t got_chld, got_term;
+static sigset_t handled;		/* blocked except inside ppoll */
+static int devnull = -1;
+static pid_t self_pid;
+
+/* Requests land here; uint32_t alignment for the header and targets. */
+static uint32_t req_words[MAX_REQ / 4 + 1];
+static union {
+	struct cmsghdr hdr;
+	char buf[CMSG_SPACE(MAX_FDS * sizeof(int))];
+} ctl;
+static int rfds[MAX_FDS];
+static char *strv[MAX_STRINGS + 2];
+
+/* Live (unreaped) children. */
+static pid_t *kids;
+static size_t nkids, capkids;
+
+#ifdef USE_VFORK
+/* Written by the vfork child before _exit, read by the parent after. */
+static volatile int child_errno;
+#endif
+
+static void
+on_signal(int sig)
+{
+	if (sig == SIGCHLD)
+		got_chld = 1;
+	else
+		got_term = 1;
+}
+
+static void
+reply(uint32_t type, uint32_t a, int32_t b, int32_t c)
+{
+	int32_t m[4] = { (int32_t)type, (int32_t)a, b, c };
+
+	/* Blocking socket, signals blocked: a short send cannot happen on SEQPACKET. */
+	while (send(SOCK_FD, m, sizeof(m), MSG_NOSIGNAL) == -1 && errno == EINTR)
+		;
+}
+
+/* Room for one more child, made before forking so that a started child always fits. */
+static int
+reserve_kid(void)
+{
+	if (nkids == capkids) {
+		size_t cap = capkids ? capkids * 2 : 64;
+		pid_t *p = realloc(kids, cap * sizeof(*p));
+
+		if (p == NULL)
+			return -1;
+		kids = p;
+		capkids = cap;
+	}
+	return 0;
+}
+
+static ssize_t
+find_kid(pid_t pid)
+{
+	size_t i;
+
+	for (i = nkids; i-- > 0;)
+		if (kids[i] == pid)
+			return (ssize_t)i;
+	return -1;
+}
+
+static void
+reaped(pid_t pid, int status)
+{
+	ssize_t i = find_kid(pid);
+
+	if (i >= 0)
+		kids[i] = kids[--nkids];
+	if (WIFEXITED(status))
+		reply(T_EXIT, (uint32_t)pid, 0, WEXITSTATUS(status));
+	else
+		reply(T_EXIT, (uint32_t)pid, 1, WTERMSIG(status));
+}
+
+static void
+reap(void)
+{
+	pid_t pid;
+	int status;
+
+	for (;;) {
+		pid = waitpid(-1, &status, WNOHANG);
+		if (pid > 0)
+			reaped(pid, status);
+		else if (pid == -1 && errno == EINTR)
+			continue;
+		else
+			return;
+	}
+}
+
+static void
+shutdown_all(void)
+{
+	pid_t pid;
+	int status;
+	size_t i;
+
+	for (i = 0; i < nkids; i++)
+		kill(kids[i], SIGKILL);
+	for (;;) {
+		pid = waitpid(-1, &status, 0);
+		if (pid > 0)
+			reaped(pid, status);
+		else if (errno != EINTR)
+			break;
+	}
+	_exit(0);
+}
+
+/* Close every fd from `from` on (the spawner keeps nothing it did not make). */
+static void
+close_from(int from)
+{
+#if defined(SYS_close_range)
+	if (syscall(SYS_close_range, (unsigned)from, ~0U, 0) == 0)
+		return;
+#endif
+	DIR *d = opendir("/proc/self/fd");
+	if (d != NULL) {
+		struct dirent *de;
+		int dfd = dirfd(d), fd;
+
+		while ((de = readdir(d)) != NULL) {
+			fd = atoi(de->d_name);
+			if (de->d_name[0] != '.' && fd >= from && fd != dfd)
+				close(fd);
+		}
+		closedir(d);
+		return;
+	}
+	struct rlimit rl;
+	int fd, top = 1024;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+		top = rl.rlim_cur > 65536 ? 65536 : (int)rl.rlim_cur;
+	for (fd = from; fd < top; fd++)
+		close(fd);
+}
+
+/* ---- the child, between fork and exec: syscalls only, no allocation ---- */
+
+/* execvpe with PATH taken from the child's own environment. Returns errno. */
+static int
+exec_search(const char *file, char *const argv[], char *const envp[])
+{
+	char path[PATH_MAX];
+	const char *p, *end, *dirs = NULL;
+	size_t flen, dlen;
+	int err = ENOENT, eacces = 0;
+	char *const *e;
+
+	if (file[0] == '\0')
+		return ENOENT;
+	if (strchr(file, '/') != NULL) {
+		execve(file, argv, envp);
+		return errno;
+	}
+	for (e = envp; *e != NULL; e++)
+		if (strncmp(*e, "PATH=", 5) == 0) {
+			dirs = *e + 5;
+			break;
+		}
+	if (dirs == NULL)
+		dirs = "/bin:/usr/bin";
+	flen = strlen(file);
+	for (p = dirs;; p = end + 1) {
+		end = strchr(p, ':');
+		if (end == NULL)
+			end = p + strlen(p);
+		dlen = (size_t)(end - p);
+		if (dlen == 0) {
+			p = ".";
+			dlen = 1;
+		}
+		if (dlen + 1 + flen + 1 <= sizeof(path)) {
+			memcpy(path, p, dlen);
+			path[dlen] = '/';
+			memcpy(path + dlen + 1, file, flen + 1);
+			execve(path, argv, envp);
+			err = errno;
+			if (err == EACCES)
+				eacces = 1;
+			else if (err != ENOENT && err != ENOTDIR && err != ENAMETOOLONG &&
+			    err != ELOOP && err != ESTALE && err != ENODEV && err != ETIMEDOUT)
+				return err;
+		}
+		if (*end == '\0')
+			break;
+	}
+	return eacces ? EACCES : err;
+}
+
+/* Move fd to a close-on-exec number >= floor unless it already is >= floor. */
+static int
+above(int fd, int floor)
+{
+	return fd >= floor ? fd : fcntl(fd, F_DUPFD_CLOEXEC, floor);
+}
+
+/*
+ * Returns the errno that stopped it (it does not return on success).
+ * *errpipe (fork only, else -1) is moved out of the targets' way too.
+ */
+static int
+child(int nfds, const int32_t *target, int inherit, char *const argv[], char *const envp[],
+    int *errpipe)
+{
+	sigset_t none;
+	int floor = 3, i, fd, null = devnull;
+
+	if (setsid() == -1)
+		return errno;
+#ifdef __linux__
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) == -1)
+		return errno;
+	if (getppid() != self_pid)	/* the spawner died before prctl */
+		return ESRCH;
+#endif
+	/* Everything still needed goes above the highest target first. */
+	for (i = 0; i < nfds; i++)
+		if (target[i] >= floor)
+			floor = target[i] + 1;
+	if (*errpipe >= 0 && (*errpipe = above(*errpipe, floor)) == -1)
+		return errno;
+	for (i = 0; i < nfds; i++)
+		if ((rfds[i] = above(rfds[i], floor)) == -1)
+			return errno;
+	if (!inherit) {
+		if ((null = above(null, floor)) == -1)
+			return errno;
+		for (fd = 0; fd < 3; fd++)
+			if (dup2(null, fd) == -1)
+				return errno;
+	}
+	for (i = 0; i < nfds; i++)
+		if (dup2(rfds[i], target[i]) == -1)
+			return errno;
+	signal(SIGCHLD, SIG_DFL);
+	signal(SIGTERM, SIG_DFL);
+	signal(SIGINT, SIG_DFL);
+	signal(SIGHUP, SIG_DFL);
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	return exec_search(argv[0], argv, envp);
+}
+
+/* ---- requests ---- */
+
+#ifdef USE_VFORK
+/* Its own frame, so that nothing of the caller's lives across vfork. */
+static pid_t __attribute__((noinline))
+spawn_vfork(int nfds, const int32_t *target, int inherit, char *const argv[], char *const envp[])
+{
+	int nopipe = -1;
+	pid_t pid;
+
+	child_errno = 0;
+	pid = vfork();
+	if (pid == 0) {
+		child_errno = child(nfds, target, inherit, argv, envp, &nopipe);
+		_exit(127);
+	}
+	return pid;
+}
+#endif
+
+static int
+do_spawn(size_t len, int nrecv, uint32_t seq)
+{
+	uint32_t flags, nfds, argc, envc, nstr, i;
+	const int32_t *target;
+	char *s, *end, **argv, **envp;
+	size_t off;
+	pid_t pid;
+	int err = 0;
+
+	if (len < HDR_WORDS * 4)
+		return EINVAL;
+	flags = req_words[2];
+	nfds = req_words[3];
+	argc = req_words[4];
+	envc = req_words[5];
+	if (nfds != (uint32_t)nrecv || nfds > MAX_FDS)
+		return EINVAL;
+	off = (HDR_WORDS + nfds) * 4;
+	if (off > len || argc < 1 || argc > MAX_STRINGS || envc > MAX_STRINGS - argc)
+		return argc < 1 || off > len ? EINVAL : E2BIG;
+	target = (const int32_t *)(req_words + HDR_WORDS);
+	for (i = 0; i < nfds; i++)
+		if (target[i] < 0 || target[i] >= (1 << 24))
+			return EBADF;
+	/* Split the strings in place. */
+	s = (char *)req_words + off;
+	end = (char *)req_words + len;
+	nstr = argc + envc;
+	argv = strv;
+	envp = strv + argc + 1;
+	for (i = 0; i < nstr; i++) {
+		char *nul = memchr(s, '\0', (size_t)(end - s));
+
+		if (nul == NULL)
+			return EINVAL;
+		strv[i < argc ? i : i + 1] = s;
+		s = nul + 1;
+	}
+	argv[argc] = NULL;
+	strv[nstr + 1] = NULL;
+	if ((flags & F_ENV) == 0)
+		envp = environ;
+	if (reserve_kid() == -1)
+		return ENOMEM;
+
+#ifdef USE_VFORK
+	pid = spawn_vfork((int)nfds, target, flags & F_INHERIT, argv, envp);
+	if (pid == -1)
+		return errno;
+	err = child_errno;
+#else
+	int p[2];
+	ssize_t n;
+
+	if (pipe2(p, O_CLOEXEC) == -1)
+		return errno;
+	pid = fork();
+	if (pid == 0) {
+		int w = p[1];
+
+		err = child((int)nfds, target, flags & F_INHERIT, argv, envp, &w);
+		while (w >= 0 && write(w, &err, sizeof(err)) == -1 && errno == EINTR)
+			;
+		_exit(127);
+	}
+	if (pid == -1) {
+		err = errno;
+		close(p[0]);
+		close(p[1]);
+		return err;
+	}
+	close(p[1]);
+	do
+		n = read(p[0], &err, sizeof(err));
+	while (n == -1 && errno == EINTR);
+	if (n != sizeof(err))
+		err = 0;
+	close(p[0]);
+#endif
+	if (err != 0) {
+		/* Never reported as an EXIT: the request fails instead. */
+		while (waitpid(pid, NULL, 0) == -1 && errno == EINTR)
+			;
+		return err;
+	}
+	kids[nkids++] = pid;
+	reply(T_SPAWNED, seq, pid, 0);
+	return 0;
+}
+
+static void
+do_kill(uint32_t seq, pid_t pid, int sig)
+{
+	int err = 0;
+
+	if (pid <= 0 || find_kid(pid) < 0)
+		err = ESRCH;
+	else if (sig <= 0 || sig >= NSIG)
+		err = EINVAL;
+	else if (kill(pid, sig) == -1)
+		err = errno;
+	reply(T_KILLED, seq, 0, err);
+}
+
+/* One message; 0 when the socket has nothing more now, -1 at EOF or a hard error. */
+static int
+handle_one(void)
+{
+	struct iovec iov = { req_words, MAX_REQ };
+	struct msghdr msg;
+	struct cmsghdr *c;
+	ssize_t n;
+	int nrecv = 0, i, err;
+	uint32_t type, seq;
+
+	memset(&msg, 0, sizeof(msg));
+	msg.msg_iov = &iov;
+	msg.msg_iovlen = 1;
+	msg.msg_control = ctl.buf;
+	msg.msg_controllen = sizeof(ctl.buf);
+	n = recvmsg(SOCK_FD, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+	if (n == -1)
+		return errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
+	if (n == 0)
+		return -1;
+	for (c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+			continue;
+		int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+		for (i = 0; i < k; i++) {
+			int fd;
+			memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+			if (nrecv < MAX_FDS)
+				rfds[nrecv++] = fd;
+			else
+				close(fd);
+		}
+	}
+	type = n >= 4 ? req_words[0] : ~0U;
+	seq = n >= 8 ? req_words[1] : 0;
+	if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) {
+		err = EMSGSIZE;
+		if (type == T_SPAWN)
+			reply(T_SPAWNED, seq, -1, err);
+	} else if (type == T_SPAWN) {
+		int saved[MAX_FDS];
+
+		/* the child may renumber rfds (vfork shares memory): close the originals */
+		memcpy(saved, rfds, (size_t)nrecv * sizeof(int));
+		err = do_spawn((size_t)n, nrecv, seq);
+		memcpy(rfds, saved, (size_t)nrecv * sizeof(int));
+		if (err != 0)
+			reply(T_SPAWNED, seq, -1, err);
+	} else if (type == T_KILL && n >= 16) {
+		do_kill(seq, (pid_t)req_words[2], (int)req_words[3]);
+	} else if (type == T_SHUTDOWN) {
+		for (i = 0; i < nrecv; i++)
+			close(rfds[i]);
+		return -1;
+	}
+	for (i = 0; i < nrecv; i++)
+		close(rfds[i]);
+	return 1;
+}
+
+int
+main(void)
+{
+	struct sigaction sa;
+	struct pollfd pfd;
+	sigset_t waitmask;
+	int fl, i;
+
+	self_pid = getpid();
+	close_from(SOCK_FD + 1);
+	if (fcntl(SOCK_FD, F_SETFD, FD_CLOEXEC) == -1)
+		_exit(2);
+	fl = fcntl(SOCK_FD, F_GETFL);
+	if (fl != -1 && (fl & O_NONBLOCK))
+		fcntl(SOCK_FD, F_SETFL, fl & ~O_NONBLOCK);
+	devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+	if (devnull == -1)
+		_exit(2);
+
+	sigemptyset(&handled);
+	sigaddset(&handled, SIGCHLD);
+	sigaddset(&handled, SIGTERM);
+	sigaddset(&handled, SIGINT);
+	sigaddset(&handled, SIGHUP);
+	sigprocmask(SIG_BLOCK, &handled, &waitmask);
+	sigdelset(&waitmask, SIGCHLD);
+	sigdelset(&waitmask, SIGTERM);
+	sigdelset(&waitmask, SIGINT);
+	sigdelset(&waitmask, SIGHUP);
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;
+	sigemptyset(&sa.sa_mask);
+	sa.sa_flags = SA_NOCLDSTOP;
+	sigaction(SIGCHLD, &sa, NULL);
+	sa.sa_flags = 0;
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
+	/*
+	 * No PR_SET_PDEATHSIG here: the socket's EOF already tells us the vmm is
+	 * gone, and it would fire when the *thread* that started us ends.
+	 */
+
+	reply(T_HELLO, VERSION, self_pid, MAX_FDS);
+
+	pfd.fd = SOCK_FD;
+	pfd.events = POLLIN;
+	for (;;) {
+		if (got_chld) {
+			got_chld = 0;
+			reap();
+		}
+		if (got_term)
+			shutdown_all();
+		if (ppoll(&pfd, 1, NULL, &waitmask) == -1) {
+			if (errno == EINTR)
+				continue;
+			shutdown_all();
+		}
+		if (pfd.revents & (POLLIN | POLLHUP | POLLERR | POLLNVAL)) {
+			/* A few requests per wake-up, then reap again. */
+			for (i = 0; i < 32; i++) {
+				int r = handle_one();
+				if (r < 0)
+					shutdown_all();
+				if (r == 0)
+					break;
+			}
+		}
+	}
+}
