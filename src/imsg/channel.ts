@@ -4,8 +4,9 @@
  * sendmsg, readiness); this file does what imsgbuf_read/imsgbuf_write and
  * vmd's imsg_event_add do around them:
  *
- * - reading: on readable, recv into one large buffer, parse every message in
- *   it, hand chunks to the single consumer of `messages`. Reading pauses
+ * - reading: on readable, recv straight into the parser's slab (payloads are
+ *   views of it, see parser.ts), parse every message of each read, hand
+ *   them in chunks to the single consumer of `messages`. Reading pauses
  *   while the consumer lags (highWaterBytes) and resumes when it pulls.
  * - writing: `send` only queues; the queue is written at the end of the
  *   current turn (a microtask), and on EAGAIN the driver watches for

@@ -105,8 +105,9 @@ export class ImsgParser<F> {
       if (fd !== null) this.#closeFd(fd)
       return this.#failed
     }
-    const buf = this.#buf
     const dv = this.#dv
+    const ab = dv.buffer
+    const base = dv.byteOffset + IMSG_HEADER_SIZE
     const end = (this.#filled += n)
     let p = this.#parsed
     for (;;) {
@@ -136,7 +137,7 @@ export class ImsgParser<F> {
         type: dv.getUint32(p, true),
         peerid: dv.getUint32(p + 8, true),
         pid: dv.getUint32(p + 12, true),
-        data: plen === 0 ? EMPTY : new Uint8Array(buf.buffer, buf.byteOffset + p + IMSG_HEADER_SIZE, plen),
+        data: plen === 0 ? EMPTY : new Uint8Array(ab, base + p, plen),
         fd: this.#fd
       })
       this.#fd = null

@@ -12,8 +12,10 @@
  *   caller disposes of it then.
  *
  * Where libutil hands the kernel an iovec per message, this copies messages
- * into one staging area (a native buffer in the native layer), which is
- * cheaper than an iovec per small message from JS.
+ * into one staging area, which is cheaper than an iovec per small message
+ * from JS. The copy happens when the batch is gathered, not at `push`
+ * (imsg_compose copies at once): a caller must not change `data` after
+ * sending it. Received payloads are never rewritten, so forwarding one is safe.
  */
 import type { HeaderFormat } from "../schema/imsgHeader.ts"
 import { IMSG_HEADER_SIZE, lenWord, MAX_IMSGSIZE } from "../schema/imsgHeader.ts"
@@ -53,8 +55,6 @@ export class ImsgWriter<F> {
   #head = 0
   /** Bytes of the head message already accepted by the socket. */
   #headSent = 0
-  /** Messages from the head whose unsent bytes are all in staging. */
-  #staged = 0
   #start = 0
   #end = 0
 
@@ -76,36 +76,37 @@ export class ImsgWriter<F> {
     this.#queue.push(msg)
   }
 
-  /** The next batch (staging more messages if they fit), or null when the queue is empty. */
+  /**
+   * The next batch, or null when the queue is empty. What a partial write
+   * left staged goes first, as it is; only an empty staging area is filled
+   * again, from the head of the queue.
+   */
   gather(): Batch<F> | null {
     const q = this.#queue
     if (this.#head === q.length) return null
+    const head = q[this.#head] as QueuedImsg<F>
+    // the head's fd rides only on a batch that starts at its first byte
+    const fd = this.#headSent === 0 ? (head.fd ?? null) : null
+    if (this.#start < this.#end) return { offset: this.#start, length: this.#end - this.#start, fd }
     const st = this.#staging
-    let i = this.#head + this.#staged
-    while (i < q.length) {
+    const dv = this.#dv
+    let o = 0
+    for (let i = this.#head; i < q.length; i++) {
       const m = q[i] as QueuedImsg<F>
       // an fd-carrying message only begins a batch
       if (i > this.#head && m.fd != null) break
       const size = sizeOf(m)
-      if (this.#end + size > st.length) {
-        if (this.#start === 0 || this.#end - this.#start + size > st.length) break
-        st.copyWithin(0, this.#start, this.#end)
-        this.#end -= this.#start
-        this.#start = 0
-      }
-      const o = this.#end
-      const dv = this.#dv
+      if (o + size > st.length) break
       dv.setUint32(o, m.type, true)
       dv.setUint32(o + 4, lenWord(size, m.fd != null, this.#format), true)
       dv.setUint32(o + 8, m.peerid, true)
       dv.setUint32(o + 12, m.pid === 0 ? this.#pid : m.pid, true)
       if (size > IMSG_HEADER_SIZE) st.set(m.data ?? EMPTY, o + IMSG_HEADER_SIZE)
-      this.#end += size
-      this.#staged++
-      i++
+      o += size
     }
-    const head = q[this.#head] as QueuedImsg<F>
-    return { offset: this.#start, length: this.#end - this.#start, fd: this.#headSent === 0 ? (head.fd ?? null) : null }
+    this.#start = 0
+    this.#end = o
+    return { offset: 0, length: o, fd }
   }
 
   /** The socket accepted n > 0 bytes of the last batch. Its fd, if any, is gone now. */
@@ -121,7 +122,6 @@ export class ImsgWriter<F> {
       n -= rest
       q[this.#head++] = undefined
       this.#headSent = 0
-      this.#staged--
     }
     if (this.#start === this.#end) this.#start = this.#end = 0
     if (this.#head === q.length) {
@@ -141,6 +141,6 @@ export class ImsgWriter<F> {
       if (fd != null && !(i === this.#head && this.#headSent > 0)) closeFd(fd)
     }
     this.#queue = []
-    this.#head = this.#headSent = this.#staged = this.#start = this.#end = 0
+    this.#head = this.#headSent = this.#start = this.#end = 0
   }
 }

@@ -86,7 +86,7 @@ const registered = (): { readonly poll: unknown; readonly close: unknown } => {
 export class UvPoll {
   readonly #mem: unknown
   readonly #addr: number
-  #listener: PollListener
+  readonly #listener: PollListener
   #events = 0
   #state: "open" | "closing" | "closed" = "open"
   readonly #onClosed: Array<() => void> = []
