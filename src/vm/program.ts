@@ -13,7 +13,7 @@
  * guest's reset: SIGHUP is this port's reset button for tests and the
  * demo); 1 on an invalid message; EIO, EINVAL, EBADF from the handshake.
  */
-import { Effect, Stream } from "effect"
+import { Deferred, Effect, Exit, Stream } from "effect"
 import type { VmArgs } from "../cli/args.ts"
 import { Errno, errnoName, fromHostErrno } from "../schema/errno.ts"
 import { ImsgChannel } from "../services/ImsgChannel.ts"
@@ -24,16 +24,27 @@ import { dispatchVmm, type VmState } from "./dispatch.ts"
 import { exitWith, VmExit } from "./exit.ts"
 import { GARBAGE_IMSG_TYPE, testModeFrom } from "./testMode.ts"
 
-/** SIGTERM ends the VM (0); SIGHUP resets the guest (EAGAIN). */
-const signals: Effect.Effect<never, VmExit> = Effect.async<never, VmExit>((resume) => {
-  const term = () => resume(exitWith(0, "received SIGTERM"))
-  const hup = () => resume(exitWith(Errno.EAGAIN, "received SIGHUP: guest reset"))
-  process.once("SIGTERM", term)
-  process.once("SIGHUP", hup)
-  return Effect.sync(() => {
-    process.off("SIGTERM", term)
-    process.off("SIGHUP", hup)
-  })
+/**
+ * SIGTERM ends the VM (0); SIGHUP resets the guest (EAGAIN). The handlers
+ * are installed before anything else runs, so a signal that arrives while
+ * the handshake is still in progress is not lost to the default action.
+ */
+const installSignals = Effect.gen(function* () {
+  const fired = yield* Deferred.make<never, VmExit>()
+  const on = (code: number, reason: string) => () => {
+    Deferred.unsafeDone(fired, Exit.fail(new VmExit({ code, reason })))
+  }
+  const term = on(0, "received SIGTERM")
+  const hup = on(Errno.EAGAIN, "received SIGHUP: guest reset")
+  process.on("SIGTERM", term)
+  process.on("SIGHUP", hup)
+  yield* Effect.addFinalizer(() =>
+    Effect.sync(() => {
+      process.off("SIGTERM", term)
+      process.off("SIGHUP", hup)
+    })
+  )
+  return Deferred.await(fired)
 })
 
 const run = (args: VmArgs) =>
@@ -76,7 +87,7 @@ const run = (args: VmArgs) =>
  * ImsgChannel service (the native layer in production).
  */
 export const vmProcess = (args: VmArgs): Effect.Effect<number, never, ImsgChannel> =>
-  Effect.raceFirst(run(args), signals).pipe(
+  Effect.flatMap(installSignals, (signals) => Effect.raceFirst(run(args), signals)).pipe(
     Effect.scoped,
     Effect.catchAll((e: VmExit) =>
       Effect.as(e.code === 0 ? logDebug(e.reason) : logWarnx(`${e.reason} (exit ${e.code})`), e.code)

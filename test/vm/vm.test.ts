@@ -17,6 +17,7 @@ import { ImsgChannel } from "../../src/services/ImsgChannel.ts"
 import { Process } from "../../src/services/Process.ts"
 import { buildDir, bundleVmProgram, compileVmprog } from "../../src/vm/build.ts"
 import { GARBAGE_IMSG_TYPE } from "../../src/vm/testMode.ts"
+import { ioctl } from "../../src/native/sys.ts"
 import { fdLinks, frame, givenFds, handshake, launch, structBytes, TestLayers, vmFiles, vmStruct, VMID, type Program } from "./harness.ts"
 
 let dir = ""
@@ -36,6 +37,17 @@ const program = (name: string): Program => {
 }
 
 const exited = (code: number) => ({ _tag: "Exited", code })
+
+/** SIOCOUTQ (Linux): bytes in a socket's send queue that the peer has not read yet. */
+const SIOCOUTQ = 0x5411
+const untilPeerRead = (fd: number) =>
+  Effect.gen(function* () {
+    const buf = new Uint8Array(4)
+    for (let i = 0; i < 400; i++) {
+      if (ioctl(fd, SIOCOUTQ, buf) === 0 && new DataView(buf.buffer).getInt32(0, true) === 0) return
+      yield* Effect.sleep("50 millis")
+    }
+  })
 
 const vmopId = (id: number) => Either.getOrThrow(encodeVmopId({ ...emptyVmopId(), vid_id: id }))
 
@@ -195,6 +207,10 @@ describe.each(["node", "c"])("VM program (%s)", (name) => {
       const hangs = yield* launch(program(name), givenFds(files), { VMM_TEST_VM_MODE: "hang" })
       const answer = yield* Effect.either(handshake(hangs, vmStruct(files)).pipe(Effect.timeout("700 millis")))
       expect(Either.isLeft(answer)).toBe(true)
+      // A Node VM installs its signal handlers when its JS starts; under load
+      // that can be after 700 ms. Wait until it has read the whole struct
+      // (nothing left in our socket's send queue) so SIGTERM finds them.
+      yield* untilPeerRead(hangs.sock.num)
       yield* proc.kill(hangs.child.pid, "SIGTERM")
       expect(yield* hangs.child.exit).toEqual(exited(0))
       const garbage = yield* launch(program(name), givenFds(files), { VMM_TEST_VM_MODE: "garbage" })
