@@ -1,0 +1,580 @@
+/**
+ * Benchmarks of bin/vmm (the build `npm run build` made), each figure beside
+ * a C reference measured in the same run (scripts/c/*.c):
+ *
+ *   start latency      START_VM_END sent -> START_VM_RESPONSE received, with
+ *                      the C VM program (c/vmprog.c); C: fork+exec of the
+ *                      same program and the same handshake (bench-start.c)
+ *   exit notification  SIGKILL of a VM process -> TERMINATE_VM_EVENT received;
+ *                      C: SIGCHLD -> waitpid -> write on a socket (bench-exit.c)
+ *   info, N VMs        GET_INFO_VM_REQUEST -> GET_INFO_VM_END_DATA; C: statm
+ *                      of the same N processes and N DATA imsgs (bench-info.c)
+ *   start-up           spawn -> first reply to a GET_INFO_VM_REQUEST;
+ *                      C: bench-info.c with no VM
+ *   resident memory    VmRSS of the vmm, idle and with N VMs; C: bench-info.c's
+ *
+ * Every process gets its channel on fd 3 from this process, and every time
+ * is taken here with performance.now(), so both sides pay the same driver.
+ *
+ *   npx tsx scripts/bench-vmm.ts [--quick] [--spread] [--vms N] [--only start,exit,info,startup]
+ *                                [--spawn spawner,node] [--vmm "command args" [--label name]]
+ *
+ * --vmm runs another build of the vmm program instead of bin/vmm (for
+ * comparing builds; --label names it in the table); --vms sets the largest
+ * VM count (512).
+ *
+ * Start and exit are measured with each way bin/vmm can start VM processes
+ * (--spawn spawner: ProcessSpawner, the default; --spawn node: ProcessNode);
+ * the other cases with bin/vmm's default.
+ */
+import { spawn, execFile } from "node:child_process"
+import { readFileSync, rmSync, writeFileSync } from "node:fs"
+import { join } from "node:path"
+import { loadavg, cpus } from "node:os"
+import { promisify } from "node:util"
+import { Cause, Deferred, Duration, Effect, Either, Exit, Fiber, Queue, Stream } from "effect"
+import type { Scope } from "effect"
+import koffi from "koffi"
+import { parseArgs } from "../src/cli/args.ts"
+import * as ImsgChannelNative from "../src/layers/ImsgChannelNative.ts"
+import { spawnerAvailable, spawnerPath } from "../src/layers/ProcessSpawner.ts"
+import * as libc from "../src/native/libc.ts"
+import { sealInheritedFds } from "../src/native/sys.ts"
+import * as M from "../src/parent/messages.ts"
+import { openPty } from "../src/parent/pty.ts"
+import { createParams } from "../src/parent/spec.ts"
+import { binVmm } from "../src/parent/vmmProcess.ts"
+import * as T from "../src/schema/imsgTypes.ts"
+import { decodeVmopResult, encodeVmopCreateParams } from "../src/schema/structs.ts"
+import type { Fd } from "../src/services/Fd.ts"
+import { ImsgChannel, type Channel, type Imsg } from "../src/services/ImsgChannel.ts"
+import { buildDir, compileVmprog, repoRoot } from "../src/vm/build.ts"
+import { defaultVmdConfig } from "../src/vmm/defaults.ts"
+
+// ---------------------------------------------------------------------------
+// Options
+
+const argv = process.argv.slice(2)
+const quick = argv.includes("--quick")
+const optionValue = (name: string): string | undefined => {
+  const i = argv.indexOf(name)
+  return i < 0 ? undefined : argv[i + 1]
+}
+const MAX_VMS = Number(optionValue("--vms") ?? 512)
+/** --only start,exit,info,startup: run some of the cases. */
+const ONLY = new Set((optionValue("--only") ?? "start,exit,info,startup").split(","))
+const VMM_COMMAND = (optionValue("--vmm") ?? binVmm.command).split(" ").filter((s) => s !== "")
+const SPAWN_METHODS = (optionValue("--spawn") ?? "spawner,node").split(",")
+const N = {
+  start: quick ? 30 : 100,
+  exit: quick ? 20 : 60,
+  info: quick ? 10 : 40,
+  ready: quick ? 5 : 15,
+  warm: quick ? 3 : 10
+}
+
+// ---------------------------------------------------------------------------
+// Figures
+
+const sorted = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)
+const quantile = (xs: ReadonlyArray<number>, q: number): number => {
+  const s = sorted(xs)
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))] ?? NaN
+}
+const median = (xs: ReadonlyArray<number>) => quantile(xs, 0.5)
+
+/** --spread: the distribution of each set of samples, on stderr. */
+const spread = (what: string, xs: ReadonlyArray<number>) => {
+  if (!argv.includes("--spread")) return
+  const q = [0, 0.1, 0.25, 0.5, 0.75, 0.9, 1].map((p) => quantile(xs, p).toFixed(3))
+  console.error(`${what}: min/p10/p25/p50/p75/p90/max ${q.join(" ")} ms`)
+}
+
+interface Row {
+  readonly name: string
+  readonly ours: number
+  readonly c: number | null
+  readonly unit: "ms" | "MiB"
+  readonly goal: string
+  readonly met: boolean | null
+}
+
+const rows: Array<Row> = []
+const notes: Array<string> = []
+
+const fmt = (v: number | null, unit: Row["unit"]) =>
+  v === null || Number.isNaN(v) ? "-" : unit === "ms" ? `${v < 10 ? v.toFixed(3) : v.toFixed(1)} ms` : `${v.toFixed(1)} MiB`
+
+const printTable = () => {
+  const header = ["case", "ours", "C", "ratio", "goal", "met?"]
+  const body = rows.map((r) => [
+    r.name,
+    fmt(r.ours, r.unit),
+    fmt(r.c, r.unit),
+    r.c === null || r.c === 0 ? "-" : `${(r.ours / r.c).toFixed(2)}x`,
+    r.goal,
+    r.met === null ? "-" : r.met ? "yes" : "NO"
+  ])
+  const widths = header.map((h, i) => Math.max(h.length, ...body.map((b) => (b[i] ?? "").length)))
+  const line = (cells: ReadonlyArray<string>) =>
+    "| " + cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(" | ") + " |"
+  console.log(line(header))
+  console.log("|" + widths.map((w, i) => (i === 0 ? ":" : "-") + "-".repeat(w) + (i === 0 ? "-" : ":")).join("|") + "|")
+  for (const b of body) console.log(line(b))
+}
+
+// ---------------------------------------------------------------------------
+// Host limits and files
+
+/** 512 VMs need a few thousand fds here and in the vmm: raise the soft RLIMIT_NOFILE to the hard one. */
+const raiseNofile = (): number => {
+  const RLIMIT_NOFILE = 7
+  const getrlimit = libc.self.func("int getrlimit(int resource, _Out_ uint64_t *rlim)")
+  const setrlimit = libc.self.func("int setrlimit(int resource, const uint64_t *rlim)")
+  const lim = new BigUint64Array(2)
+  if ((getrlimit(RLIMIT_NOFILE, lim) as number) !== 0) return -1
+  if ((lim[0] ?? 0n) < (lim[1] ?? 0n)) {
+    lim[0] = lim[1]!
+    if ((setrlimit(RLIMIT_NOFILE, lim) as number) !== 0) notes.push(`setrlimit(RLIMIT_NOFILE): errno ${koffi.errno()}`)
+  }
+  return Number(lim[0])
+}
+
+const rssMiB = (pid: number): number => {
+  const m = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, "latin1"))
+  return m === null ? NaN : Number(m[1]) / 1024
+}
+
+// ---------------------------------------------------------------------------
+// Processes with a channel on fd 3, as vmd's parent starts the vmm
+
+/**
+ * The environment of every process started here, without NODE_EXTRA_CA_CERTS:
+ * vmd's parent would not pass it, and Node reads that file at start-up
+ * (50-200 ms on this machine), which is not the vmm's cost.
+ */
+const peerEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== "NODE_EXTRA_CA_CERTS"))
+
+interface Stamped {
+  readonly m: Imsg
+  /** performance.now() when the reader got it. */
+  readonly at: number
+}
+
+interface Peer {
+  readonly pid: number
+  /** Our end of the socket (raw I/O), until `channel` takes it. */
+  readonly sock: Fd
+  readonly exited: Effect.Effect<void>
+}
+
+/** `command args...` with its end of a socketpair on fd 3; killed (SIGTERM, then SIGKILL) and reaped when the scope ends. */
+const spawnPeer = (command: string, args: ReadonlyArray<string>): Effect.Effect<Peer, unknown, Scope.Scope | ImsgChannel> =>
+  Effect.gen(function* () {
+    const imsg = yield* ImsgChannel
+    const [ours, theirs] = yield* imsg.socketpair("bench peer")
+    const done = yield* Deferred.make<void>()
+    const child = yield* Effect.acquireRelease(
+      Effect.sync(() => {
+        sealInheritedFds()
+        const c = spawn(command, [...args], { stdio: ["ignore", "ignore", "ignore", theirs.num], env: peerEnv })
+        c.once("exit", () => Deferred.unsafeDone(done, Effect.void))
+        c.on("error", (e) => {
+          console.error(`${command}: ${e.message}`)
+          Deferred.unsafeDone(done, Effect.void)
+        })
+        return c
+      }),
+      (c) =>
+        Effect.gen(function* () {
+          if (yield* Deferred.isDone(done)) return
+          c.kill("SIGTERM")
+          const gone = yield* Deferred.await(done).pipe(Effect.timeout("5 seconds"), Effect.option)
+          if (gone._tag === "None") {
+            c.kill("SIGKILL")
+            yield* Deferred.await(done)
+          }
+        })
+    )
+    theirs.closeSync()
+    yield* Effect.addFinalizer(() => Effect.sync(() => ours.isOpen && ours.closeSync()))
+    return { pid: child.pid ?? -1, sock: ours, exited: Deferred.await(done) }
+  })
+
+interface Talk {
+  readonly channel: Channel
+  /** The next message that satisfies `pred`, with the time it arrived. */
+  readonly next: (pred: (m: Imsg) => boolean, ms?: number) => Effect.Effect<Stamped, Error>
+}
+
+const talk = (peer: Peer): Effect.Effect<Talk, unknown, Scope.Scope | ImsgChannel> =>
+  Effect.gen(function* () {
+    const imsg = yield* ImsgChannel
+    const channel = yield* imsg.open(peer.sock)
+    const inbox = yield* Queue.unbounded<Stamped>()
+    yield* channel.messages.pipe(
+      Stream.runForEach((m) => {
+        m.fd?.closeSync()
+        return Queue.offer(inbox, { m, at: performance.now() })
+      }),
+      Effect.ignore,
+      Effect.forkScoped
+    )
+    const next = (pred: (m: Imsg) => boolean, ms = 30_000) =>
+      Effect.gen(function* () {
+        for (;;) {
+          const s = yield* Queue.take(inbox).pipe(
+            Effect.timeoutFail({ duration: Duration.millis(ms), onTimeout: () => new Error(`no reply within ${ms} ms`) })
+          )
+          if (pred(s.m)) return s
+        }
+      })
+    return { channel, next }
+  })
+
+const isType = (type: number) => (m: Imsg) => m.type === type
+const resultOf = (m: Imsg) => Either.getOrThrow(decodeVmopResult(m.data))
+
+// ---------------------------------------------------------------------------
+// Driving bin/vmm
+
+interface Files {
+  readonly dir: string
+  readonly vmprog: string
+  readonly kernel: string
+  readonly disk: string
+  readonly cStart: string
+  readonly cExit: string
+  readonly cInfo: string
+}
+
+const vmmArgs = (files: Files, extra: ReadonlyArray<string>) => [
+  ...extra,
+  "-P",
+  "vmm",
+  "--backend",
+  "process",
+  "--vm-exec",
+  files.vmprog
+]
+
+const owned = (n: number, what: string): Fd => {
+  if (n < 0) throw new Error(`${what}: errno ${-n}`)
+  return libc.nativeFd(n, what)
+}
+
+/** A started bin/vmm with CONFIG sent. */
+const vmmUnderTest = (files: Files, extra: ReadonlyArray<string> = []) =>
+  Effect.gen(function* () {
+    const peer = yield* spawnPeer(VMM_COMMAND[0]!, [...VMM_COMMAND.slice(1), ...vmmArgs(files, extra)])
+    const t = yield* talk(peer)
+    yield* t.channel.send(M.config(defaultVmdConfig()))
+    let peerid = 1000
+    const info = Effect.gen(function* () {
+      const id = ++peerid
+      const t0 = performance.now()
+      yield* t.channel.send(M.getInfo(id))
+      const end = yield* t.next((m) => m.type === T.IMSG_VMDOP_GET_INFO_VM_END_DATA && m.peerid === id)
+      return end.at - t0
+    })
+    return { peer, t, info, peerid: () => ++peerid }
+  })
+
+type Vmm = Effect.Effect.Success<ReturnType<typeof vmmUnderTest>>
+
+const paramsFor = (name: string, files: Files, full: boolean) =>
+  Either.getOrThrow(
+    encodeVmopCreateParams(
+      createParams(full ? { name, kernel: files.kernel, disks: [[files.disk]], nics: 1 } : { name, kernel: files.kernel }, full ? ["tap0"] : [])
+    )
+  )
+
+/**
+ * config_setvm for VM `vmid`; the time from START_VM_END sent to
+ * START_VM_RESPONSE received, after a barrier (an info round trip) so that
+ * the earlier messages are handled before the clock starts. `full`: kernel,
+ * disk, tap and pty (as bench-start.c); else kernel and /dev/null as tty.
+ */
+const startOne = (vmm: Vmm, files: Files, vmid: number, full: boolean) =>
+  Effect.gen(function* () {
+    const kernel = owned(libc.open(files.kernel, libc.O_RDONLY), "kernel")
+    let disks: Array<Array<Fd>> = []
+    let taps: Array<Fd> = []
+    let hostTap: Fd | null = null
+    let tty: Fd
+    if (full) {
+      disks = [[owned(libc.open(files.disk, libc.O_RDWR), "disk")]]
+      const pair = libc.socketpair(libc.AF_UNIX, libc.SOCK_STREAM | libc.SOCK_CLOEXEC)
+      if (typeof pair === "number") throw new Error(`socketpair: ${pair}`)
+      taps = [libc.nativeFd(pair[0], "tap")]
+      hostTap = libc.nativeFd(pair[1], "tap host")
+      tty = Either.getOrThrow(openPty("tty")).master
+    } else {
+      tty = owned(libc.open("/dev/null", libc.O_RDWR), "tty")
+    }
+    const messages = M.startVm(vmid, paramsFor(`vm${vmid}`, files, full), { kernel, cdrom: null, disks, taps, tty })
+    for (const m of messages.slice(0, -1)) yield* vmm.t.channel.send(m)
+    yield* vmm.info
+    const t0 = performance.now()
+    yield* vmm.t.channel.send(messages.at(-1)!)
+    const reply = yield* vmm.t.next(isType(T.IMSG_VMDOP_START_VM_RESPONSE))
+    hostTap?.closeSync()
+    const r = resultOf(reply.m)
+    if (r.vmr_result !== 0) throw new Error(`start of vm${vmid}: result ${r.vmr_result}`)
+    return { ms: reply.at - t0, pid: r.vmr_pid }
+  })
+
+const stopForced = (vmm: Vmm, vmid: number) =>
+  Effect.gen(function* () {
+    yield* vmm.t.channel.send(M.terminateVm(vmm.peerid(), vmid, true))
+    yield* vmm.t.next((m) => m.type === T.IMSG_VMDOP_TERMINATE_VM_EVENT && resultOf(m).vmr_id === vmid)
+  })
+
+// ---------------------------------------------------------------------------
+// The cases
+
+const startLatency = (files: Files, label: string, extra: ReadonlyArray<string>) =>
+  Effect.scoped(
+    Effect.gen(function* () {
+      const vmm = yield* vmmUnderTest(files, extra)
+      const samples: Array<number> = []
+      for (let i = 1; i <= N.warm + N.start; i++) {
+        const { ms } = yield* startOne(vmm, files, i, true)
+        if (i > N.warm) samples.push(ms)
+        yield* stopForced(vmm, i)
+      }
+      return samples
+    })
+  ).pipe(Effect.map((samples) => ({ label, samples })))
+
+const cStartLatency = (files: Files) =>
+  Effect.promise(async () => {
+    const { stdout } = await promisify(execFile)(files.cStart, [files.vmprog, files.kernel, files.disk, String(N.warm + N.start)])
+    return stdout
+      .trim()
+      .split("\n")
+      .map((l) => Number(l) / 1000)
+      .slice(N.warm)
+  })
+
+const exitNotification = (files: Files, extra: ReadonlyArray<string>) =>
+  Effect.scoped(
+    Effect.gen(function* () {
+      const vmm = yield* vmmUnderTest(files, extra)
+      const samples: Array<number> = []
+      for (let i = 1; i <= N.warm + N.exit; i++) {
+        const { pid } = yield* startOne(vmm, files, i, false)
+        yield* Effect.sleep("5 millis") // let it settle in its read
+        const t0 = performance.now()
+        process.kill(pid, "SIGKILL")
+        const event = yield* vmm.t.next(isType(T.IMSG_VMDOP_TERMINATE_VM_EVENT))
+        if (i > N.warm) samples.push(event.at - t0)
+      }
+      return samples
+    })
+  )
+
+const cExitNotification = (files: Files) =>
+  Effect.scoped(
+    Effect.gen(function* () {
+      const imsg = yield* ImsgChannel
+      const peer = yield* spawnPeer(files.cExit, [files.vmprog])
+      const samples: Array<number> = []
+      for (let i = 1; i <= N.warm + N.exit; i++) {
+        yield* imsg.writeRaw(peer.sock, Uint8Array.of(1), 5000)
+        const raw = yield* imsg.readRaw(peer.sock, 4, 5000)
+        const pid = new DataView(raw.buffer, raw.byteOffset, 4).getInt32(0, true)
+        yield* Effect.sleep("5 millis")
+        const t0 = performance.now()
+        process.kill(pid, "SIGKILL")
+        yield* imsg.readRaw(peer.sock, 16 + 28, 5000)
+        if (i > N.warm) samples.push(performance.now() - t0)
+      }
+      return samples
+    })
+  )
+
+/** Info at 1, 64 and MAX_VMS VMs (vmprog), ours and C on the same VM processes; RSS of both at the largest. */
+const infoAndRss = (files: Files) =>
+  Effect.scoped(
+    Effect.gen(function* () {
+      const vmm = yield* vmmUnderTest(files)
+      const levels = [1, 64, MAX_VMS].filter((n, i, a) => n <= MAX_VMS && a.indexOf(n) === i)
+      const pids: Array<number> = []
+      const out: Array<{ vms: number; ours: Array<number>; c: Array<number>; rssOurs: number; rssC: number }> = []
+      for (const level of levels) {
+        while (pids.length < level) pids.push((yield* startOne(vmm, files, pids.length + 1, false)).pid)
+        const ours: Array<number> = []
+        for (let i = 0; i < N.warm + N.info; i++) {
+          const ms = yield* vmm.info
+          if (i >= N.warm) ours.push(ms)
+        }
+        const { c, rssC } = yield* Effect.scoped(
+          Effect.gen(function* () {
+            const peer = yield* spawnPeer(files.cInfo, pids.map(String))
+            const t = yield* talk(peer)
+            const c: Array<number> = []
+            for (let i = 0; i < N.warm + N.info; i++) {
+              const t0 = performance.now()
+              yield* t.channel.send(M.getInfo(i + 1))
+              const end = yield* t.next(isType(T.IMSG_VMDOP_GET_INFO_VM_END_DATA))
+              if (i >= N.warm) c.push(end.at - t0)
+            }
+            return { c, rssC: rssMiB(peer.pid) }
+          })
+        )
+        out.push({ vms: level, ours, c, rssOurs: rssMiB(vmm.peer.pid), rssC })
+      }
+      return out
+    })
+  )
+
+/** spawn -> first END_DATA, and the resident memory once idle. */
+const startUp = (command: string, args: ReadonlyArray<string>) =>
+  Effect.gen(function* () {
+    const samples: Array<number> = []
+    let rss = NaN
+    for (let i = 0; i < N.ready + 1; i++) {
+      yield* Effect.scoped(
+        Effect.gen(function* () {
+          const t0 = performance.now()
+          const peer = yield* spawnPeer(command, args)
+          const t = yield* talk(peer)
+          yield* t.channel.send(M.getInfo(1))
+          const end = yield* t.next(isType(T.IMSG_VMDOP_GET_INFO_VM_END_DATA))
+          if (i > 0) samples.push(end.at - t0)
+          if (i === 1) {
+            yield* Effect.sleep("1 second")
+            rss = rssMiB(peer.pid)
+          }
+          // close fd 3: the vmm exits 0
+          yield* t.channel.close
+          yield* peer.exited.pipe(Effect.timeout("10 seconds"), Effect.ignore)
+        })
+      )
+    }
+    return { samples, rss }
+  })
+
+// ---------------------------------------------------------------------------
+
+const compile = (src: string, out: string) =>
+  promisify(execFile)("gcc", ["-O2", "-Wall", "-o", out, join(repoRoot, src)]).then(() => out)
+
+const setup = Effect.promise(async (): Promise<Files> => {
+  const dir = buildDir("bench")
+  const kernel = join(dir, "bsd")
+  const disk = join(dir, "disk.img")
+  writeFileSync(kernel, "kernel")
+  writeFileSync(disk, "disk")
+  const [vmprog, cStart, cExit, cInfo] = await Promise.all([
+    compileVmprog(dir),
+    compile("scripts/c/bench-start.c", join(dir, "bench-start")),
+    compile("scripts/c/bench-exit.c", join(dir, "bench-exit")),
+    compile("scripts/c/bench-info.c", join(dir, "bench-info"))
+  ])
+  return { dir, vmprog, kernel, disk, cStart, cExit, cInfo }
+})
+
+/** Whether bin/vmm takes this flag (its own parser says so). */
+const accepts = (flag: ReadonlyArray<string>) => flag.length > 0 && Either.isRight(parseArgs([...flag, "-P", "vmm"]))
+
+const main = Effect.gen(function* () {
+  const nofile = raiseNofile()
+  const files = yield* Effect.acquireRelease(setup, (f) => Effect.sync(() => rmSync(f.dir, { recursive: true, force: true })))
+  console.log(`bench-vmm: node ${process.version}, ${cpus().length} cpus, load ${loadavg().map((l) => l.toFixed(2)).join(" ")}, RLIMIT_NOFILE ${nofile}`)
+  if (optionValue("--vmm") !== undefined) console.log(`vmm program: ${VMM_COMMAND.join(" ")}`)
+  console.log("The machine is shared and noisy: compare each figure with the C reference beside it, taken in the same run.\n")
+
+  const layerName = (method: string) => (method === "spawner" ? "ProcessSpawner" : method === "node" ? "ProcessNode" : method)
+  const defaults = parseArgs(["-P", "vmm"])
+  const defaultMethod = Either.isRight(defaults) && defaults.right.mode === "vmm" ? defaults.right.spawn : "?"
+  const methods = SPAWN_METHODS.filter((m) => accepts(["--spawn", m]))
+  const layers: Array<{ label: string; flag: ReadonlyArray<string> }> =
+    optionValue("--vmm") !== undefined || methods.length === 0
+      ? [{ label: optionValue("--label") ?? "default", flag: [] }]
+      : methods.map((m) => ({ label: layerName(m), flag: ["--spawn", m] }))
+  notes.push(`info, start-up and memory: bin/vmm's default Process layer (${layerName(defaultMethod)})`)
+  if (!spawnerAvailable()) notes.push(`${spawnerPath()} is missing: --spawn spawner fell back to ProcessNode (run npm run build)`)
+
+  if (ONLY.has("start")) console.error("start latency ...")
+  const cStart = ONLY.has("start") ? yield* cStartLatency(files) : []
+  spread("start C", cStart)
+  for (const layer of ONLY.has("start") ? layers : []) {
+    const { samples } = yield* startLatency(files, layer.label, layer.flag)
+    spread(`start ${layer.label}`, samples)
+    const goal = 1.5 * median(cStart)
+    rows.push({ name: `start latency, median (${layer.label})`, ours: median(samples), c: median(cStart), unit: "ms", goal: "<= 1.5x C", met: median(samples) <= goal })
+    rows.push({
+      name: `start latency, p90 (${layer.label})`,
+      ours: quantile(samples, 0.9),
+      c: quantile(cStart, 0.9),
+      unit: "ms",
+      goal: "<= 1.5x C",
+      met: quantile(samples, 0.9) <= 1.5 * quantile(cStart, 0.9)
+    })
+  }
+
+  if (ONLY.has("exit")) console.error("exit notification ...")
+  const cExit = ONLY.has("exit") ? yield* cExitNotification(files) : []
+  spread("exit C", cExit)
+  for (const layer of ONLY.has("exit") ? layers : []) {
+    const ours = yield* exitNotification(files, layer.flag)
+    spread(`exit ${layer.label}`, ours)
+    rows.push({ name: `exit notification, median (${layer.label})`, ours: median(ours), c: median(cExit), unit: "ms", goal: "< 1 ms", met: median(ours) < 1 })
+  }
+
+  if (ONLY.has("info")) console.error(`info with 1, 64 and ${MAX_VMS} VMs ...`)
+  const info = ONLY.has("info") ? yield* infoAndRss(files) : []
+  for (const level of info) {
+    spread(`info ${level.vms} ours`, level.ours)
+    spread(`info ${level.vms} C`, level.c)
+    const atMax = level.vms === MAX_VMS
+    rows.push({
+      name: `info, ${level.vms} VM${level.vms === 1 ? "" : "s"}, median`,
+      ours: median(level.ours),
+      c: median(level.c),
+      unit: "ms",
+      goal: atMax ? "< 5 ms" : "-",
+      met: atMax ? median(level.ours) < 5 : null
+    })
+  }
+
+  if (ONLY.has("startup")) {
+    console.error("start-up ...")
+    const oursReady = yield* startUp(VMM_COMMAND[0]!, [...VMM_COMMAND.slice(1), ...vmmArgs(files, [])])
+    const cReady = yield* startUp(files.cInfo, [])
+    rows.push({ name: "start-up to ready, median", ours: median(oursReady.samples), c: median(cReady.samples), unit: "ms", goal: "< 100 ms", met: median(oursReady.samples) < 100 })
+    rows.push({ name: "resident memory, idle", ours: oursReady.rss, c: cReady.rss, unit: "MiB", goal: "< 80 MiB", met: oursReady.rss < 80 })
+  }
+  const largest = info.at(-1)
+  if (largest !== undefined)
+    rows.push({
+      name: `resident memory, ${largest.vms} VMs`,
+      ours: largest.rssOurs,
+      c: largest.rssC,
+      unit: "MiB",
+      goal: "< 80 MiB",
+      met: largest.rssOurs < 80
+    })
+
+  console.log()
+  printTable()
+  console.log(
+    `\nsamples: start ${N.start}, exit ${N.exit}, info ${N.info} per size, start-up ${N.ready} (after ${N.warm} warm-up rounds; start-up after 1)`
+  )
+  if (process.env["NODE_EXTRA_CA_CERTS"] !== undefined) notes.push("NODE_EXTRA_CA_CERTS was removed from the vmm's environment (Node reads it at start-up)")
+  for (const n of notes) console.log(`note: ${n}`)
+  console.log(`load average after: ${loadavg().map((l) => l.toFixed(2)).join(" ")}`)
+})
+
+// Interrupted (Ctrl-C, a closed pipe): the scopes still close, so the vmm, its VMs and the build directory go.
+const fiber = Effect.runFork(main.pipe(Effect.scoped, Effect.provide(ImsgChannelNative.layer)))
+const stop = () => Effect.runFork(Fiber.interrupt(fiber))
+process.once("SIGINT", stop)
+process.once("SIGTERM", stop)
+process.stdout.on("error", stop)
+fiber.addObserver((exit) => {
+  if (Exit.isFailure(exit) && !Exit.isInterrupted(exit)) console.error("bench-vmm:", Cause.pretty(exit.cause))
+  process.exit(Exit.isSuccess(exit) ? 0 : 1)
+})
