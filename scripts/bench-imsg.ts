@@ -7,6 +7,10 @@
  * runs from READY until the last message is known to have arrived (the
  * receiver's ACK, or the receiver's count). Best of 3 runs on each side.
  * MB/s counts wire bytes (16-byte header + payload).
+ *
+ * Options: --quick (a tenth of the messages, best of 2); --per-message (the
+ * sender queues each message with its own `send` Effect instead of one
+ * `sendAll` per batch); --only=LABEL|LABEL (only these cases, e.g. "100 B|16 KiB").
  */
 import { execFileSync, spawn } from "node:child_process"
 import { mkdtempSync, rmSync } from "node:fs"
@@ -34,6 +38,8 @@ interface Case {
 }
 
 const quick = process.argv.includes("--quick")
+const perMessage = process.argv.includes("--per-message")
+const only = process.argv.find((a) => a.startsWith("--only="))?.slice("--only=".length)
 /** Best of RUNS on each side: the machine may be shared, and the best run is the least disturbed. */
 const RUNS = quick ? 2 : 5
 const scale = quick ? 0.1 : 1
@@ -42,7 +48,9 @@ const cases: ReadonlyArray<Case> = [
   { label: "16 KiB", size: MAX_IMSG_PAYLOAD, fd: false, n: 60_000, goal: 0.8 },
   { label: "100 B + fd", size: 100, fd: true, n: 100_000, goal: 0.5 },
   { label: "16 KiB + fd", size: MAX_IMSG_PAYLOAD, fd: true, n: 30_000, goal: 0.5 }
-].map((c) => ({ ...c, n: Math.round(c.n * scale) }))
+]
+  .map((c) => ({ ...c, n: Math.round(c.n * scale) }))
+  .filter((c) => only === undefined || only.split("|").includes(c.label))
 
 type Direction = "TS → C" | "C → TS"
 
@@ -76,10 +84,22 @@ const sendData = (ch: Channel, c: Case) =>
     const payload = new Uint8Array(c.size)
     const batch = Math.max(1, Math.floor((256 * 1024) / (c.size + 16)))
     const indices = Array.from({ length: batch }, (_, i) => i)
-    const compose = () =>
-      ch.send({ type: T_DATA, peerid: 0, pid: 0, data: payload, fd: c.fd ? libc.nativeFd(libc.dup(devNull), "bench") : null })
+    const message = () => ({
+      type: T_DATA,
+      peerid: 0,
+      pid: 0,
+      data: payload,
+      fd: c.fd ? libc.nativeFd(libc.dup(devNull), "bench") : null
+    })
+    const compose = () => ch.send(message())
     for (let sent = 0; sent < c.n; sent += batch) {
-      yield* Effect.forEach(sent + batch <= c.n ? indices : indices.slice(0, c.n - sent), compose, { discard: true })
+      const k = Math.min(batch, c.n - sent)
+      if (perMessage) yield* Effect.forEach(k === batch ? indices : indices.slice(0, k), compose, { discard: true })
+      else {
+        const msgs = new Array<ReturnType<typeof message>>(k)
+        for (let i = 0; i < k; i++) msgs[i] = message()
+        yield* ch.sendAll(msgs)
+      }
       yield* ch.flush
     }
   })
@@ -158,7 +178,9 @@ const main = Effect.gen(function* () {
   console.log(line(rows[0] ?? []))
   console.log(`|${widths.map((w) => "-".repeat(w + 2)).join("|")}|`)
   for (const r of rows.slice(1)) console.log(line(r))
-  console.log(`\n(n per case: ${cases.map((c) => `${c.label} ${c.n}`).join(", ")}; best of ${RUNS}; node ${process.version})`)
+  console.log(
+    `\n(n per case: ${cases.map((c) => `${c.label} ${c.n}`).join(", ")}; best of ${RUNS}; ${perMessage ? "send per message" : "sendAll per batch"}; node ${process.version})`
+  )
 })
 
 Effect.runPromise(main.pipe(Effect.provide(ImsgChannelNative.layer)))

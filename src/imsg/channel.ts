@@ -27,7 +27,7 @@ import { ImsgWriter } from "./writer.ts"
 /** What a channel needs from a socket. Errors are OpenBSD errno, negated. */
 export interface SocketDriver {
   readonly fd: number
-  /** What `send` sends from; at least MAX_IMSGSIZE bytes. */
+  /** What `send` sends from; at least MAX_IMSGSIZE bytes. Read at the first send (it may be a lazy getter). */
   readonly writeBuffer: Uint8Array
   /** One recvmsg into `into`: bytes (0 = EOF) or -errno; received fds are appended to `fds`. */
   recv(into: Uint8Array, fds: Array<Fd>): number
@@ -96,7 +96,7 @@ class ImsgConnection {
       writable: () => this.#guard(() => this.#writeNow()),
       error: (errno) => this.#fail(ioError("poll", errno))
     })
-    this.#writer = new ImsgWriter<Fd>(this.#driver.writeBuffer, {
+    this.#writer = new ImsgWriter<Fd>(() => this.#driver.writeBuffer, {
       pid: process.pid,
       format: options.format ?? "current"
     })
@@ -214,32 +214,72 @@ class ImsgConnection {
 
   // ---- output -----------------------------------------------------------
 
+  #tooLarge(size: number): ChannelError {
+    return new ChannelError({ reason: "TooLarge", message: `imsg payload ${size} > ${MAX_IMSG_PAYLOAD}`, errno: Errno.ERANGE })
+  }
+
+  #closedError(): ChannelError {
+    return new ChannelError({
+      reason: "Closed",
+      message: `send on closed imsg channel fd ${this.#driver.fd}`,
+      errno: Errno.EPIPE
+    })
+  }
+
+  /** Queue one message now: null, or why not (its fd is closed then). */
+  #enqueue(msg: OutgoingImsg): ChannelError | null {
+    const size = msg.data?.length ?? 0
+    // The fd is ours from here on (OutgoingImsg): a send that fails closes it.
+    // Found by test/reliability: a PAUSE_VM with an fd for a VM whose peer
+    // had gone leaked the fd in the vmm.
+    if (size > MAX_IMSG_PAYLOAD) {
+      msg.fd?.closeSync()
+      return this.#tooLarge(size)
+    }
+    if (this.#closed || this.#peerGone) {
+      msg.fd?.closeSync()
+      return this.#closedError()
+    }
+    this.#writer.push(msg)
+    this.#scheduleWrite()
+    return null
+  }
+
+  /** One write per turn, however many messages were queued in it. */
+  #scheduleWrite(): void {
+    if (!this.#writing && !this.#writeScheduled) {
+      this.#writeScheduled = true
+      queueMicrotask(this.#writeSoon)
+    }
+  }
+
   send(msg: OutgoingImsg): Effect.Effect<void, ChannelError> {
     return Effect.suspend(() => {
-      const size = msg.data?.length ?? 0
-      // The fd is ours from here on (OutgoingImsg): a send that fails closes it.
-      // Found by test/reliability: a PAUSE_VM with an fd for a VM whose peer
-      // had gone leaked the fd in the vmm.
-      if (size > MAX_IMSG_PAYLOAD || this.#closed || this.#peerGone) msg.fd?.closeSync()
-      if (size > MAX_IMSG_PAYLOAD) {
-        return Effect.fail(
-          new ChannelError({ reason: "TooLarge", message: `imsg payload ${size} > ${MAX_IMSG_PAYLOAD}`, errno: Errno.ERANGE })
-        )
+      const e = this.#enqueue(msg)
+      return e === null ? Effect.void : Effect.fail(e)
+    })
+  }
+
+  sendAll(msgs: Iterable<OutgoingImsg>): Effect.Effect<void, ChannelError> {
+    return Effect.suspend(() => {
+      const list = Array.isArray(msgs) ? (msgs as ReadonlyArray<OutgoingImsg>) : Array.from(msgs)
+      let error: ChannelError | null = this.#closed || this.#peerGone ? this.#closedError() : null
+      if (error === null) {
+        for (const m of list) {
+          const size = m.data?.length ?? 0
+          if (size > MAX_IMSG_PAYLOAD) {
+            error = this.#tooLarge(size)
+            break
+          }
+        }
       }
-      if (this.#closed || this.#peerGone) {
-        return Effect.fail(
-          new ChannelError({
-            reason: "Closed",
-            message: `send on closed imsg channel fd ${this.#driver.fd}`,
-            errno: Errno.EPIPE
-          })
-        )
+      if (error !== null) {
+        for (const m of list) m.fd?.closeSync()
+        return Effect.fail(error)
       }
-      this.#writer.push(msg)
-      if (!this.#writing && !this.#writeScheduled) {
-        this.#writeScheduled = true
-        queueMicrotask(this.#writeSoon)
-      }
+      const w = this.#writer
+      for (const m of list) w.push(m)
+      if (list.length > 0) this.#scheduleWrite()
       return Effect.void
     })
   }
@@ -335,6 +375,7 @@ export const makeChannel = (
   return {
     fd: c.fd,
     send: (msg) => c.send(msg),
+    sendAll: (msgs) => c.sendAll(msgs),
     messages: c.messages,
     flush: c.flush,
     close: c.close,

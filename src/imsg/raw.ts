@@ -3,6 +3,12 @@
  * start handshake, vmd.md §7: vmm writes struct vmd_vm and struct
  * local_prefix, then reads a uint32 VM id). atomicio semantics: all bytes or
  * an error; EOF before n bytes is "Eof"; the deadline covers the whole call.
+ *
+ * Fast path first: the syscalls are tried at once, synchronously, and a call
+ * that completes without EAGAIN costs no fiber, timer or poll handle. Only
+ * when the socket would block is a wait set up, with the deadline: the
+ * socket's own `waitFor` (one timer beside the readiness wait) when it has
+ * one, else `wait` under Effect.timeoutFail (the Clock, so TestClock works).
  */
 import { Duration, Effect } from "effect"
 import { Errno, errnoName } from "../schema/errno.ts"
@@ -17,42 +23,96 @@ export interface RawSocket {
   readonly write: (buf: Uint8Array) => number
   /** Until the socket is readable (or writable). */
   readonly wait: (writable: boolean) => Effect.Effect<void, ChannelError>
+  /**
+   * Optional, cheaper than `wait` under a timeout fiber: until the socket is
+   * readable (or writable), true; or false once `ms` have passed.
+   */
+  readonly waitFor?: (writable: boolean, ms: number) => Effect.Effect<boolean, ChannelError>
 }
 
-const timeout = (what: string, fd: number, ms: number) => () =>
+const timeoutError = (what: string, fd: number, ms: number): ChannelError =>
   new ChannelError({ reason: "Timeout", message: `${what} on fd ${fd}: no progress in ${ms} ms`, errno: Errno.ETIMEDOUT })
 
 const ioError = (op: string, fd: number, errno: number): ChannelError =>
   new ChannelError({ reason: "Io", message: `${op} on fd ${fd}: ${errnoName(errno)}`, errno })
 
+const eofError = (fd: number, off: number, n: number): ChannelError =>
+  new ChannelError({ reason: "Eof", message: `raw read on fd ${fd}: EOF after ${off} of ${n} bytes` })
+
+/** Progress of one raw call: done, would block, or failed. */
+type Step = "done" | "again" | ChannelError
+
+/** Write from bytes[state.off] on until done or EAGAIN. */
+const writeSome = (sock: RawSocket, bytes: Uint8Array, state: { off: number }): Step => {
+  while (state.off < bytes.length) {
+    const n = sock.write(state.off === 0 ? bytes : bytes.subarray(state.off))
+    if (n > 0) state.off += n
+    else if (n === -Errno.EAGAIN || n === -Errno.ENOBUFS) return "again"
+    else return ioError("write", sock.fd, n === 0 ? Errno.EIO : -n)
+  }
+  return "done"
+}
+
+/** Read into buf[state.off] on until full or EAGAIN; EOF first is "Eof". */
+const readSome = (sock: RawSocket, buf: Uint8Array, state: { off: number }): Step => {
+  while (state.off < buf.length) {
+    const r = sock.read(state.off === 0 ? buf : buf.subarray(state.off))
+    if (r > 0) state.off += r
+    else if (r === 0) return eofError(sock.fd, state.off, buf.length)
+    else if (r === -Errno.EAGAIN) return "again"
+    else return ioError("read", sock.fd, -r)
+  }
+  return "done"
+}
+
+/** The slow path: wait for readiness and step again until done, within timeoutMs of now. */
+const untilDone = <A>(
+  sock: RawSocket,
+  writable: boolean,
+  step: () => Step,
+  result: A,
+  what: string,
+  timeoutMs: number
+): Effect.Effect<A, ChannelError> => {
+  const waitFor = sock.waitFor
+  if (waitFor !== undefined) {
+    const deadline = performance.now() + timeoutMs
+    const loop: Effect.Effect<A, ChannelError> = Effect.flatMap(
+      Effect.suspend(() => waitFor(writable, Math.max(0, deadline - performance.now()))),
+      (ready) => {
+        if (!ready) return Effect.fail(timeoutError(what, sock.fd, timeoutMs))
+        const s = step()
+        return s === "done" ? Effect.succeed(result) : s === "again" ? loop : Effect.fail(s)
+      }
+    )
+    return loop
+  }
+  const loop: Effect.Effect<A, ChannelError> = Effect.flatMap(sock.wait(writable), () => {
+    const s = step()
+    return s === "done" ? Effect.succeed(result) : s === "again" ? loop : Effect.fail(s)
+  })
+  return loop.pipe(
+    Effect.timeoutFail({ duration: Duration.millis(timeoutMs), onTimeout: () => timeoutError(what, sock.fd, timeoutMs) })
+  )
+}
+
 /** Write every byte (atomicio(vwrite)). */
 export const writeAll = (sock: RawSocket, bytes: Uint8Array, timeoutMs: number): Effect.Effect<void, ChannelError> =>
-  Effect.gen(function* () {
-    let off = 0
-    while (off < bytes.length) {
-      const n = sock.write(bytes.subarray(off))
-      if (n > 0) off += n
-      else if (n === -Errno.EAGAIN || n === -Errno.ENOBUFS) yield* sock.wait(true)
-      else return yield* Effect.fail(ioError("write", sock.fd, n === 0 ? Errno.EIO : -n))
-    }
-  }).pipe(
-    Effect.timeoutFail({ duration: Duration.millis(timeoutMs), onTimeout: timeout("raw write", sock.fd, timeoutMs) })
-  )
+  Effect.suspend(() => {
+    const state = { off: 0 }
+    const s = writeSome(sock, bytes, state)
+    if (s === "done") return Effect.void
+    if (s !== "again") return Effect.fail(s)
+    return untilDone(sock, true, () => writeSome(sock, bytes, state), undefined, "raw write", timeoutMs)
+  })
 
 /** Read exactly n bytes (atomicio(read)); EOF first is reason "Eof". */
 export const readExactly = (sock: RawSocket, n: number, timeoutMs: number): Effect.Effect<Uint8Array, ChannelError> =>
-  Effect.gen(function* () {
+  Effect.suspend(() => {
     const buf = new Uint8Array(n)
-    let off = 0
-    while (off < n) {
-      const r = sock.read(buf.subarray(off))
-      if (r > 0) off += r
-      else if (r === 0) {
-        return yield* Effect.fail(
-          new ChannelError({ reason: "Eof", message: `raw read on fd ${sock.fd}: EOF after ${off} of ${n} bytes` })
-        )
-      } else if (r === -Errno.EAGAIN) yield* sock.wait(false)
-      else return yield* Effect.fail(ioError("read", sock.fd, -r))
-    }
-    return buf
-  }).pipe(Effect.timeoutFail({ duration: Duration.millis(timeoutMs), onTimeout: timeout("raw read", sock.fd, timeoutMs) }))
+    const state = { off: 0 }
+    const s = readSome(sock, buf, state)
+    if (s === "done") return Effect.succeed(buf)
+    if (s !== "again") return Effect.fail(s)
+    return untilDone(sock, false, () => readSome(sock, buf, state), buf, "raw read", timeoutMs)
+  })

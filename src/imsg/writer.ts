@@ -47,8 +47,9 @@ const EMPTY = new Uint8Array(0)
 const sizeOf = <F>(m: QueuedImsg<F>): number => IMSG_HEADER_SIZE + (m.data?.length ?? 0)
 
 export class ImsgWriter<F> {
-  readonly #staging: Uint8Array
-  readonly #dv: DataView
+  #staging: Uint8Array = EMPTY
+  #dv: DataView = new DataView(EMPTY.buffer)
+  #getStaging: (() => Uint8Array) | null
   readonly #pid: number
   readonly #format: HeaderFormat
   #queue: Array<QueuedImsg<F> | undefined> = []
@@ -58,12 +59,24 @@ export class ImsgWriter<F> {
   #start = 0
   #end = 0
 
-  constructor(staging: Uint8Array, options: WriterOptions) {
+  /**
+   * `staging` may be a function: it is then called on the first `gather`, so
+   * that a channel that never sends never allocates one.
+   */
+  constructor(staging: Uint8Array | (() => Uint8Array), options: WriterOptions) {
+    this.#pid = options.pid
+    this.#format = options.format ?? "current"
+    if (typeof staging === "function") this.#getStaging = staging
+    else {
+      this.#getStaging = null
+      this.#setStaging(staging)
+    }
+  }
+
+  #setStaging(staging: Uint8Array): void {
     if (staging.length < MAX_IMSGSIZE) throw new RangeError("imsg staging area smaller than MAX_IMSGSIZE")
     this.#staging = staging
     this.#dv = new DataView(staging.buffer, staging.byteOffset, staging.byteLength)
-    this.#pid = options.pid
-    this.#format = options.format ?? "current"
   }
 
   /** Messages not completely written (imsgbuf_queuelen). */
@@ -88,6 +101,10 @@ export class ImsgWriter<F> {
     // the head's fd rides only on a batch that starts at its first byte
     const fd = this.#headSent === 0 ? (head.fd ?? null) : null
     if (this.#start < this.#end) return { offset: this.#start, length: this.#end - this.#start, fd }
+    if (this.#getStaging !== null) {
+      this.#setStaging(this.#getStaging())
+      this.#getStaging = null
+    }
     const st = this.#staging
     const dv = this.#dv
     let o = 0

@@ -12,7 +12,7 @@ import type { ChannelOptions, DriverEvents, SocketDriver } from "../imsg/channel
 import type { RawSocket } from "../imsg/raw.ts"
 import { readExactly, writeAll } from "../imsg/raw.ts"
 import * as libc from "../native/libc.ts"
-import { closePoll, UV_DISCONNECT, UV_READABLE, UV_WRITABLE, UvPoll } from "../native/uvpoll.ts"
+import { UV_DISCONNECT, UV_READABLE, UV_WRITABLE, UvPoll } from "../native/uvpoll.ts"
 import { Errno, errnoName, fromHostErrno } from "../schema/errno.ts"
 import type { Fd } from "../services/Fd.ts"
 import type { Channel, ImsgChannelService } from "../services/ImsgChannel.ts"
@@ -27,10 +27,10 @@ const bsd = (r: number): number => (r >= 0 ? r : -fromHostErrno(-r))
 const ioError = (op: string, fd: Fd, errno: number): ChannelError =>
   new ChannelError({ reason: "Io", message: `${op} on ${fd}: ${errnoName(errno)}`, errno })
 
-const checkOpen = (fd: Fd): Effect.Effect<void, ChannelError> =>
-  fd.isOpen
-    ? Effect.void
-    : Effect.fail(new ChannelError({ reason: "Closed", message: `${fd} is closed`, errno: Errno.EBADF }))
+const closedError = (fd: Fd): ChannelError =>
+  new ChannelError({ reason: "Closed", message: `${fd} is closed`, errno: Errno.EBADF })
+
+const checkOpen = (fd: Fd): Effect.Effect<void, ChannelError> => (fd.isOpen ? Effect.void : Effect.fail(closedError(fd)))
 
 /** Turn a socket fd into a channel (imsgbuf_init + imsgbuf_allow_fdpass); `options.format` for legacy peers. */
 const openChannel = (fd: Fd, options: ChannelOptions = {}): Effect.Effect<Channel, ChannelError, Scope.Scope> =>
@@ -56,22 +56,38 @@ const openChannel = (fd: Fd, options: ChannelOptions = {}): Effect.Effect<Channe
     (channel) => channel.close
   )
 
+/**
+ * One msghdr pair for every channel: sendmsg and recvmsg are synchronous
+ * calls on the one JS thread, and received fds are copied out at once, so
+ * channels need not allocate (and free) native memory of their own.
+ */
+let scm: { readonly r: libc.ScmBuffer; readonly w: libc.ScmBuffer } | null = null
+const sharedScm = () => (scm ??= { r: new libc.ScmBuffer(), w: new libc.ScmBuffer() })
+
+/** Uninitialised memory: only bytes the writer staged are ever sent. */
+const allocWriteBuffer = (): Uint8Array => {
+  const b = Buffer.allocUnsafeSlow(WRITE_SIZE)
+  return new Uint8Array(b.buffer, b.byteOffset, b.length)
+}
+
 const nativeDriver = (fd: Fd, poll: UvPoll, events: DriverEvents): SocketDriver => {
-  const rbuf = new libc.ScmBuffer()
-  const wbuf = new libc.ScmBuffer()
-  const writeBuffer = new Uint8Array(WRITE_SIZE)
+  const { r: rbuf, w: wbuf } = sharedScm()
+  // allocated at the first send: opening a channel stays cheap (VM start path)
+  let writeBuffer: Uint8Array | null = null
   const sock = fd.num
   const label = `imsg fd via ${fd.label || `fd ${sock}`}`
   return {
     fd: sock,
-    writeBuffer,
+    get writeBuffer() {
+      return (writeBuffer ??= allocWriteBuffer())
+    },
     recv: (into, out) => {
       const n = rbuf.recv(sock, into)
       for (const f of rbuf.fds) out.push(libc.nativeFd(f, label))
       return bsd(n)
     },
     send: (offset, length, pass) => {
-      const n = wbuf.send(sock, writeBuffer.subarray(offset, offset + length), pass === null ? -1 : pass.num)
+      const n = wbuf.send(sock, (writeBuffer ??= allocWriteBuffer()).subarray(offset, offset + length), pass === null ? -1 : pass.num)
       // msgbuf_write: the fd went with the first sendmsg that sent anything
       if (n > 0 && pass !== null) pass.closeSync()
       return bsd(n)
@@ -83,41 +99,58 @@ const nativeDriver = (fd: Fd, poll: UvPoll, events: DriverEvents): SocketDriver 
     close: (done) => {
       poll.stop() // before close(2): libuv must not watch a dead fd
       fd.closeSync()
-      poll.close(() => {
-        rbuf.free()
-        wbuf.free()
-        done()
-      })
+      // A stopped handle never calls back; uv_close's callback only frees its memory.
+      poll.close()
+      done()
     }
   }
 }
+
+/**
+ * Until `fd` is readable (or writable): true; false after `ms` (no timer when
+ * ms is Infinity). One poll handle per wait, closed as soon as the wait ends
+ * without waiting for uv_close's callback (which only frees its memory): the
+ * fiber resumes in the same loop iteration as the readiness event.
+ */
+const pollWait = (fd: Fd, writable: boolean, ms: number): Effect.Effect<boolean, ChannelError> =>
+  Effect.async<boolean, ChannelError>((resume) => {
+    let timer: ReturnType<typeof setTimeout> | undefined
+    let done = false
+    const p = UvPoll.open(fd.num, (status) => {
+      if (done) return
+      finish()
+      resume(status < 0 ? Effect.fail(ioError("poll", fd, fromHostErrno(-status))) : Effect.succeed(true))
+    })
+    if (typeof p === "number") return resume(Effect.fail(ioError("uv_poll_init", fd, fromHostErrno(-p))))
+    const finish = (): void => {
+      done = true
+      if (timer !== undefined) clearTimeout(timer)
+      p.close()
+    }
+    const r = p.start(writable ? UV_WRITABLE : UV_READABLE)
+    if (r < 0) {
+      finish()
+      return resume(Effect.fail(ioError("uv_poll_start", fd, fromHostErrno(-r))))
+    }
+    if (ms !== Infinity) {
+      timer = setTimeout(() => {
+        if (done) return
+        finish()
+        resume(Effect.succeed(false))
+      }, ms)
+    }
+    return Effect.sync(() => {
+      if (!done) finish()
+    })
+  })
 
 /** Raw I/O on a socket not yet framed; readiness through a poll handle held only while waiting. */
 const rawSocket = (fd: Fd): RawSocket => ({
   fd: fd.num,
   read: (buf) => bsd(libc.read(fd.num, buf)),
   write: (buf) => bsd(libc.write(fd.num, buf)),
-  wait: (writable) =>
-    Effect.acquireUseRelease(
-      Effect.sync(() => {
-        const slot: { fire: (status: number) => void } = { fire: () => {} }
-        const p = UvPoll.open(fd.num, (status) => slot.fire(status))
-        return { slot, p }
-      }),
-      ({ slot, p }) =>
-        typeof p === "number"
-          ? Effect.fail(ioError("uv_poll_init", fd, fromHostErrno(-p)))
-          : Effect.async<void, ChannelError>((resume) => {
-              slot.fire = (status) => {
-                slot.fire = () => {}
-                p.stop()
-                resume(status < 0 ? Effect.fail(ioError("poll", fd, fromHostErrno(-status))) : Effect.void)
-              }
-              const r = p.start(writable ? UV_WRITABLE : UV_READABLE)
-              if (r < 0) resume(Effect.fail(ioError("uv_poll_start", fd, fromHostErrno(-r))))
-            }),
-      ({ p }) => (typeof p === "number" ? Effect.void : closePoll(p))
-    )
+  wait: (writable) => Effect.asVoid(pollWait(fd, writable, Infinity)),
+  waitFor: (writable, ms) => pollWait(fd, writable, ms)
 })
 
 const socketpair = (label: string): Effect.Effect<readonly [Fd, Fd], ChannelError> =>
@@ -133,8 +166,10 @@ const socketpair = (label: string): Effect.Effect<readonly [Fd, Fd], ChannelErro
 const service: ImsgChannelService = {
   open: (fd) => openChannel(fd),
   socketpair,
-  writeRaw: (fd, bytes, timeoutMs) => checkOpen(fd).pipe(Effect.zipRight(writeAll(rawSocket(fd), bytes, timeoutMs))),
-  readRaw: (fd, n, timeoutMs) => checkOpen(fd).pipe(Effect.zipRight(readExactly(rawSocket(fd), n, timeoutMs)))
+  writeRaw: (fd, bytes, timeoutMs) =>
+    Effect.suspend(() => (fd.isOpen ? writeAll(rawSocket(fd), bytes, timeoutMs) : Effect.fail(closedError(fd)))),
+  readRaw: (fd, n, timeoutMs) =>
+    Effect.suspend(() => (fd.isOpen ? readExactly(rawSocket(fd), n, timeoutMs) : Effect.fail(closedError(fd))))
 }
 
 export class ImsgChannelNative {

@@ -60,6 +60,12 @@ export interface Channel {
    */
   readonly send: (msg: OutgoingImsg) => Effect.Effect<void, ChannelError>
   /**
+   * Queue many messages at once, in order: as `send` for each, at the cost
+   * of one. All or nothing: if one is too large, or the channel is closed,
+   * none is queued and every fd among them is closed.
+   */
+  readonly sendAll: (msgs: Iterable<OutgoingImsg>) => Effect.Effect<void, ChannelError>
+  /**
    * Received messages in order. Ends on EOF (or EPIPE on write); fails with
    * ChannelError on a framing or I/O error. Only one consumer.
    */
