@@ -43,7 +43,7 @@ export interface ParserOptions<F> {
 
 const OK: FeedResult = { ok: true }
 const EMPTY = new Uint8Array(0)
-const SLAB_SIZE = 128 * 1024
+const SLAB_SIZE = 64 * 1024
 /** readTarget never offers less room than this. */
 export const MIN_READ = 16 * 1024
 

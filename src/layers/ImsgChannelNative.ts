@@ -19,7 +19,7 @@ import type { Channel, ImsgChannelService } from "../services/ImsgChannel.ts"
 import { ChannelError, ImsgChannel } from "../services/ImsgChannel.ts"
 
 /** Bytes per sendmsg at most: enough to fill a socket buffer in one call (at least MAX_IMSGSIZE). */
-const WRITE_SIZE = 262144
+const WRITE_SIZE = 64 * 1024
 
 /** Host errno (negated, as libc.ts returns it) to OpenBSD errno (negated). */
 const bsd = (r: number): number => (r >= 0 ? r : -fromHostErrno(-r))

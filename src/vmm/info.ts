@@ -10,6 +10,7 @@ import { encodeVmopInfoResult, emptyVmopInfoResult } from "../schema/structs.ts"
 import { orDie } from "./wire.ts"
 import { IMSG_VMDOP_GET_INFO_VM_DATA } from "../schema/imsgTypes.ts"
 import type { VmmContext } from "./context.ts"
+import type { OutgoingImsg } from "../services/ImsgChannel.ts"
 import { terminateVm } from "./terminate.ts"
 import { logDebug } from "./log.ts"
 import { opError, type VmOpError } from "./errors.ts"
@@ -20,6 +21,7 @@ export const getInfoVm = (ctx: VmmContext, peerid: number, terminate: boolean): 
   Effect.gen(function* () {
     const info = yield* Effect.either(ctx.device.info)
     if (info._tag === "Left") return yield* fail(info.left.errno)
+    const replies: Array<OutgoingImsg> = []
     for (const entry of info.right) {
       if (terminate) {
         const ret = yield* terminateVm(ctx, { vmmid: entry.vir_id, pid: entry.vir_creator_pid })
@@ -37,9 +39,9 @@ export const getInfoVm = (ctx: VmmContext, peerid: number, terminate: boolean): 
         vir_id: yield* ctx.registry.id2vmid(entry.vir_id),
         vir_name: entry.vir_name
       }
-      const sent = yield* Effect.either(
-        ctx.parent.send({ type: IMSG_VMDOP_GET_INFO_VM_DATA, peerid, pid: 1, data: orDie(encodeVmopInfoResult(vir)) })
-      )
-      if (sent._tag === "Left") return yield* fail(Errno.EIO)
+      replies.push({ type: IMSG_VMDOP_GET_INFO_VM_DATA, peerid, pid: 1, data: orDie(encodeVmopInfoResult(vir)) })
     }
+    // One batch: the same bytes as one proc_compose_imsg per VM, queued at once.
+    const sent = yield* Effect.either(ctx.parent.sendAll(replies))
+    if (sent._tag === "Left") return yield* fail(Errno.EIO)
   }).pipe(Effect.withSpan("get_info_vm"))

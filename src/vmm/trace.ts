@@ -57,15 +57,16 @@ export const describeImsg = (type: number, peerid: number, pid: number, data: Ui
 
 const line = (fd: number, dir: "<" | ">", text: string) => logState.sink("info", `trace fd ${fd} ${dir} ${text}`)
 
+const traceOut = (ch: Channel, msg: OutgoingImsg) =>
+  line(ch.fd, ">", describeImsg(msg.type, msg.peerid, msg.pid, msg.data ?? new Uint8Array(0), msg.fd != null))
+
 const traceChannel = (ch: Channel): Channel => ({
   ...ch,
-  send: (msg: OutgoingImsg) =>
-    Effect.zipRight(
-      Effect.sync(() =>
-        line(ch.fd, ">", describeImsg(msg.type, msg.peerid, msg.pid, msg.data ?? new Uint8Array(0), msg.fd != null))
-      ),
-      ch.send(msg)
-    ),
+  send: (msg: OutgoingImsg) => Effect.zipRight(Effect.sync(() => traceOut(ch, msg)), ch.send(msg)),
+  sendAll: (msgs: Iterable<OutgoingImsg>) => {
+    const list = [...msgs]
+    return Effect.zipRight(Effect.sync(() => list.forEach((m) => traceOut(ch, m))), ch.sendAll(list))
+  },
   messages: ch.messages.pipe(
     Stream.tap((m: Imsg) => Effect.sync(() => line(ch.fd, "<", describeImsg(m.type, m.peerid, m.pid, m.data, m.fd !== null))))
   )
