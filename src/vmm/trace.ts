@@ -55,7 +55,8 @@ export const describeImsg = (type: number, peerid: number, pid: number, data: Ui
   return Either.isRight(v) ? `${head} ${show(v.right)}` : `${head} (undecodable: ${v.left.message})`
 }
 
-const line = (fd: number, dir: "<" | ">", text: string) => logState.sink("info", `trace fd ${fd} ${dir} ${text}`)
+const line = (fd: number, dir: "<" | ">", text: string) =>
+  logState.sink("info", `${logState.title}: trace fd ${fd} ${dir} ${text}`)
 
 const traceOut = (ch: Channel, msg: OutgoingImsg) =>
   line(ch.fd, ">", describeImsg(msg.type, msg.peerid, msg.pid, msg.data ?? new Uint8Array(0), msg.fd != null))

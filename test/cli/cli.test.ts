@@ -1,0 +1,46 @@
+import { describe, expect, it } from "@effect/vitest"
+import { Either } from "effect"
+import { parseArgs } from "../../src/cli/args.ts"
+import { describeImsg } from "../../src/vmm/trace.ts"
+import * as T from "../../src/schema/imsgTypes.ts"
+import { encodeVmopResult } from "../../src/schema/structs.ts"
+
+describe("bin/vmm flags", () => {
+  it("accepts the argv vmd's proc_exec builds for the vmm child, ignoring the other children's flags", () => {
+    const args = parseArgs(["-P", "vmm", "-d", "-vv", "-f", "/etc/vm.conf", "-D", "a=b", "-n"])
+    expect(Either.getOrThrow(args)).toMatchObject({ mode: "vmm", debug: true, verbose: 2, vmExec: null, trace: false })
+  })
+
+  it("parses our long options", () => {
+    const args = parseArgs(["-Pvmm", "--backend", "mock", "--vm-exec", "/x/vm", "--trace", "--spawn", "node"])
+    expect(Either.getOrThrow(args)).toMatchObject({ backend: "mock", vmExec: "/x/vm", trace: true, spawn: "node" })
+  })
+
+  it("parses the VM process argv vmm_start_vm builds (psp fd -1 allowed)", () => {
+    const args = parseArgs(["-V", "7", "-i", "5", "-j", "-1", "-d", "-v"])
+    expect(Either.getOrThrow(args)).toEqual({ mode: "vm", vmFd: 7, vmmFd: 5, pspFd: -1, debug: true, verbose: 1, trace: false })
+  })
+
+  it("refuses other process titles, unknown options and bad fds with a message", () => {
+    expect(Either.isLeft(parseArgs(["-P", "priv"]))).toBe(true)
+    expect(Either.isLeft(parseArgs(["-P", "vmm", "-z"]))).toBe(true)
+    expect(Either.isLeft(parseArgs(["-V", "x"]))).toBe(true)
+    expect(Either.isLeft(parseArgs(["-P", "vmm", "--backend", "kvm"]))).toBe(true)
+  })
+})
+
+describe("--trace", () => {
+  it("names the message and decodes its payload fields", () => {
+    const data = Either.getOrThrow(encodeVmopResult({ vmr_result: 35, vmr_id: 4, vmr_pid: 0, vmr_ttyname: "" }))
+    expect(describeImsg(T.IMSG_VMDOP_TERMINATE_VM_EVENT, 0xffffffff, 1, data, false)).toBe(
+      "IMSG_VMDOP_TERMINATE_VM_EVENT peerid=-1 pid=1 len=28 {vmr_result=35 vmr_id=4 vmr_pid=0}"
+    )
+  })
+
+  it("says when a payload does not decode, and shows unknown types in hex", () => {
+    expect(describeImsg(T.IMSG_VMDOP_PAUSE_VM, 1, 1, new Uint8Array(3), true)).toMatch(
+      /^IMSG_VMDOP_PAUSE_VM peerid=1 pid=1 len=3 fd \(undecodable: /
+    )
+    expect(describeImsg(99, 0, 0, Uint8Array.of(1, 2), false)).toBe("type 99 peerid=0 pid=0 len=2 data=0102")
+  })
+})
