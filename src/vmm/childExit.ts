@@ -38,4 +38,4 @@ export const childExited = (ctx: VmmContext, exit: ChildExit) =>
       vmopResultBytes(ret, vm.vmid, 0)
     )
     yield* ctx.registry.remove(vm, "vmm_sighdlr")
-  }).pipe(Effect.withSpan("vmm_sighdlr"))
+  }).pipe(Effect.withSpan("vmm_sighdlr", { captureStackTrace: false }))

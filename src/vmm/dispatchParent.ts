@@ -224,4 +224,4 @@ export const dispatchParent = (ctx: VmmContext, imsg: Imsg) =>
       default:
         yield* composeParent(ctx, r.cmd, vmId, intBytes(r.res))
     }
-  }).pipe(Effect.withSpan("vmm_dispatch_parent", { attributes: { type: T.imsgTypeName(imsg.type) } }))
+  }).pipe(Effect.withSpan("vmm_dispatch_parent", { captureStackTrace: false, attributes: { type: T.imsgTypeName(imsg.type) } }))

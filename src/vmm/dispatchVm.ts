@@ -64,4 +64,4 @@ export const dispatchVm = (ctx: VmmContext, vm: Vm, imsg: Imsg) =>
       default:
         return yield* endMisbehavingVm(ctx, vm, `got invalid imsg ${imsg.type} (${T.imsgTypeName(imsg.type)})`)
     }
-  }).pipe(Effect.withSpan("vmm_dispatch_vm"))
+  }).pipe(Effect.withSpan("vmm_dispatch_vm", { captureStackTrace: false }))

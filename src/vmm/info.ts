@@ -44,4 +44,4 @@ export const getInfoVm = (ctx: VmmContext, peerid: number, terminate: boolean): 
     // One batch: the same bytes as one proc_compose_imsg per VM, queued at once.
     const sent = yield* Effect.either(ctx.parent.sendAll(replies))
     if (sent._tag === "Left") return yield* fail(Errno.EIO)
-  }).pipe(Effect.withSpan("get_info_vm"))
+  }).pipe(Effect.withSpan("get_info_vm", { captureStackTrace: false }))

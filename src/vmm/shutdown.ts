@@ -14,4 +14,4 @@ export const vmmShutdown = (ctx: VmmContext) =>
       yield* terminateVm(ctx, vm)
       yield* ctx.registry.remove(vm, "vmm_shutdown")
     }
-  }).pipe(Effect.withSpan("vmm_shutdown"))
+  }).pipe(Effect.withSpan("vmm_shutdown", { captureStackTrace: false }))

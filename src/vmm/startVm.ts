@@ -157,5 +157,5 @@ export const startVm = (ctx: VmmContext, imsg: Imsg): Effect.Effect<Started, VmO
     return result
   }).pipe(
     Effect.flatMap((r) => (Either.isLeft(r) ? Effect.fail(opError("start")(r.left)) : Effect.succeed(r.right))),
-    Effect.withSpan("vmm_start_vm")
+    Effect.withSpan("vmm_start_vm", { captureStackTrace: false })
   )

@@ -53,5 +53,5 @@ export const terminateRequest = (ctx: VmmContext, id: number, flags: number): Ef
       yield* logDebug("vmm_dispatch_parent: no vm running anymore")
       return yield* fail(VmdError.VMD_VM_STOP_INVALID)
     }
-  }).pipe(Effect.withSpan("terminate_vm"))
+  }).pipe(Effect.withSpan("terminate_vm", { captureStackTrace: false }))
 
