@@ -43,7 +43,12 @@ export interface ParserOptions<F> {
 
 const OK: FeedResult = { ok: true }
 const EMPTY = new Uint8Array(0)
-const SLAB_SIZE = 64 * 1024
+/**
+ * Read slabs start small (a VM channel carries a few messages a minute) and
+ * double each time one fills up, to MAX_SLAB (the parent channel in a burst).
+ */
+const FIRST_SLAB = 32 * 1024
+const MAX_SLAB = 256 * 1024
 /** readTarget never offers less room than this. */
 export const MIN_READ = 16 * 1024
 
@@ -67,6 +72,7 @@ export class ImsgParser<F> {
   #len = 0
   #fd: F | null = null
   #failed: FeedResult | null = null
+  #slab = FIRST_SLAB
 
   constructor(options: ParserOptions<F>) {
     this.#closeFd = options.closeFd
@@ -83,7 +89,8 @@ export class ImsgParser<F> {
   readTarget(min: number = MIN_READ): Uint8Array {
     if (this.#buf.length - this.#filled < min) {
       const tail = this.#filled - this.#parsed
-      const next = allocate(Math.max(SLAB_SIZE, tail + min))
+      const next = allocate(Math.max(this.#slab, tail + min))
+      this.#slab = Math.min(this.#slab * 2, MAX_SLAB)
       next.set(this.#buf.subarray(this.#parsed, this.#filled))
       this.#buf = next
       this.#dv = new DataView(next.buffer, next.byteOffset, next.length)
