@@ -11,18 +11,11 @@ import { nativeFd } from "../native/libc.ts"
 import { openSyslog } from "../native/syslog.ts"
 import { PROC_PARENT_SOCK_FILENO } from "../schema/imsgTypes.ts"
 import * as ImsgChannelNative from "../layers/ImsgChannelNative.ts"
-import * as ProcessNode from "../layers/ProcessNode.ts"
-import * as ProcessSpawner from "../layers/ProcessSpawner.ts"
-import * as IoctlNative from "../layers/IoctlNative.ts"
-import * as VmmDeviceVmm from "../layers/VmmDeviceVmm.ts"
-import * as VmmDeviceProcess from "../layers/VmmDeviceProcess.ts"
-import * as VmmDeviceMock from "../layers/VmmDeviceMock.ts"
-import { VmRegistryLive } from "../layers/VmRegistryLive.ts"
-import { VmRegistry } from "../services/VmRegistry.ts"
 import { logDebug, logState, logWarnx, VmdLoggerLayer } from "../vmm/log.ts"
 import { applyPrivsep } from "../native/privsep.ts"
 import { startVmmServer } from "../vmm/server.ts"
 import { withTrace } from "../vmm/trace.ts"
+import { vmmServiceLayers } from "./layers.ts"
 import type { VmmOptions } from "../vmm/context.ts"
 
 /** The program exec'd for each VM: --vm-exec, or this program itself (vmd execs its own argv0). */
@@ -32,35 +25,6 @@ export const vmExecOf = (args: VmmArgs): { command: string; prefix: ReadonlyArra
   // Run as a script (tsx, node dist/vmm.mjs): exec the interpreter with it.
   if (/\.(m?[jt]s)$/.test(self)) return { command: process.execPath, prefix: [...process.execArgv, resolve(self)] }
   return { command: isAbsolute(self) ? self : resolve(self), prefix: [] }
-}
-
-/** VmSource for the process backend: the registry's started VMs. */
-const vmSourceFromRegistry = Layer.effect(
-  VmmDeviceProcess.VmSource,
-  Effect.map(VmRegistry, (registry) =>
-    Effect.map(registry.all, (vms) =>
-      vms
-        .filter((vm) => vm.pid > 0)
-        .map((vm) => ({
-          vmmId: vm.vmmid,
-          pid: vm.pid,
-          name: vm.params.vmc_name,
-          memorySize: vm.params.vmc_memranges[0]?.vmr_size ?? 0n,
-          ncpus: vm.params.vmc_ncpus
-        }))
-    )
-  )
-)
-
-const deviceLayer = (args: VmmArgs) => {
-  switch (args.backend) {
-    case "vmm":
-      return VmmDeviceVmm.layer.pipe(Layer.provide(IoctlNative.layer))
-    case "process":
-      return VmmDeviceProcess.layer.pipe(Layer.provide(vmSourceFromRegistry))
-    case "mock":
-      return VmmDeviceMock.layer
-  }
 }
 
 export const runVmm = async (args: VmmArgs): Promise<number> => {
@@ -79,9 +43,7 @@ export const runVmm = async (args: VmmArgs): Promise<number> => {
   }
 
   const imsg = args.trace ? withTrace.pipe(Layer.provide(ImsgChannelNative.layer)) : ImsgChannelNative.layer
-  const processLayer = args.spawn === "spawner" ? ProcessSpawner.layerOrNode : ProcessNode.layer
-  const base = Layer.mergeAll(imsg, processLayer, VmRegistryLive.layer, VmdLoggerLayer)
-  const layers = Layer.provideMerge(deviceLayer(args), base)
+  const layers = Layer.provideMerge(vmmServiceLayers(args.backend, args.spawn), Layer.mergeAll(imsg, VmdLoggerLayer))
 
   const program = Effect.gen(function* () {
     const runtime = yield* Effect.runtime<never>()

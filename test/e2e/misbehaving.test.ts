@@ -10,19 +10,16 @@
  * server in this process with a short one (bin/vmm's layers, real
  * processes, either Process layer).
  */
+import { vmmServiceLayers } from "../../src/cli/layers.ts"
 import { describe, expect } from "@effect/vitest"
 import { Duration, Effect, Either, Layer, Queue, Stream } from "effect"
-import * as ProcessNode from "../../src/layers/ProcessNode.ts"
-import * as ProcessSpawner from "../../src/layers/ProcessSpawner.ts"
-import * as VmmDeviceProcess from "../../src/layers/VmmDeviceProcess.ts"
-import { VmRegistryLive } from "../../src/layers/VmRegistryLive.ts"
 import * as M from "../../src/parent/messages.ts"
 import { makeVmdParent } from "../../src/parent/parent.ts"
+import { VmRegistry } from "../../src/services/VmRegistry.ts"
 import { Errno } from "../../src/schema/errno.ts"
 import * as T from "../../src/schema/imsgTypes.ts"
 import { decodeInt, decodeVmopResult } from "../../src/schema/structs.ts"
 import { ImsgChannel, type Imsg } from "../../src/services/ImsgChannel.ts"
-import { VmRegistry } from "../../src/services/VmRegistry.ts"
 import { defaultVmdConfig } from "../../src/vmm/defaults.ts"
 import { logState } from "../../src/vmm/log.ts"
 import { startVmmServer } from "../../src/vmm/server.ts"
@@ -178,26 +175,5 @@ describe("end to end: VM processes that misbehave", () => {
   )
 })
 
-/** bin/vmm's layers for --backend process and --spawn (src/cli/vmmMain.ts), minus the imsg layer the test provides. */
-const vmSource = Layer.effect(
-  VmmDeviceProcess.VmSource,
-  Effect.map(VmRegistry, (registry) =>
-    Effect.map(registry.all, (vms) =>
-      vms
-        .filter((vm) => vm.pid > 0)
-        .map((vm) => ({
-          vmmId: vm.vmmid,
-          pid: vm.pid,
-          name: vm.params.vmc_name,
-          memorySize: vm.params.vmc_memranges[0]?.vmr_size ?? 0n,
-          ncpus: vm.params.vmc_ncpus
-        }))
-    )
-  )
-)
-
-const vmmLayers = (spawn: SpawnMethod) =>
-  Layer.provideMerge(
-    VmmDeviceProcess.layer.pipe(Layer.provide(vmSource)),
-    Layer.mergeAll(spawn === "spawner" ? ProcessSpawner.layerOrNode : ProcessNode.layer, VmRegistryLive.layer)
-  )
+/** bin/vmm's layers for --backend process and --spawn (src/cli/layers.ts), minus the imsg layer the test provides. */
+const vmmLayers = (spawn: SpawnMethod) => vmmServiceLayers("process", spawn)
