@@ -94,7 +94,7 @@ class ImsgConnection {
     this.#driver = socket({
       readable: () => this.#guard(() => this.#readNow()),
       writable: () => this.#guard(() => this.#writeNow()),
-      error: (errno) => this.#fail(ioError("poll", errno))
+      error: (errno) => this.#guard(() => this.#pollError(errno))
     })
     this.#writer = new ImsgWriter<Fd>(() => this.#driver.writeBuffer, {
       pid: process.pid,
@@ -145,7 +145,8 @@ class ImsgConnection {
       } else if (n === -Errno.EAGAIN) {
         if (this.#peerGone) this.#end(EOF)
         break
-      } else if (n === -Errno.ECONNRESET && this.#peerGone) {
+      } else if (n === -Errno.ECONNRESET) {
+        // The peer closed with data of ours unread: it is gone, as at EOF (after what it sent).
         this.#end(EOF)
         break
       } else {
@@ -158,6 +159,18 @@ class ImsgConnection {
       this.#watch()
     }
     if (this.#inbox.length > before || this.#ending !== null) this.#notify()
+  }
+
+  /**
+   * libuv reports POLLERR as EBADF. On a stream socket that is the peer
+   * closing with data of ours unread (ECONNRESET): read what is left, which
+   * ends as EOF; fail only if reading does not explain the error.
+   * Found by test/reliability: a VM that reset with a message unread was
+   * taken for a misbehaving one, and its reboot (exit 35) reported as 0.
+   */
+  #pollError(errno: number): void {
+    if (this.#reading) this.#readNow()
+    if (this.#ending === null) this.#fail(ioError("poll", errno))
   }
 
   #notify(): void {

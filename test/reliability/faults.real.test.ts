@@ -1,0 +1,163 @@
+/**
+ * The same faults through the real layers: a real vmm (the current sources
+ * bundled as bin/vmm runs them, process backend) whose VM program cannot be
+ * executed or misbehaves in the handshake (c/vmprog.c's test modes, set
+ * with VMM_TEST_VM_MODE), or after it. Each ends in vmm.c's reply, with no
+ * VM process left below the vmm, and the fault repeated leaves the vmm's
+ * fds as they were (nothing leaked per fault).
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Stream } from "effect"
+import { rmSync } from "node:fs"
+import { join } from "node:path"
+import { afterAll, beforeAll } from "vitest"
+import * as ImsgChannelNative from "../../src/layers/ImsgChannelNative.ts"
+import { Errno } from "../../src/schema/errno.ts"
+import * as T from "../../src/schema/imsgTypes.ts"
+import type { Imsg } from "../../src/services/ImsgChannel.ts"
+import { createParams } from "../vmm/wire.ts"
+import { buildPrograms, bundledVmm, type Programs, type VmmProgram } from "./lib/build.ts"
+import { descendants, fdLinks, waitUntil } from "./lib/proc.ts"
+import { devNull, startRealVmm } from "./lib/realVmm.ts"
+
+let programs: Programs
+let vmm: VmmProgram
+let injected = 0
+
+beforeAll(async () => {
+  programs = await buildPrograms("reliability-faults")
+  vmm = await bundledVmm(programs.dir)
+}, 60_000)
+afterAll(() => {
+  rmSync(programs.dir, { recursive: true, force: true })
+  console.log(`faults injected through the real layers: ${injected}`)
+})
+
+/** Multiset difference: what `a` has more of than `b`. */
+const minus = (a: ReadonlyArray<string>, b: ReadonlyArray<string>): Array<string> => {
+  const left = [...b]
+  return a.filter((x) => {
+    const i = left.indexOf(x)
+    if (i < 0) return true
+    left.splice(i, 1)
+    return false
+  })
+}
+
+const i32 = (b: Uint8Array, at: number) => new DataView(b.buffer, b.byteOffset, b.byteLength).getInt32(at, true)
+
+/**
+ * On a fresh vmm with this VM program and environment, start a VM three
+ * times (the fault each time); what the parent heard for each, and whether
+ * the vmm's fds and the processes below it are the same after the third as
+ * after the first (the first start may open something once, for good: the
+ * spawner's /dev/null).
+ */
+const threeStarts = (vmExec: string, env: Readonly<Record<string, string>>) =>
+  Effect.gen(function* () {
+    const v = yield* startRealVmm({ program: vmm, vmExec, env })
+    const heard: Array<Imsg> = []
+    yield* v.channel.messages.pipe(
+      Stream.runForEach((m) => Effect.sync(() => heard.push(m))),
+      Effect.ignore,
+      Effect.forkScoped
+    )
+    yield* v.channel.send({ type: T.IMSG_VMDOP_RECEIVE_VMM_FD, peerid: T.PEERID_NONE, pid: 1, fd: devNull("/dev/vmm") })
+    const vmsBelow = () => descendants(v.pid).filter((p) => p.comm !== "spawner").length
+    const replies: Array<Array<{ type: string; res: number }>> = []
+    let first: Array<string> = []
+    for (let i = 0; i < 3; i++) {
+      heard.length = 0
+      const vmid = 9 + i
+      yield* v.channel.send({ type: T.IMSG_VMDOP_START_VM_REQUEST, peerid: vmid, pid: 1, data: createParams({ name: `faulty${i}` }), fd: devNull("kernel") })
+      yield* v.channel.send({ type: T.IMSG_VMDOP_START_VM_END, peerid: vmid, pid: 1, fd: devNull("tty") })
+      injected++
+      // the fault has played out: a reply, and (for a started VM) its end, and no VM process left
+      yield* Effect.promise(() =>
+        waitUntil(() => heard.some((m) => m.type === T.IMSG_VMDOP_START_VM_RESPONSE) && vmsBelow() === 0, 10_000)
+      )
+      yield* Effect.sleep("300 millis")
+      replies.push(heard.map((m) => ({ type: T.imsgTypeName(m.type), res: i32(m.data, 0) })))
+      if (i === 0) first = [...fdLinks(v.pid).values()]
+    }
+    const now = [...fdLinks(v.pid).values()]
+    const state = { vmsBelow: vmsBelow(), fdsGained: minus(now, first), fdsLost: minus(first, now) }
+    yield* v.channel.close
+    const exit = yield* v.exit
+    return { replies, state, exit, logs: v.recent }
+  }).pipe(Effect.scoped, Effect.provide(ImsgChannelNative.layer))
+
+const clean = { vmsBelow: 0, fdsGained: [], fdsLost: [] }
+
+describe("faults through the real layers", () => {
+  it.live("the VM program cannot be executed (ENOENT): START_VM_RESPONSE EIO", () =>
+    Effect.gen(function* () {
+      const r = yield* threeStarts(join(programs.dir, "no-such-program"), {})
+      for (const rs of r.replies) expect(rs).toEqual([{ type: "IMSG_VMDOP_START_VM_RESPONSE", res: Errno.EIO }])
+      expect(r.state).toEqual(clean)
+      expect(r.exit).toEqual({ _tag: "Exited", code: 0 })
+    })
+  , 30_000)
+
+  it.live("the VM dies after reading the struct: START_VM_RESPONSE ENOMEM (EOF before the id), or EIO if the prefix write already failed", () =>
+    Effect.gen(function* () {
+      const r = yield* threeStarts(programs.vmprog, { VMM_TEST_VM_MODE: "die-in-handshake" })
+      for (const rs of r.replies) {
+        expect(rs.map((x) => x.type)).toEqual(["IMSG_VMDOP_START_VM_RESPONSE"])
+        expect([Errno.ENOMEM, Errno.EIO]).toContain(rs[0]?.res)
+      }
+      expect(r.state).toEqual(clean)
+    })
+  , 30_000)
+
+  it.live("the VM answers id 0: START_VM_RESPONSE EINVAL", () =>
+    Effect.gen(function* () {
+      const r = yield* threeStarts(programs.vmprog, { VMM_TEST_VM_MODE: "answer-zero" })
+      for (const rs of r.replies) expect(rs).toEqual([{ type: "IMSG_VMDOP_START_VM_RESPONSE", res: Errno.EINVAL }])
+      expect(r.state).toEqual(clean)
+    })
+  , 30_000)
+
+  it.live("the VM sends an invalid imsg after starting: started, then ended alone (vmm.c would fatalx)", () =>
+    Effect.gen(function* () {
+      const r = yield* threeStarts(programs.vmprog, { VMM_TEST_VM_MODE: "garbage" })
+      for (const rs of r.replies)
+        expect(rs).toEqual([
+          { type: "IMSG_VMDOP_START_VM_RESPONSE", res: 0 },
+          { type: "IMSG_VMDOP_TERMINATE_VM_EVENT", res: 0 }
+        ])
+      expect(r.logs.filter((l) => /got invalid imsg 99 .* terminating it/.test(l))).toHaveLength(3)
+      expect(r.state).toEqual(clean)
+      expect(r.exit).toEqual({ _tag: "Exited", code: 0 })
+    })
+  , 30_000)
+
+  it.live("a guest reset while a message to the VM is unread: TERMINATE_VM_EVENT EAGAIN, not a misbehaving VM", () =>
+    Effect.gen(function* () {
+      const v = yield* startRealVmm({ program: vmm, vmExec: programs.vmprog })
+      const heard: Array<Imsg> = []
+      yield* v.channel.messages.pipe(
+        Stream.runForEach((m) => Effect.sync(() => heard.push(m))),
+        Effect.ignore,
+        Effect.forkScoped
+      )
+      yield* v.channel.send({ type: T.IMSG_VMDOP_START_VM_REQUEST, peerid: 4, pid: 1, data: createParams({ name: "resetter" }), fd: devNull("kernel") })
+      yield* v.channel.send({ type: T.IMSG_VMDOP_START_VM_END, peerid: 4, pid: 1, fd: devNull("tty") })
+      yield* Effect.promise(() => waitUntil(() => heard.length > 0, 10_000))
+      const pid = i32(heard[0]!.data, 8)
+      expect(i32(heard[0]!.data, 0)).toBe(0)
+      // the VM stops reading; the vmm sends it something; then the guest resets (exit 35)
+      process.kill(pid, "SIGSTOP")
+      yield* v.channel.send({ type: T.IMSG_CTL_VERBOSE, peerid: T.PEERID_NONE, pid: 1, data: new Uint8Array(4) })
+      yield* Effect.sleep("200 millis")
+      injected++
+      process.kill(pid, "SIGHUP")
+      process.kill(pid, "SIGCONT")
+      yield* Effect.promise(() => waitUntil(() => heard.length > 1, 10_000))
+      expect(heard.slice(1).map((m) => ({ type: T.imsgTypeName(m.type), res: i32(m.data, 0) }))).toEqual([
+        { type: "IMSG_VMDOP_TERMINATE_VM_EVENT", res: Errno.EAGAIN }
+      ])
+      expect(v.recent.filter((l) => l.includes("terminating it"))).toEqual([])
+    }).pipe(Effect.scoped, Effect.provide(ImsgChannelNative.layer))
+  , 30_000)
+})
