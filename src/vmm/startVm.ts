@@ -129,6 +129,13 @@ const handshake = (ctx: VmmContext, vm: Vm, imsg: Imsg): Effect.Effect<Either.Ei
     }
     const id = new DataView(idBytes.right.buffer, idBytes.right.byteOffset, 4).getUint32(0, true)
     if (id === 0) return yield* fail(Errno.EINVAL)
+    // A VM process may not claim an id another VM holds (vmm.c trusts it, and
+    // the parent would then mistake one VM for the other). Found by test/reliability.
+    const holder = yield* ctx.registry.byVmmid(id)
+    if (holder !== null && holder !== vm) {
+      yield* logWarnx(`vmm_start_vm: vm ${vm.vmid} answered id ${id}, which vm ${holder.vmid} holds`)
+      return yield* fail(Errno.EINVAL)
+    }
     vm.vmmid = id
 
     // vmm_pipe: the socket becomes the VM's imsg channel.
