@@ -14,26 +14,58 @@ import { Fd } from "../services/Fd.ts"
 /** The process itself: libc and, inside Node, libuv (see uvpoll.ts). */
 export const self = koffi.load(null)
 
+/**
+ * Constants that differ between the hosts we run on. Linux (x86_64,
+ * aarch64) is what the tests run on; OpenBSD amd64's values are from its
+ * headers (sys/socket.h, sys/fcntl.h) and have not been run yet.
+ */
+const IS_OPENBSD = process.platform === "openbsd"
+const PLATFORM = IS_OPENBSD
+  ? {
+      SOCK_NONBLOCK: 0x4000,
+      SOCK_CLOEXEC: 0x8000,
+      O_CREAT: 0x200,
+      O_NONBLOCK: 0x4,
+      O_CLOEXEC: 0x10000,
+      F_DUPFD_CLOEXEC: 10,
+      MSG_CTRUNC: 0x20,
+      MSG_NOSIGNAL: 0x400,
+      MSG_CMSG_CLOEXEC: 0x800,
+      SOL_SOCKET: 0xffff
+    }
+  : {
+      SOCK_NONBLOCK: 0o4000,
+      SOCK_CLOEXEC: 0o2000000,
+      O_CREAT: 0o100,
+      O_NONBLOCK: 0o4000,
+      O_CLOEXEC: 0o2000000,
+      F_DUPFD_CLOEXEC: 1030,
+      MSG_CTRUNC: 0x8,
+      MSG_NOSIGNAL: 0x4000,
+      MSG_CMSG_CLOEXEC: 0x40000000,
+      SOL_SOCKET: 1
+    }
+
 export const AF_UNIX = 1
 export const SOCK_STREAM = 1
-export const SOCK_NONBLOCK = 0o4000
-export const SOCK_CLOEXEC = 0o2000000
+export const SOCK_NONBLOCK = PLATFORM.SOCK_NONBLOCK
+export const SOCK_CLOEXEC = PLATFORM.SOCK_CLOEXEC
 export const O_RDONLY = 0
 export const O_WRONLY = 1
 export const O_RDWR = 2
-export const O_CREAT = 0o100
-export const O_NONBLOCK = 0o4000
-export const O_CLOEXEC = 0o2000000
+export const O_CREAT = PLATFORM.O_CREAT
+export const O_NONBLOCK = PLATFORM.O_NONBLOCK
+export const O_CLOEXEC = PLATFORM.O_CLOEXEC
 export const F_GETFD = 1
 export const F_SETFD = 2
 export const F_GETFL = 3
 export const F_SETFL = 4
-export const F_DUPFD_CLOEXEC = 1030
+export const F_DUPFD_CLOEXEC = PLATFORM.F_DUPFD_CLOEXEC
 export const FD_CLOEXEC = 1
-export const MSG_CTRUNC = 0x8
-export const MSG_NOSIGNAL = 0x4000
-export const MSG_CMSG_CLOEXEC = 0x40000000
-export const SOL_SOCKET = 1
+export const MSG_CTRUNC = PLATFORM.MSG_CTRUNC
+export const MSG_NOSIGNAL = PLATFORM.MSG_NOSIGNAL
+export const MSG_CMSG_CLOEXEC = PLATFORM.MSG_CMSG_CLOEXEC
+export const SOL_SOCKET = PLATFORM.SOL_SOCKET
 export const SCM_RIGHTS = 1
 
 const EINTR = 4
@@ -144,9 +176,18 @@ export const nativeFdBackend: FdBackend = {
 /** Wrap a real fd number in an owned Fd. */
 export const nativeFd = (num: number, label = ""): Fd => new Fd(num, nativeFdBackend, label)
 
-// struct msghdr (LP64): name@0 namelen@8 iov@16 iovlen@24 control@32 controllen@40 flags@48, 56 bytes.
-// struct iovec: base@0 len@8. struct cmsghdr: len@0 level@8 type@12 data@16.
+// struct msghdr (LP64). Linux: name@0 namelen@8 iov@16 iovlen@24 (size_t)
+// control@32 controllen@40 (size_t) flags@48, 56 bytes. OpenBSD amd64: the
+// same up to control@32, then controllen@40 (socklen_t) flags@44, 48 bytes.
+// iovlen and controllen are written as 32-bit little-endian values into
+// zeroed memory, which is right on both. struct iovec: base@0 len@8.
+// struct cmsghdr: Linux len@0 (size_t) level@8 type@12 data@16; OpenBSD
+// len@0 (socklen_t) level@4 type@8 data@16 (CMSG_DATA aligned to 8).
 const MSGHDR = 0
+const MSG_FLAGS = IS_OPENBSD ? 44 : 48
+/** Offsets of cmsg_level and cmsg_type in struct cmsghdr. */
+export const CMSG_LEVEL = IS_OPENBSD ? 4 : 8
+export const CMSG_TYPE = IS_OPENBSD ? 8 : 12
 const IOV = 56
 const CMSG = 72
 /** CMSG_SPACE(sizeof(int)): room for one fd (padding leaves room for a second, as in libutil). */
@@ -206,8 +247,9 @@ export class ScmBuffer {
       dv.setUint32(MSGHDR + 40, CMSG_SPACE_1, true)
       dv.setUint32(CMSG, CMSG_LEN_1, true)
       dv.setUint32(CMSG + 4, 0, true)
-      dv.setInt32(CMSG + 8, SOL_SOCKET, true)
-      dv.setInt32(CMSG + 12, SCM_RIGHTS, true)
+      dv.setUint32(CMSG + 12, 0, true)
+      dv.setInt32(CMSG + CMSG_LEVEL, SOL_SOCKET, true)
+      dv.setInt32(CMSG + CMSG_TYPE, SCM_RIGHTS, true)
       dv.setInt32(CMSG + 16, fd, true)
       dv.setInt32(CMSG + 20, 0, true)
     } else {
@@ -227,17 +269,17 @@ export class ScmBuffer {
     dv.setUint32(IOV + 8, into.length, true)
     dv.setUint32(MSGHDR + 40, CMSG_SPACE_1, true)
     dv.setUint32(MSGHDR + 44, 0, true)
-    dv.setInt32(MSGHDR + 48, 0, true)
+    dv.setInt32(MSGHDR + MSG_FLAGS, 0, true)
     const n = recvmsg(sock, this.#mem, MSG_CMSG_CLOEXEC)
     if (n < 0) return n
-    this.flags = dv.getInt32(MSGHDR + 48, true)
+    this.flags = dv.getInt32(MSGHDR + MSG_FLAGS, true)
     const controllen = dv.getUint32(MSGHDR + 40, true)
     // CMSG_FIRSTHDR/CMSG_NXTHDR over the control area we handed in.
     let off = 0
     while (off + 16 <= controllen) {
       const len = dv.getUint32(CMSG + off, true)
       if (len < 16 || off + len > controllen) break
-      if (dv.getInt32(CMSG + off + 8, true) === SOL_SOCKET && dv.getInt32(CMSG + off + 12, true) === SCM_RIGHTS) {
+      if (dv.getInt32(CMSG + off + CMSG_LEVEL, true) === SOL_SOCKET && dv.getInt32(CMSG + off + CMSG_TYPE, true) === SCM_RIGHTS) {
         for (let p = 16; p + 4 <= len; p += 4) this.fds.push(dv.getInt32(CMSG + off + p, true))
       }
       off += (len + 7) & ~7
