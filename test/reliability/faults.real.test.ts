@@ -110,6 +110,44 @@ describe("faults through the real layers", () => {
     })
   , 30_000)
 
+  it.live("a VM that answers another VM's id in the handshake: START_VM_RESPONSE EINVAL, the other VM untouched", () =>
+    Effect.gen(function* () {
+      // scripts/c/vmfuzz.c runs c/vmprog.c (answers its own vmd id) except for "fz-id-N" (answers N).
+      const v = yield* startRealVmm({ program: vmm, vmExec: programs.vmfuzz, env: { VMFUZZ_VMPROG: programs.vmprog } })
+      const heard: Array<Imsg> = []
+      yield* v.channel.messages.pipe(
+        Stream.runForEach((m) => Effect.sync(() => heard.push(m))),
+        Effect.ignore,
+        Effect.forkScoped
+      )
+      const start = (vmid: number, name: string) =>
+        Effect.gen(function* () {
+          yield* v.channel.send({ type: T.IMSG_VMDOP_START_VM_REQUEST, peerid: vmid, pid: 1, data: createParams({ name }), fd: devNull("kernel") })
+          yield* v.channel.send({ type: T.IMSG_VMDOP_START_VM_END, peerid: vmid, pid: 1, fd: devNull("tty") })
+          yield* Effect.promise(() =>
+            waitUntil(() => heard.some((m) => m.type === T.IMSG_VMDOP_START_VM_RESPONSE && m.peerid === vmid), 10_000)
+          )
+          const r = heard.find((m) => m.type === T.IMSG_VMDOP_START_VM_RESPONSE && m.peerid === vmid)!
+          return { res: i32(r.data, 0), id: i32(r.data, 4), pid: i32(r.data, 8) }
+        })
+      const good = yield* start(1, "good-1")
+      expect(good.res).toBe(0)
+      expect(good.id).toBe(1)
+      injected++
+      const impostor = yield* start(50, "fz-id-1")
+      expect(impostor).toEqual({ res: Errno.EINVAL, id: 50, pid: 0 })
+      // the impostor is killed; the good VM is the only one left below the vmm, and info lists it alone
+      yield* Effect.promise(() => waitUntil(() => descendants(v.pid).filter((p) => p.comm !== "spawner").length === 1, 10_000))
+      heard.length = 0
+      yield* v.channel.send({ type: T.IMSG_VMDOP_GET_INFO_VM_REQUEST, peerid: 7, pid: 1 })
+      yield* Effect.promise(() => waitUntil(() => heard.some((m) => m.type === T.IMSG_VMDOP_GET_INFO_VM_END_DATA), 10_000))
+      const data = heard.filter((m) => m.type === T.IMSG_VMDOP_GET_INFO_VM_DATA)
+      expect(data.map((m) => [i32(m.data, 92), i32(m.data, 88)])).toEqual([[1, good.pid]])
+      yield* v.channel.close
+      expect(yield* v.exit).toEqual({ _tag: "Exited", code: 0 })
+    }).pipe(Effect.scoped, Effect.provide(ImsgChannelNative.layer))
+  , 30_000)
+
   it.live("the VM answers id 0: START_VM_RESPONSE EINVAL", () =>
     Effect.gen(function* () {
       const r = yield* threeStarts(programs.vmprog, { VMM_TEST_VM_MODE: "answer-zero" })
