@@ -80,23 +80,32 @@ export const heldFds = (vm: Vm): Array<Fd> => {
   return fds.filter((fd): fd is Fd => fd !== null)
 }
 
+/** Close every fd the VM holds and clear its slots (vm_stop; and vmm_start_vm once the child has them). */
+export const closeHeldFds = (vm: Vm): void => {
+  for (const fd of heldFds(vm)) fd.closeSync()
+  vm.kernel = null
+  vm.cdrom = null
+  vm.tty = null
+  for (const layers of vm.disks) layers.fill(null)
+  vm.ifs.fill(null)
+}
+
+/** Close the VM's imsg channel, if it has one, and forget it. */
+export const closeVmChannel = (vm: Vm): Effect.Effect<void> =>
+  Effect.suspend(() => {
+    const close = vm.closeChannel
+    vm.closeChannel = null
+    vm.channel = null
+    return close ?? Effect.void
+  })
+
 /** vm_stop(vm, 0): clear RUNNING and SHUTDOWN, close the channel and every fd. */
 const stopVm = (vm: Vm): Effect.Effect<void> =>
   Effect.gen(function* () {
     yield* logDebug(`vm_stop: stopping vm ${vm.vmid}`)
     vm.state &= ~(VM_STATE_RUNNING | VM_STATE_SHUTDOWN)
-    if (vm.closeChannel !== null) {
-      const close = vm.closeChannel
-      vm.closeChannel = null
-      vm.channel = null
-      yield* close
-    }
-    for (const fd of heldFds(vm)) fd.closeSync()
-    vm.kernel = null
-    vm.cdrom = null
-    vm.tty = null
-    for (const layers of vm.disks) layers.fill(null)
-    vm.ifs.fill(null)
+    yield* closeVmChannel(vm)
+    closeHeldFds(vm)
     // vm_closetty also fchown/fchmods the tty back to root; the vmm process
     // is not root and the parent owns the tty's mode, so we only close it.
     vm.uid = 0

@@ -44,14 +44,18 @@ export const configGetVm = (ctx: VmmContext, imsg: Imsg) =>
     return 0
   })
 
+/** The VM a START_VM_* step is for (its peerid), or null with the step's fd closed (ENOENT). */
+const vmOf = (ctx: VmmContext, imsg: Imsg) =>
+  Effect.map(ctx.registry.byVmid(imsg.peerid), (vm) => {
+    if (vm === null) imsg.fd?.closeSync()
+    return vm
+  })
+
 /** config_getdisk: START_VM_DISK, payload the disk index; one message per image layer. */
 export const configGetDisk = (ctx: VmmContext, imsg: Imsg) =>
   Effect.gen(function* () {
-    const vm = yield* ctx.registry.byVmid(imsg.peerid)
-    if (vm === null) {
-      imsg.fd?.closeSync()
-      return Errno.ENOENT
-    }
+    const vm = yield* vmOf(ctx, imsg)
+    if (vm === null) return Errno.ENOENT
     const n = imsgUintRead(imsg.data)
     if (Either.isLeft(n) || imsg.fd === null || BigInt(n.right) >= vm.params.vmc_ndisks) {
       imsg.fd?.closeSync()
@@ -72,11 +76,8 @@ export const configGetDisk = (ctx: VmmContext, imsg: Imsg) =>
 /** config_getif: START_VM_IF, payload the nic index, fd the tap. */
 export const configGetIf = (ctx: VmmContext, imsg: Imsg) =>
   Effect.gen(function* () {
-    const vm = yield* ctx.registry.byVmid(imsg.peerid)
-    if (vm === null) {
-      imsg.fd?.closeSync()
-      return Errno.ENOENT
-    }
+    const vm = yield* vmOf(ctx, imsg)
+    if (vm === null) return Errno.ENOENT
     const n = imsgUintRead(imsg.data)
     if (
       Either.isLeft(n) ||
@@ -95,11 +96,8 @@ export const configGetIf = (ctx: VmmContext, imsg: Imsg) =>
 /** config_getcdrom: START_VM_CDROM, fd the image. */
 export const configGetCdrom = (ctx: VmmContext, imsg: Imsg) =>
   Effect.gen(function* () {
-    const vm = yield* ctx.registry.byVmid(imsg.peerid)
-    if (vm === null) {
-      imsg.fd?.closeSync()
-      return Errno.ENOENT
-    }
+    const vm = yield* vmOf(ctx, imsg)
+    if (vm === null) return Errno.ENOENT
     if (imsg.fd === null) {
       yield* logWarnx(`config_getcdrom: no fd`)
       return Errno.EINVAL

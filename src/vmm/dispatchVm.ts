@@ -21,6 +21,7 @@ import type { Imsg } from "../services/ImsgChannel.ts"
 import type { Vm } from "../services/VmRegistry.ts"
 import { composeParent, type VmmContext } from "./context.ts"
 import { terminateVm } from "./terminate.ts"
+import { closeVmChannel } from "../layers/VmRegistryLive.ts"
 import { logDebug, logWarnx } from "./log.ts"
 
 /** End a VM that broke the protocol, without touching the others. */
@@ -29,12 +30,7 @@ export const endMisbehavingVm = (ctx: VmmContext, vm: Vm, why: string) =>
     yield* logWarnx(`vmm_dispatch_vm: ${why} from vm ${vm.params.vmc_name} (id ${vm.vmid}), terminating it`)
     vm.state |= VM_STATE_SHUTDOWN
     yield* terminateVm(ctx, vm)
-    if (vm.closeChannel !== null) {
-      const close = vm.closeChannel
-      vm.closeChannel = null
-      vm.channel = null
-      yield* close
-    }
+    yield* closeVmChannel(vm)
   })
 
 export const dispatchVm = (ctx: VmmContext, vm: Vm, imsg: Imsg) =>

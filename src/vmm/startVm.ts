@@ -18,7 +18,7 @@ import { localPrefixBytes } from "./wire.ts"
 import type { Vm } from "../services/VmRegistry.ts"
 import type { Imsg } from "../services/ImsgChannel.ts"
 import type { VmmContext } from "./context.ts"
-import { heldFds } from "../layers/VmRegistryLive.ts"
+import { closeHeldFds, heldFds } from "../layers/VmRegistryLive.ts"
 import { logDebug, logWarn, logWarnx } from "./log.ts"
 import { opError, type VmOpError } from "./errors.ts"
 import { terminateVm } from "./terminate.ts"
@@ -43,16 +43,6 @@ export const vmArgv = (ctx: VmmContext, childSocket: number): Array<string> => {
   if (ctx.state.verbose === 1) args.push("-v")
   else if (ctx.state.verbose > 1) args.push("-vv")
   return args
-}
-
-/** Close the vmm process's copies of the fds handed to the child (vmm.c: "we no longer need these fds"). */
-const closePassedFds = (vm: Vm) => {
-  for (const fd of heldFds(vm)) fd.closeSync()
-  vm.kernel = null
-  vm.cdrom = null
-  vm.tty = null
-  for (const layers of vm.disks) layers.fill(null)
-  vm.ifs.fill(null)
 }
 
 const handshake = (ctx: VmmContext, vm: Vm, imsg: Imsg): Effect.Effect<Either.Either<Started, number>> =>
@@ -109,7 +99,8 @@ const handshake = (ctx: VmmContext, vm: Vm, imsg: Imsg): Effect.Effect<Either.Ei
 
     const timeout = ctx.options.handshakeTimeoutMs
     const wroteVm = yield* Effect.either(ctx.imsg.writeRaw(ours, vmdVmBytes(vm), timeout))
-    closePassedFds(vm)
+    // As the parent/vmm process, we no longer need these fds.
+    closeHeldFds(vm)
     if (Either.isLeft(wroteVm)) {
       yield* logWarnx(`vmm_start_vm: failed to send config for vm '${vm.params.vmc_name}'`)
       return yield* fail(Errno.EIO)
