@@ -18,6 +18,7 @@
  *
  *   npx tsx scripts/bench-vmm.ts [--quick] [--spread] [--vms N] [--only start,exit,info,startup]
  *                                [--spawn spawner,node] [--vmm "command args" [--label name]]
+ *                                [--samples start=N,exit=N,info=N,ready=N,warm=N]
  *
  * --vmm runs another build of the vmm program instead of bin/vmm (for
  * comparing builds; --label names it in the table); --vms sets the largest
@@ -71,6 +72,12 @@ const N = {
   info: quick ? 10 : 40,
   ready: quick ? 5 : 15,
   warm: quick ? 3 : 10
+}
+/** --samples start=500,info=2000: more (or fewer) samples of some cases. */
+for (const kv of (optionValue("--samples") ?? "").split(",").filter((s) => s !== "")) {
+  const [k, v] = kv.split("=")
+  if (k === undefined || !(k in N) || !(Number(v) > 0)) throw new Error(`--samples: bad ${kv}`)
+  N[k as keyof typeof N] = Number(v)
 }
 
 // ---------------------------------------------------------------------------
