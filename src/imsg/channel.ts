@@ -195,18 +195,21 @@ class ImsgConnection {
     this.#end({ _tag: "Failed", error })
   }
 
+  /** Hand the inbox over; reading resumes if it had paused for the consumer. */
+  #takeInbox(): Array<Imsg> {
+    const msgs = this.#inbox
+    this.#inbox = []
+    this.#inboxBytes = 0
+    if (!this.#reading && this.#ending === null && !this.#closed) {
+      this.#reading = true
+      this.#watch()
+    }
+    return msgs
+  }
+
   /** What the consumer gets next, or null to wait. */
   #take(): Effect.Effect<Chunk.Chunk<Imsg>, Option.Option<ChannelError>> | null {
-    if (this.#inbox.length > 0) {
-      const chunk = Chunk.unsafeFromArray(this.#inbox)
-      this.#inbox = []
-      this.#inboxBytes = 0
-      if (!this.#reading && this.#ending === null && !this.#closed) {
-        this.#reading = true
-        this.#watch()
-      }
-      return Effect.succeed(chunk)
-    }
+    if (this.#inbox.length > 0) return Effect.succeed(Chunk.unsafeFromArray(this.#takeInbox()))
     const e = this.#ending
     if (e === null) return null
     return e._tag === "Eof" ? Effect.fail(Option.none()) : Effect.fail(Option.some(e.error))
@@ -224,6 +227,19 @@ class ImsgConnection {
   )
 
   readonly messages: Stream.Stream<Imsg, ChannelError> = Stream.repeatEffectChunkOption(this.#pull)
+
+  /** #pull without Chunk and Option: what a plain loop consumes (Channel.receive). */
+  readonly receive: Effect.Effect<ReadonlyArray<Imsg> | null, ChannelError> = Effect.suspend(() => {
+    if (this.#inbox.length > 0) return Effect.succeed(this.#takeInbox())
+    const e = this.#ending
+    if (e !== null) return e._tag === "Eof" ? Effect.succeed(null) : Effect.fail(e.error)
+    return Effect.async<ReadonlyArray<Imsg> | null, ChannelError>((resume) => {
+      this.#wake = () => resume(this.receive)
+      return Effect.sync(() => {
+        this.#wake = null
+      })
+    })
+  })
 
   // ---- output -----------------------------------------------------------
 
@@ -390,6 +406,7 @@ export const makeChannel = (
     send: (msg) => c.send(msg),
     sendAll: (msgs) => c.sendAll(msgs),
     messages: c.messages,
+    receive: c.receive,
     flush: c.flush,
     close: c.close,
     queued: c.queued

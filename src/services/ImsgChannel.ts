@@ -70,6 +70,13 @@ export interface Channel {
    * ChannelError on a framing or I/O error. Only one consumer.
    */
   readonly messages: Stream.Stream<Imsg, ChannelError>
+  /**
+   * The same messages without a Stream around them: the next batch (at
+   * least one message, in order), waiting if none is there; null once the
+   * channel has ended (EOF); fails as `messages` does. The one consumer uses
+   * either this or `messages`, not both.
+   */
+  readonly receive: Effect.Effect<ReadonlyArray<Imsg> | null, ChannelError>
   /** Wait until every queued message has been written (or the channel died). */
   readonly flush: Effect.Effect<void>
   /** Close the socket (idempotent); the message stream ends; unsent messages are dropped and their fds closed. */

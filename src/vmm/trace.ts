@@ -61,6 +61,9 @@ const line = (fd: number, dir: "<" | ">", text: string) =>
 const traceOut = (ch: Channel, msg: OutgoingImsg) =>
   line(ch.fd, ">", describeImsg(msg.type, msg.peerid, msg.pid, msg.data ?? new Uint8Array(0), msg.fd != null))
 
+const traceIn = (ch: Channel, m: Imsg) =>
+  line(ch.fd, "<", describeImsg(m.type, m.peerid, m.pid, m.data, m.fd !== null))
+
 const traceChannel = (ch: Channel): Channel => ({
   ...ch,
   send: (msg: OutgoingImsg) => Effect.zipRight(Effect.sync(() => traceOut(ch, msg)), ch.send(msg)),
@@ -68,9 +71,10 @@ const traceChannel = (ch: Channel): Channel => ({
     const list = [...msgs]
     return Effect.zipRight(Effect.sync(() => list.forEach((m) => traceOut(ch, m))), ch.sendAll(list))
   },
-  messages: ch.messages.pipe(
-    Stream.tap((m: Imsg) => Effect.sync(() => line(ch.fd, "<", describeImsg(m.type, m.peerid, m.pid, m.data, m.fd !== null))))
-  )
+  messages: ch.messages.pipe(Stream.tap((m: Imsg) => Effect.sync(() => traceIn(ch, m)))),
+  receive: Effect.tap(ch.receive, (ms) => {
+    if (ms !== null) for (const m of ms) traceIn(ch, m)
+  })
 })
 
 /** Wrap the ImsgChannel service in the context so every channel it opens is traced. */

@@ -173,6 +173,37 @@ describe("ImsgChannelMemory", () => {
     })
   )
 
+  it.effect("receive: every message in order, in batches, waiting when none is there; null after EOF; Framing fails it", () =>
+    Effect.gen(function* () {
+      const { a } = yield* memory(
+        Effect.gen(function* () {
+          const svc = yield* ImsgChannel
+          const [x, y] = yield* svc.socketpair("p")
+          const cx = yield* svc.open(x)
+          const cy = yield* svc.open(y)
+          const waiting = yield* Effect.fork(cy.receive)
+          for (let i = 0; i < 5; i++) yield* cx.send({ type: 20 + i, peerid: i, pid: 0 })
+          const first = yield* Fiber.join(waiting)
+          const types = (first ?? []).map((m) => m.type)
+          while (types.length < 5) {
+            const more = yield* cy.receive
+            if (more === null) break
+            types.push(...more.map((m) => m.type))
+          }
+          yield* cx.close
+          const end = yield* cy.receive
+          const again = yield* cy.receive
+          const [p, q] = yield* svc.socketpair("q")
+          const cp = yield* svc.open(p)
+          yield* svc.writeRaw(q, hex("01 00 00 00 0f 00 00 00 00 00 00 00 00 00 00 00"), 100)
+          const bad = yield* Effect.flip(cp.receive)
+          return { nonEmpty: (first ?? []).length > 0, types, end, again, bad: bad.reason }
+        })
+      )
+      expect(a).toEqual({ nonEmpty: true, types: [20, 21, 22, 23, 24], end: null, again: null, bad: "Framing" })
+    })
+  )
+
   it.effect("backpressure: 4 MB to a reader that pauses, all in order; close drops unsent fds", () =>
     Effect.gen(function* () {
       const { a, open } = yield* memory(
