@@ -26,7 +26,7 @@ import { Clock, Context, Deferred, Effect, Exit, Fiber, Layer, Queue, Stream } f
 import type { Scope } from "effect"
 import { constants as osConstants } from "node:os"
 import { Errno, errnoName } from "../schema/errno.ts"
-import { Process, SpawnError } from "../services/Process.ts"
+import { Process, SpawnError, takeAtLeastOne } from "../services/Process.ts"
 import type { ChildExit, ExitStatus, ProcessService, SignalName, SpawnRequest } from "../services/Process.ts"
 import { reasonOf } from "./ProcessNode.ts"
 
@@ -173,6 +173,7 @@ export const make = (
         }),
       isAlive: (pid) => Effect.sync(() => live.has(pid)),
       exits: Stream.fromQueue(exits),
+      takeExits: takeAtLeastOne(exits),
       children: Effect.sync(() => [...live.keys()])
     })
     const control: ProcessMockControlService = {

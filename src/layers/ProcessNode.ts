@@ -40,7 +40,7 @@ import { Deferred, Duration, Effect, Exit, Layer, Queue, Stream } from "effect"
 import type { Scope } from "effect"
 import { sealInheritedFds } from "../native/sys.ts"
 import { Errno, errnoName, fromErrorCode } from "../schema/errno.ts"
-import { Process, SpawnError } from "../services/Process.ts"
+import { Process, SpawnError, takeAtLeastOne } from "../services/Process.ts"
 import type {
   ChildExit,
   ExitStatus,
@@ -173,6 +173,7 @@ export const make: Effect.Effect<ProcessService, never, Scope.Scope> = Effect.ge
       }),
     isAlive: (pid) => Effect.sync(() => live.has(pid)),
     exits: Stream.fromQueue(exits),
+    takeExits: takeAtLeastOne(exits),
     children: Effect.sync(() => [...live.keys()])
   })
 })

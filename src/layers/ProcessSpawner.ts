@@ -55,7 +55,7 @@ import koffi from "koffi"
 import * as libc from "../native/libc.ts"
 import { closePoll, UV_DISCONNECT, UV_READABLE, UV_WRITABLE, UvPoll } from "../native/uvpoll.ts"
 import { Errno, errnoName, fromErrorCode, fromHostErrno } from "../schema/errno.ts"
-import { Process, SpawnError } from "../services/Process.ts"
+import { Process, SpawnError, takeAtLeastOne } from "../services/Process.ts"
 import type { Child, ChildExit, ExitStatus, ProcessService, SignalName, SpawnRequest } from "../services/Process.ts"
 import * as ProcessNode from "./ProcessNode.ts"
 
@@ -599,6 +599,7 @@ export const make = (options: SpawnerOptions = {}): Effect.Effect<SpawnerProcess
         kill,
         isAlive: (pid) => Effect.sync(() => live.has(pid)),
         exits: Stream.fromQueue(exits),
+        takeExits: takeAtLeastOne(exits),
         children: Effect.sync(() => [...live.keys()])
       }
       return service

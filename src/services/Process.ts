@@ -5,7 +5,7 @@
  * own number, own session) and `ProcessMock` (each "process" is a fiber
  * running a simulated program, for the property tests).
  */
-import { Context, Data, Effect, Stream } from "effect"
+import { Chunk, Context, Data, Effect, Queue, Stream } from "effect"
 import type { Fd } from "./Fd.ts"
 
 export type ExitStatus =
@@ -60,8 +60,18 @@ export interface ProcessService {
   readonly isAlive: (pid: number) => Effect.Effect<boolean>
   /** Every reaped child of this service, in order (the SIGCHLD handler's waitpid loop). */
   readonly exits: Stream.Stream<ChildExit>
+  /**
+   * The same exits without a Stream: every one reaped so far, waiting until
+   * there is at least one. `exits` and `takeExits` share one queue; the one
+   * consumer uses either.
+   */
+  readonly takeExits: Effect.Effect<ReadonlyArray<ChildExit>>
   /** Pids spawned and not yet reaped. */
   readonly children: Effect.Effect<ReadonlyArray<number>>
 }
 
 export class Process extends Context.Tag("vmd-vmm/Process")<Process, ProcessService>() {}
+
+/** takeExits over a queue of exits: at least one, and all that are there. */
+export const takeAtLeastOne = <A>(queue: Queue.Dequeue<A>): Effect.Effect<ReadonlyArray<A>> =>
+  Effect.map(Queue.takeBetween(queue, 1, Number.MAX_SAFE_INTEGER), Chunk.toReadonlyArray)

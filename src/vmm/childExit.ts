@@ -37,5 +37,8 @@ export const childExited = (ctx: VmmContext, exit: ChildExit) =>
       vm.peerid,
       vmopResultBytes(ret, vm.vmid, 0)
     )
+    // Let the event go out now (the channel writes once this fiber yields)
+    // rather than after vm_remove, which waits for the VM's channel to close.
+    yield* Effect.yieldNow()
     yield* ctx.registry.remove(vm, "vmm_sighdlr")
   }).pipe(Effect.withSpan("vmm_sighdlr", { captureStackTrace: false }))

@@ -22,6 +22,10 @@ export const getInfoVm = (ctx: VmmContext, peerid: number, terminate: boolean): 
     const info = yield* Effect.either(ctx.device.info)
     if (info._tag === "Left") return yield* fail(info.left.errno)
     const replies: Array<OutgoingImsg> = []
+    // vm_id2vmid for every entry, from one pass over the registry (not one search per VM).
+    const vmidOf = new Map<number, number>()
+    if (!terminate)
+      for (const vm of yield* ctx.registry.all) if (vm.vmmid !== 0 && !vmidOf.has(vm.vmmid)) vmidOf.set(vm.vmmid, vm.vmid)
     for (const entry of info.right) {
       if (terminate) {
         const ret = yield* terminateVm(ctx, { vmmid: entry.vir_id, pid: entry.vir_creator_pid })
@@ -36,7 +40,7 @@ export const getInfoVm = (ctx: VmmContext, peerid: number, terminate: boolean): 
         vir_ncpus: entry.vir_ncpus,
         vir_vcpu_state: entry.vir_vcpu_state,
         vir_creator_pid: entry.vir_creator_pid,
-        vir_id: yield* ctx.registry.id2vmid(entry.vir_id),
+        vir_id: vmidOf.get(entry.vir_id) ?? 0,
         vir_name: entry.vir_name
       }
       replies.push({ type: IMSG_VMDOP_GET_INFO_VM_DATA, peerid, pid: 1, data: orDie(encodeVmopInfoResult(vir)) })

@@ -7,8 +7,8 @@
  * and one dispatcher fiber; the channels and the exit watcher only feed it.
  * That is what makes the state machine testable against a model.
  */
-import { Effect, Exit, ExecutionStrategy, Queue, Scope, Stream } from "effect"
-import type { ChannelError, Imsg } from "../services/ImsgChannel.ts"
+import { Effect, Exit, ExecutionStrategy, Queue, Scope } from "effect"
+import type { Channel, ChannelError, Imsg } from "../services/ImsgChannel.ts"
 import { ImsgChannel } from "../services/ImsgChannel.ts"
 import { Process, type ChildExit } from "../services/Process.ts"
 import { VmRegistry, type Vm } from "../services/VmRegistry.ts"
@@ -63,9 +63,29 @@ export const startVmmServer = (parentFd: Fd, options: VmmOptions) =>
     const events = yield* Queue.unbounded<VmmEvent>()
     const offer = (e: VmmEvent) => Queue.offer(events, e).pipe(Effect.asVoid)
 
+    /**
+     * Feed a channel's messages to the queue, a batch at a time, then its
+     * end: what Stream.runForEach did, without a Stream per message batch
+     * (this is the hot path of every request and every VM message).
+     */
+    const pump = (
+      channel: Channel,
+      event: (m: Imsg) => VmmEvent,
+      end: (error: ChannelError | null) => VmmEvent
+    ): Effect.Effect<void> =>
+      Effect.gen(function* () {
+        for (;;) {
+          const got = yield* Effect.either(channel.receive)
+          if (got._tag === "Left") return yield* offer(end(got.left))
+          if (got.right === null) return yield* offer(end(null))
+          yield* Queue.offerAll(events, got.right.map(event))
+        }
+      })
+
     // SIGCHLD: subscribe before anything can be spawned.
-    yield* process.exits.pipe(
-      Stream.runForEach((exit) => offer({ _tag: "Exit", exit })),
+    yield* process.takeExits.pipe(
+      Effect.flatMap((exits) => Queue.offerAll(events, exits.map((exit): VmmEvent => ({ _tag: "Exit", exit })))),
+      Effect.forever,
       Effect.forkIn(scope)
     )
     yield* Effect.yieldNow()
@@ -82,12 +102,11 @@ export const startVmmServer = (parentFd: Fd, options: VmmOptions) =>
           return false
         }
         const channel = opened.right
-        yield* channel.messages.pipe(
-          Stream.runForEach((m) => offer({ _tag: "Vm", vm, imsg: m })),
-          Effect.either,
-          Effect.flatMap((r) => offer({ _tag: "VmEnd", vm, error: r._tag === "Left" ? r.left : null })),
-          Effect.forkIn(vmScope)
-        )
+        yield* pump(
+          channel,
+          (imsg) => ({ _tag: "Vm", vm, imsg }),
+          (error) => ({ _tag: "VmEnd", vm, error })
+        ).pipe(Effect.forkIn(vmScope))
         vm.channel = channel
         vm.closeChannel = Scope.close(vmScope, Exit.void)
         return true
@@ -95,12 +114,11 @@ export const startVmmServer = (parentFd: Fd, options: VmmOptions) =>
 
     const ctx: VmmContext = { options, state, registry, device, process, imsg, parent, watchVm }
 
-    yield* parent.messages.pipe(
-      Stream.runForEach((m) => offer({ _tag: "Parent", imsg: m })),
-      Effect.either,
-      Effect.flatMap((r) => offer({ _tag: "ParentEnd", error: r._tag === "Left" ? r.left : null })),
-      Effect.forkIn(scope)
-    )
+    yield* pump(
+      parent,
+      (imsg) => ({ _tag: "Parent", imsg }),
+      (error) => ({ _tag: "ParentEnd", error })
+    ).pipe(Effect.forkIn(scope))
 
     /** Is this still the registered VM (events for a removed VM are stale)? */
     const live = (vm: Vm) => Effect.map(registry.byVmid(vm.vmid), (found) => found === vm)

@@ -1,5 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Context, Effect, Exit, Layer, Scope, TestClock } from "effect"
+import { spawn, spawnSync } from "node:child_process"
+import { readdirSync } from "node:fs"
 import { constants as osConstants } from "node:os"
 import { MemorySocketTable } from "../../src/layers/ImsgChannelMemory.ts"
 import * as ProcessMock from "../../src/layers/ProcessMock.ts"
@@ -7,7 +9,7 @@ import { ProcessMockControl } from "../../src/layers/ProcessMock.ts"
 import type { MockProgram } from "../../src/layers/ProcessMock.ts"
 import * as ProcessNode from "../../src/layers/ProcessNode.ts"
 import * as VmmDeviceProcess from "../../src/layers/VmmDeviceProcess.ts"
-import { statmResidentBytes, VmSource } from "../../src/layers/VmmDeviceProcess.ts"
+import { StatmFiles, VmSource } from "../../src/layers/VmmDeviceProcess.ts"
 import type { ProcessBackendVm } from "../../src/layers/VmmDeviceProcess.ts"
 import { pageSize } from "../../src/native/sys.ts"
 import { Errno } from "../../src/schema/errno.ts"
@@ -39,7 +41,7 @@ const vm = (vmmId: number, pid: number, name: string): ProcessBackendVm => ({
   ncpus: 2n
 })
 
-const resident = (pid: number) => Effect.succeed(pid === 1002 ? null : BigInt(pid) * 4096n)
+const resident = (pid: number) => (pid === 1002 ? null : BigInt(pid) * 4096n)
 
 const mockDevice = (options: VmmDeviceProcess.VmmDeviceProcessOptions = {}) =>
   VmmDeviceProcess.layerWith({ residentBytes: resident, ...options }).pipe(
@@ -175,7 +177,7 @@ describe("VmmDeviceProcess info", () => {
       expect((yield* Effect.flip(device.info)).errno).toBe(Errno.EACCES)
     }).pipe(
       Effect.provide(
-        mockDevice({ residentBytes: () => Effect.fail(new VmmError({ errno: Errno.EACCES, message: "statm" })) })
+        mockDevice({ residentBytes: () => new VmmError({ errno: Errno.EACCES, message: "statm" }) })
       )
     )
   )
@@ -195,13 +197,49 @@ describe("VmmDeviceProcess info", () => {
 })
 
 describe.runIf(process.platform === "linux")("VmmDeviceProcess on real processes", () => {
-  it("statm: resident bytes are whole pages; a pid that does not exist is null", () => {
-    const mine = Effect.runSync(statmResidentBytes(process.pid))
-    expect(mine).not.toBeNull()
-    expect((mine ?? 0n) > 0n).toBe(true)
-    expect((mine ?? 1n) % BigInt(pageSize())).toBe(0n)
-    expect(Effect.runSync(statmResidentBytes(0x3ffffff))).toBeNull()
+  it("statm: resident bytes are whole pages; a pid that does not exist is null; one descriptor per pid, closed by forget/retain/closeAll", () => {
+    const fdCount = () => readdirSync("/proc/self/fd").length
+    const before = fdCount()
+    const statm = new StatmFiles()
+    const mine = statm.read(process.pid)
+    expect(typeof mine).toBe("bigint")
+    expect((mine as bigint) > 0n).toBe(true)
+    expect((mine as bigint) % BigInt(pageSize())).toBe(0n)
+    expect(statm.read(0x3ffffff)).toBeNull()
+    expect(statm.open).toBe(1)
+    expect(statm.read(process.pid)).not.toBeNull() // pread on the same descriptor
+    expect(fdCount()).toBe(before + 1)
+    const child = spawnSync("true") // a pid that existed and is gone now
+    expect(child.pid).toBeGreaterThan(0)
+    expect(statm.read(child.pid!)).toBeNull()
+    statm.retain(new Set([process.pid]))
+    expect(statm.open).toBe(1)
+    statm.retain(new Set())
+    expect(statm.open).toBe(0)
+    expect(fdCount()).toBe(before)
+    statm.read(process.pid)
+    statm.forget(process.pid)
+    statm.read(process.pid)
+    statm.closeAll()
+    expect(fdCount()).toBe(before)
   })
+
+  it.scoped("statm: a child read while alive reads as gone once it is reaped, and its descriptor is closed", () =>
+    Effect.gen(function* () {
+      const statm = new StatmFiles()
+      const c = spawn("sleep", ["5"], { stdio: "ignore" })
+      yield* Effect.addFinalizer(() => Effect.sync(() => c.kill("SIGKILL")))
+      const pid = c.pid!
+      expect(typeof statm.read(pid)).toBe("bigint")
+      const exited = Effect.async<void>((resume) => {
+        c.once("exit", () => resume(Effect.void))
+      })
+      c.kill("SIGKILL")
+      yield* exited
+      expect(statm.read(pid)).toBeNull()
+      expect(statm.open).toBe(0)
+    })
+  )
 
   it.scopedLive("info reads a live child's resident memory; SIGTERM ignored → SIGKILL after the delay", () =>
     Effect.gen(function* () {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Chunk, Effect, Exit, Layer, Scope, Stream, TestClock, TestContext } from "effect"
+import { Chunk, Effect, Exit, Fiber, Layer, Option, Scope, Stream, TestClock, TestContext } from "effect"
 import fc from "fast-check"
 import { constants as osConstants } from "node:os"
 import * as ProcessMock from "../../src/layers/ProcessMock.ts"
@@ -63,6 +63,30 @@ describe("ProcessMock", () => {
       expect(yield* proc.children).toEqual([])
       const control = yield* ProcessMockControl
       expect((yield* control.spawned).map((s) => s.pid)).toEqual([500, 501])
+    }).pipe(Effect.provide(mock))
+  )
+
+  it.effect("takeExits waits for the first exit, then hands over every exit queued, in order, once", () =>
+    Effect.gen(function* () {
+      const proc = yield* Process
+      const waiting = yield* Effect.fork(proc.takeExits)
+      yield* proc.spawn(req(1, 1))
+      yield* proc.spawn(req(2, 2))
+      yield* proc.spawn(req(3, 3))
+      yield* TestClock.adjust("2 seconds")
+      const first = yield* Fiber.join(waiting)
+      yield* TestClock.adjust("1 second")
+      const second = yield* proc.takeExits
+      const all = [...first, ...second].map((e) => [e.pid, e.status._tag === "Exited" ? e.status.code : -1])
+      expect(all).toEqual([
+        [500, 1],
+        [501, 2],
+        [502, 3]
+      ])
+      expect(first.length).toBeGreaterThanOrEqual(1)
+      const none = yield* proc.takeExits.pipe(Effect.timeout("1 second"), Effect.option, Effect.fork)
+      yield* TestClock.adjust("1 second")
+      expect(Option.isNone(yield* Fiber.join(none))).toBe(true)
     }).pipe(Effect.provide(mock))
   )
 

@@ -252,7 +252,7 @@ export const makeHarness = (options: HarnessOptions = {}): Effect.Effect<Harness
             ncpus: vm.params.vmc_ncpus
           }))
       )
-      device = yield* VmmDeviceProcess.make({ residentBytes: () => Effect.succeed(0n) }).pipe(
+      device = yield* VmmDeviceProcess.make({ residentBytes: () => 0n }).pipe(
         Effect.provideService(Process, process),
         Effect.provideService(VmmDeviceProcess.VmSource, source)
       )
