@@ -60,6 +60,9 @@ const NO_VCPU_STATE = new Uint8Array(64)
 
 const vmmError = (errno: number, what: string) => new VmmError({ errno, message: `${what}: ${errnoName(errno)}` })
 
+/** kill(2)'s answer for a pid that is not (any more) a child of ours; shared, as it carries nothing per call. */
+const GONE = vmmError(Errno.ESRCH, "terminate: no such VM process")
+
 const codeOf = (e: unknown): string | undefined =>
   typeof e === "object" && e !== null && "code" in e && typeof e.code === "string" ? e.code : undefined
 
@@ -179,6 +182,9 @@ export const make = (
       Effect.gen(function* () {
         if (pid <= 0) return yield* Effect.fail(vmmError(Errno.EINVAL, `terminate pid ${pid}`))
         statm.forget(pid)
+        // The common case, a VM process already reaped (vmm_sighdlr terminates every
+        // VM that exited): answer ESRCH without a round trip or a new error object.
+        if (!(yield* proc.isAlive(pid))) return yield* Effect.fail(GONE)
         yield* proc.kill(pid, "SIGTERM").pipe(Effect.mapError((e) => vmmError(e.errno, `kill ${pid} SIGTERM`)))
         const pending = timers.get(pid)
         if (pending !== undefined) yield* Fiber.interrupt(pending)

@@ -7,7 +7,7 @@
  * and one dispatcher fiber; the channels and the exit watcher only feed it.
  * That is what makes the state machine testable against a model.
  */
-import { Effect, Exit, ExecutionStrategy, Queue, Scope } from "effect"
+import { Effect, Exit, ExecutionStrategy, Scope } from "effect"
 import type { Channel, ChannelError, Imsg } from "../services/ImsgChannel.ts"
 import { ImsgChannel } from "../services/ImsgChannel.ts"
 import { Process, type ChildExit } from "../services/Process.ts"
@@ -44,6 +44,51 @@ export interface VmmHandle {
 const closeImsgFd = (imsg: Imsg) => imsg.fd?.closeSync()
 
 /**
+ * The dispatcher's queue: many producers (the channel and exit pumps, the
+ * signal handlers), one consumer. A plain array and one waiting taker: on
+ * every request's path, so lighter than a general Queue.
+ */
+class EventQueue {
+  #items: Array<VmmEvent> = []
+  #head = 0
+  #wake: (() => void) | null = null
+
+  push(e: VmmEvent): void {
+    this.#items.push(e)
+    const w = this.#wake
+    if (w !== null) {
+      this.#wake = null
+      w()
+    }
+  }
+
+  #next(): VmmEvent | undefined {
+    if (this.#head >= this.#items.length) return undefined
+    const e = this.#items[this.#head++]
+    if (this.#head === this.#items.length) {
+      this.#items = []
+      this.#head = 0
+    } else if (this.#head > 1024 && this.#head * 2 > this.#items.length) {
+      this.#items = this.#items.slice(this.#head)
+      this.#head = 0
+    }
+    return e
+  }
+
+  /** The next event, waiting for one. One taker at a time. */
+  readonly take: Effect.Effect<VmmEvent> = Effect.suspend(() => {
+    const e = this.#next()
+    if (e !== undefined) return Effect.succeed(e)
+    return Effect.async<VmmEvent>((resume) => {
+      this.#wake = () => resume(this.take)
+      return Effect.sync(() => {
+        this.#wake = null
+      })
+    })
+  })
+}
+
+/**
  * Start the vmm process on the parent channel's fd. Runs until the parent
  * goes away, shutdown is requested, or the parent's byte stream breaks.
  */
@@ -60,8 +105,8 @@ export const startVmmServer = (parentFd: Fd, options: VmmOptions) =>
     // /dev/psp is ours from RECEIVE_PSP_FD until we exit (vmm.c leaves it to exit(2));
     // /dev/vmm is closed by the VmmDevice it was attached to.
     yield* Effect.addFinalizer(() => Effect.sync(() => state.pspFd?.closeSync()))
-    const events = yield* Queue.unbounded<VmmEvent>()
-    const offer = (e: VmmEvent) => Queue.offer(events, e).pipe(Effect.asVoid)
+    const events = new EventQueue()
+    const offer = (e: VmmEvent) => Effect.sync(() => events.push(e))
 
     /**
      * Feed a channel's messages to the queue, a batch at a time, then its
@@ -78,13 +123,15 @@ export const startVmmServer = (parentFd: Fd, options: VmmOptions) =>
           const got = yield* Effect.either(channel.receive)
           if (got._tag === "Left") return yield* offer(end(got.left))
           if (got.right === null) return yield* offer(end(null))
-          yield* Queue.offerAll(events, got.right.map(event))
+          for (const m of got.right) events.push(event(m))
         }
       })
 
     // SIGCHLD: subscribe before anything can be spawned.
     yield* process.takeExits.pipe(
-      Effect.flatMap((exits) => Queue.offerAll(events, exits.map((exit): VmmEvent => ({ _tag: "Exit", exit })))),
+      Effect.map((exits) => {
+        for (const exit of exits) events.push({ _tag: "Exit", exit })
+      }),
       Effect.forever,
       Effect.forkIn(scope)
     )
@@ -159,7 +206,7 @@ export const startVmmServer = (parentFd: Fd, options: VmmOptions) =>
 
     const loop = Effect.gen(function* () {
       for (;;) {
-        const e = yield* Queue.take(events)
+        const e = yield* events.take
         const code = yield* handle(e).pipe(
           Effect.catchAllDefect((defect) =>
             // A bug must not take the other VMs down: log it and go on.
