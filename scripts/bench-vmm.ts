@@ -150,6 +150,13 @@ const raiseNofile = (): number => {
   return Number(lim[0])
 }
 
+/** CPU time (user + system, all threads) a process has used, in ms (/proc/<pid>/stat; 10 ms ticks). */
+const cpuMs = (pid: number): number => {
+  const stat = readFileSync(`/proc/${pid}/stat`, "latin1")
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+  return (Number(fields[11]) + Number(fields[12])) * 10
+}
+
 const rssMiB = (pid: number): number => {
   const m = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, "latin1"))
   return m === null ? NaN : Number(m[1]) / 1024
@@ -382,11 +389,16 @@ const startLatency = (files: Files, label: string, extra: ReadonlyArray<string>)
     Effect.gen(function* () {
       const vmm = yield* vmmUnderTest(files, extra)
       const samples: Array<number> = []
+      let cpu0 = 0
       for (let i = 1; i <= N.warm + N.start; i++) {
+        if (i === N.warm + 1) cpu0 = cpuMs(vmm.peer.pid)
         const { ms } = yield* startOne(vmm, files, i, true)
         if (i > N.warm) samples.push(ms)
         yield* stopForced(vmm, i)
       }
+      notes.push(
+        `vmm CPU per start + forced stop (${label}): ${((cpuMs(vmm.peer.pid) - cpu0) / N.start).toFixed(3)} ms (user+system, all threads, over ${N.start} cycles)`
+      )
       return samples
     })
   ).pipe(Effect.map((samples) => ({ label, samples })))
@@ -451,10 +463,15 @@ const infoAndRss = (files: Files) =>
       for (const level of levels) {
         while (pids.length < level) pids.push((yield* startOne(vmm, files, pids.length + 1, false)).pid)
         const ours: Array<number> = []
+        let cpu0 = 0
         for (let i = 0; i < N.warm + N.info; i++) {
+          if (i === N.warm) cpu0 = cpuMs(vmm.peer.pid)
           const ms = yield* vmm.info
           if (i >= N.warm) ours.push(ms)
         }
+        notes.push(
+          `vmm CPU per info at ${level} VM${level === 1 ? "" : "s"}: ${((cpuMs(vmm.peer.pid) - cpu0) / N.info).toFixed(3)} ms (user+system, all threads, over ${N.info} requests)`
+        )
         const { c, rssC } = yield* Effect.scoped(
           Effect.gen(function* () {
             const peer = yield* spawnPeer(files.cInfo, pids.map(String))
