@@ -16,6 +16,7 @@ import type { ChildExit } from "../services/Process.ts"
 import { composeParent, type VmmContext } from "./context.ts"
 import { terminateVm } from "./terminate.ts"
 import { logDebug } from "./log.ts"
+import { span } from "./span.ts"
 
 export const exitResult = (exit: ChildExit, shuttingDown: boolean): number => {
   const ret = exit.status._tag === "Exited" ? exit.status.code : Errno.EIO
@@ -41,4 +42,4 @@ export const childExited = (ctx: VmmContext, exit: ChildExit) =>
     // rather than after vm_remove, which waits for the VM's channel to close.
     yield* Effect.yieldNow()
     yield* ctx.registry.remove(vm, "vmm_sighdlr")
-  }).pipe(Effect.withSpan("vmm_sighdlr", { captureStackTrace: false }))
+  }).pipe(span("vmm_sighdlr"))

@@ -22,6 +22,7 @@ import { getInfoVm } from "./info.ts"
 import { vmmShutdown } from "./shutdown.ts"
 import type { VmOpError } from "./errors.ts"
 import { logDebug, logWarnx, setVerbose } from "./log.ts"
+import { span } from "./span.ts"
 
 /** 0 for success, else the operation's errno: what goes into a reply. */
 const errnoOf = <R>(eff: Effect.Effect<void, VmOpError, R>) =>
@@ -224,4 +225,4 @@ export const dispatchParent = (ctx: VmmContext, imsg: Imsg) =>
       default:
         yield* composeParent(ctx, r.cmd, vmId, intBytes(r.res))
     }
-  }).pipe(Effect.withSpan("vmm_dispatch_parent", { captureStackTrace: false, attributes: { type: T.imsgTypeName(imsg.type) } }))
+  }).pipe(span("vmm_dispatch_parent", { type: T.imsgTypeName(imsg.type) }))

@@ -23,6 +23,7 @@ import { composeParent, type VmmContext } from "./context.ts"
 import { terminateVm } from "./terminate.ts"
 import { closeVmChannel } from "../layers/VmRegistryLive.ts"
 import { logDebug, logWarnx } from "./log.ts"
+import { span } from "./span.ts"
 
 /** End a VM that broke the protocol, without touching the others. */
 export const endMisbehavingVm = (ctx: VmmContext, vm: Vm, why: string) =>
@@ -60,4 +61,4 @@ export const dispatchVm = (ctx: VmmContext, vm: Vm, imsg: Imsg) =>
       default:
         return yield* endMisbehavingVm(ctx, vm, `got invalid imsg ${imsg.type} (${T.imsgTypeName(imsg.type)})`)
     }
-  }).pipe(Effect.withSpan("vmm_dispatch_vm", { captureStackTrace: false }))
+  }).pipe(span("vmm_dispatch_vm"))

@@ -14,6 +14,7 @@ import type { OutgoingImsg } from "../services/ImsgChannel.ts"
 import { terminateVm } from "./terminate.ts"
 import { logDebug } from "./log.ts"
 import { opError, type VmOpError } from "./errors.ts"
+import { span } from "./span.ts"
 
 const fail = (errno: number) => Effect.fail(opError("info")(errno))
 
@@ -48,4 +49,4 @@ export const getInfoVm = (ctx: VmmContext, peerid: number, terminate: boolean): 
     // One batch: the same bytes as one proc_compose_imsg per VM, queued at once.
     const sent = yield* Effect.either(ctx.parent.sendAll(replies))
     if (sent._tag === "Left") return yield* fail(Errno.EIO)
-  }).pipe(Effect.withSpan("get_info_vm", { captureStackTrace: false }))
+  }).pipe(span("get_info_vm"))

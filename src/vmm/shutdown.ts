@@ -6,6 +6,7 @@
 import { Effect } from "effect"
 import type { VmmContext } from "./context.ts"
 import { terminateVm } from "./terminate.ts"
+import { span } from "./span.ts"
 
 export const vmmShutdown = (ctx: VmmContext) =>
   Effect.gen(function* () {
@@ -14,4 +15,4 @@ export const vmmShutdown = (ctx: VmmContext) =>
       yield* terminateVm(ctx, vm)
       yield* ctx.registry.remove(vm, "vmm_shutdown")
     }
-  }).pipe(Effect.withSpan("vmm_shutdown", { captureStackTrace: false }))
+  }).pipe(span("vmm_shutdown"))

@@ -22,6 +22,7 @@ import { closeHeldFds, heldFds } from "../layers/VmRegistryLive.ts"
 import { logDebug, logWarn, logWarnx } from "./log.ts"
 import { opError, type VmOpError } from "./errors.ts"
 import { terminateVm } from "./terminate.ts"
+import { span } from "./span.ts"
 
 export interface Started {
   readonly id: number
@@ -155,5 +156,5 @@ export const startVm = (ctx: VmmContext, imsg: Imsg): Effect.Effect<Started, VmO
     return result
   }).pipe(
     Effect.flatMap((r) => (Either.isLeft(r) ? Effect.fail(opError("start")(r.left)) : Effect.succeed(r.right))),
-    Effect.withSpan("vmm_start_vm", { captureStackTrace: false })
+    span("vmm_start_vm")
   )

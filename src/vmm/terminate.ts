@@ -10,6 +10,7 @@ import type { VmmContext } from "./context.ts"
 import { composeVm } from "./context.ts"
 import { logDebug } from "./log.ts"
 import { opError, type VmOpError } from "./errors.ts"
+import { span } from "./span.ts"
 
 /** terminate_vm: VMM_IOC_TERM (or SIGTERM in the process backend). Returns 0 or an errno. */
 export const terminateVm = (ctx: VmmContext, vm: Pick<Vm, "vmmid" | "pid">) =>
@@ -53,5 +54,5 @@ export const terminateRequest = (ctx: VmmContext, id: number, flags: number): Ef
       yield* logDebug("vmm_dispatch_parent: no vm running anymore")
       return yield* fail(VmdError.VMD_VM_STOP_INVALID)
     }
-  }).pipe(Effect.withSpan("terminate_vm", { captureStackTrace: false }))
+  }).pipe(span("terminate_vm"))
 
