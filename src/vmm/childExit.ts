@@ -38,8 +38,7 @@ export const childExited = (ctx: VmmContext, exit: ChildExit) =>
       vm.peerid,
       vmopResultBytes(ret, vm.vmid, 0)
     )
-    // Let the event go out now (the channel writes once this fiber yields)
-    // rather than after vm_remove, which waits for the VM's channel to close.
-    yield* Effect.yieldNow()
+    // As in vmm.c the event is written after vm_remove: when the parent reads
+    // it, the VM's socket and fds are closed here (test/e2e/wire.test.ts).
     yield* ctx.registry.remove(vm, "vmm_sighdlr")
   }).pipe(span("vmm_sighdlr"))
