@@ -1,23 +1,146 @@
 #!/usr/bin/env node
-// Bundles bin/vmm's program into dist/vmm.mjs (one file: start-up reads one
-// module instead of hundreds). koffi stays external: it is a native addon.
+// Bundles bin/vmm's program into dist/ (one file: start-up reads one module
+// instead of hundreds). koffi stays external: it is a native addon.
+//
+//   dist/vmm.cjs    the program, a CommonJS bundle whose first line is
+//                   `// vmm-build <sha256 of the rest> [koffi <path> <version>]`
+//                   (the build id, and koffi's native module: see koffiNative)
+//   dist/vmm.mjs    `node dist/vmm.mjs` runs it (through bin/vmm's loader)
+//   dist/vmm.cache  V8's code cache of dist/vmm.cjs, made afterwards by
+//                   scripts/train-vmm-cache.mjs; this script removes it, so a
+//                   cache never outlives the bundle it was made from
+//
+// Start-up (issue 4): bin/vmm compiles dist/vmm.cjs with vm.Script and the
+// code cache, so V8 neither parses nor compiles what start-up runs, and loads
+// koffi's native module without koffi's JS loader. The bundle is kept small,
+// so there is less to read, compile and evaluate: `import { Effect } from
+// "effect"` in src/ is bundled as `import * as Effect from "effect/Effect"`
+// (through the barrel, esbuild keeps every export of each module named:
+// 1.47 MB; directly, 0.65 MB); node:child_process is loaded when first used;
+// the VM-process mode (-V) is only evaluated when it runs (esbuild wraps the
+// dynamic import).
 import { build } from "esbuild"
-import { mkdirSync } from "node:fs"
-import { dirname, join } from "node:path"
+import { createHash } from "node:crypto"
+import { mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs"
+import { readFile } from "node:fs/promises"
+import { createRequire } from "node:module"
+import { dirname, join, relative, sep } from "node:path"
 import { fileURLToPath } from "node:url"
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..")
-mkdirSync(join(root, "dist"), { recursive: true })
-await build({
+const dist = join(root, "dist")
+
+/**
+ * `import { Effect, Layer, type Scope } from "effect"` -> one
+ * `import * as Effect from "effect/Effect"` per value (lower-case names are
+ * effect/Function's: pipe, flow, ...). Type-only names are dropped (esbuild
+ * erases them anyway). Only src/; the sources themselves are unchanged.
+ */
+export const effectDirect = {
+  name: "effect-direct",
+  setup(b) {
+    b.onLoad({ filter: /[\\/]src[\\/].*\.ts$/ }, async (args) => {
+      const source = await readFile(args.path, "utf8")
+      const contents = source.replace(/import\s*\{([^}]*)\}\s*from\s*"effect"/g, (_all, names) => {
+        const out = []
+        for (const raw of names.split(",")) {
+          const n = raw.trim()
+          if (n === "" || /^type\s/.test(n)) continue
+          const m = /^([A-Za-z_$][\w$]*)(?:\s+as\s+([A-Za-z_$][\w$]*))?$/.exec(n)
+          if (m === null) throw new Error(`${args.path}: cannot rewrite the effect import of "${n}"`)
+          const [, name, alias] = m
+          out.push(
+            /^[A-Z]/.test(name)
+              ? `import * as ${alias ?? name} from "effect/${name}"`
+              : `import { ${name}${alias === undefined ? "" : ` as ${alias}`} } from "effect/Function"`
+          )
+        }
+        return out.join("; ")
+      })
+      return { contents, loader: "ts" }
+    })
+  }
+}
+
+/**
+ * node:child_process, required when first used rather than at start-up
+ * (loading it costs a few ms): bin/vmm starts the spawner with posix_spawn
+ * and only --spawn node (ProcessNode) spawns with it. Add a name here if
+ * src/ imports another one (the build fails until then).
+ */
+export const lazyChildProcess = {
+  name: "lazy-child-process",
+  setup(b) {
+    b.onResolve({ filter: /^node:child_process$/ }, (args) =>
+      /[\\/]src[\\/]/.test(args.importer) ? { path: "node:child_process", namespace: "lazy-child-process" } : undefined
+    )
+    b.onLoad({ filter: /.*/, namespace: "lazy-child-process" }, () => ({
+      contents: `let cp\nexport const spawn = (...args) => (cp ??= require("node:child_process")).spawn(...args)\n`,
+      loader: "js"
+    }))
+  }
+}
+
+mkdirSync(dist, { recursive: true })
+rmSync(join(dist, "vmm.cache"), { force: true })
+const result = await build({
   entryPoints: [join(root, "src/cli/vmm.ts")],
-  outfile: join(root, "dist/vmm.mjs"),
+  outfile: join(dist, "vmm.cjs"),
   bundle: true,
   platform: "node",
   target: "node20",
-  format: "esm",
+  format: "cjs",
   external: ["koffi"],
   sourcemap: "linked",
   minifySyntax: true,
-  banner: { js: "import { createRequire as __vmmCreateRequire } from 'node:module'; const require = __vmmCreateRequire(import.meta.url);" },
+  plugins: [effectDirect, lazyChildProcess],
+  // ESM's import.meta.url (ProcessSpawner finds build/spawner with it), in CommonJS.
+  define: { "import.meta.url": "__vmmImportMetaUrl" },
+  banner: { js: `"use strict"; var __vmmImportMetaUrl = require("node:url").pathToFileURL(__filename).href;` },
+  write: false,
   logLevel: "warning"
 })
+/**
+ * koffi's native module as koffi's own loader finds it here, and its
+ * version: bin/vmm loads it directly (koffi's JS loader costs ~10 ms of
+ * start-up: resolving two packages, reading the ELF header of node, util
+ * deprecations) and falls back to require("koffi") if the file is gone or
+ * its version differs. Null if it cannot be found (then always the fallback).
+ */
+const koffiNative = () => {
+  try {
+    const req = createRequire(join(dist, "vmm.cjs"))
+    const koffi = req("koffi")
+    const file = Object.keys(req.cache).find((f) => /[\\/]koffi\.node$/.test(f))
+    if (file === undefined || typeof koffi.version !== "string" || /\s/.test(koffi.version)) return null
+    return { path: encodeURIComponent(relative(dist, file).split(sep).join("/")), version: koffi.version }
+  } catch {
+    return null
+  }
+}
+/** Whole or not at all: a bin/vmm starting meanwhile (tests, a VM) never reads half a file. */
+const writeAtomically = (path, contents) => {
+  const tmp = `${path}.${process.pid}.tmp`
+  writeFileSync(tmp, contents)
+  renameSync(tmp, path)
+}
+for (const file of result.outputFiles) {
+  if (file.path.endsWith(".cjs")) {
+    const id = createHash("sha256").update(file.contents).digest("hex")
+    const k = koffiNative()
+    const header = `// vmm-build ${id}${k === null ? "" : ` koffi ${k.path} ${k.version}`}\n`
+    writeAtomically(file.path, Buffer.concat([Buffer.from(header), file.contents]))
+  } else if (file.path.endsWith(".map")) {
+    // The build-id line shifts the program down one line.
+    const map = JSON.parse(file.text)
+    map.mappings = `;${map.mappings}`
+    writeAtomically(file.path, JSON.stringify(map))
+  } else writeAtomically(file.path, file.contents)
+}
+writeAtomically(
+  join(dist, "vmm.mjs"),
+  `// Made by scripts/build.mjs: \`node dist/vmm.mjs\` runs the program (dist/vmm.cjs) as bin/vmm does.\n` +
+    `import { createRequire } from "node:module"\ncreateRequire(import.meta.url)("../bin/vmm")\n`
+)
+// The previous ESM bundle's source map, if any.
+rmSync(join(dist, "vmm.mjs.map"), { force: true })

@@ -45,7 +45,6 @@
  * `layerOrNode` falls back to ProcessNode when it is not.
  */
 import { spawn as nodeSpawn } from "node:child_process"
-import type { ChildProcess } from "node:child_process"
 import { accessSync, constants as fsConstants } from "node:fs"
 import { constants as osConstants, endianness } from "node:os"
 import { fileURLToPath } from "node:url"
@@ -263,6 +262,161 @@ const SIGKILL = signalNumber("SIGKILL")
 const codeOf = (e: unknown): string | undefined =>
   typeof e === "object" && e !== null && "code" in e && typeof e.code === "string" ? e.code : undefined
 
+// ---- starting the spawner ----
+//
+// With posix_spawn (vfork+exec: ~1 ms) rather than Node's spawn, which forks
+// the whole Node process and loads child_process (~10-20 ms of bin/vmm's
+// start-up). Node's libuv does not know this child, so we reap it: a pidfd
+// (Linux 5.3) becomes readable when it exits, and then waitpid. Without
+// pidfd_open, Node's spawn (libuv reaps). Either way the child gets what
+// Node's spawn gave it: stdio inherited, our end at fd 3, its own session,
+// every signal at its default and none blocked, process.env.
+
+const POSIX_SPAWN_SETSIGDEF = 0x04
+const POSIX_SPAWN_SETSIGMASK = 0x08
+const POSIX_SPAWN_SETSID = 0x80 // glibc 2.26
+const SYS_PIDFD_OPEN = process.arch === "x64" || process.arch === "arm64" ? 434 : -1
+const WNOHANG = 1
+/** sizeof posix_spawnattr_t (336), posix_spawn_file_actions_t (80), sigset_t (128) on glibc LP64, rounded up. */
+const SPAWN_STRUCT_BYTES = 512
+
+type CFunction = ReturnType<typeof libc.self.func>
+
+interface PosixSpawnFns {
+  readonly spawn: CFunction
+  readonly faInit: CFunction
+  readonly faDup2: CFunction
+  readonly faDestroy: CFunction
+  readonly attrInit: CFunction
+  readonly attrSetflags: CFunction
+  readonly attrSetsigmask: CFunction
+  readonly attrSetsigdefault: CFunction
+  readonly attrDestroy: CFunction
+  readonly sigemptyset: CFunction
+  readonly sigfillset: CFunction
+  readonly pidfdOpen: (pid: number) => number
+  readonly waitpid: (pid: number) => number
+}
+
+let posixSpawnFns: PosixSpawnFns | null | undefined
+
+/** The libc functions, or null if posix_spawn + pidfd cannot be used here (then Node's spawn). */
+const posixSpawn = (): PosixSpawnFns | null => {
+  if (posixSpawnFns !== undefined) return posixSpawnFns
+  posixSpawnFns = null
+  if (process.platform !== "linux" || SYS_PIDFD_OPEN < 0) return null
+  try {
+    const f = (proto: string) => libc.self.func(proto)
+    const syscall = f("long syscall(long nr, ...)")
+    const waitpid = f("int waitpid(int pid, _Out_ int *status, int options)")
+    const fns: PosixSpawnFns = {
+      spawn: f("int posix_spawn(_Out_ int *pid, const char *path, void *fa, void *attr, const char **argv, const char **envp)"),
+      faInit: f("int posix_spawn_file_actions_init(void *fa)"),
+      faDup2: f("int posix_spawn_file_actions_adddup2(void *fa, int fd, int newfd)"),
+      faDestroy: f("int posix_spawn_file_actions_destroy(void *fa)"),
+      attrInit: f("int posix_spawnattr_init(void *attr)"),
+      attrSetflags: f("int posix_spawnattr_setflags(void *attr, short flags)"),
+      attrSetsigmask: f("int posix_spawnattr_setsigmask(void *attr, void *set)"),
+      attrSetsigdefault: f("int posix_spawnattr_setsigdefault(void *attr, void *set)"),
+      attrDestroy: f("int posix_spawnattr_destroy(void *attr)"),
+      sigemptyset: f("int sigemptyset(void *set)"),
+      sigfillset: f("int sigfillset(void *set)"),
+      pidfdOpen: (pid) => {
+        const r = Number(syscall(SYS_PIDFD_OPEN, "int", pid, "unsigned int", 0))
+        return r < 0 ? -koffi.errno() : r
+      },
+      waitpid: (pid) => {
+        const r = Number(waitpid(pid, [0], WNOHANG))
+        return r < 0 ? -koffi.errno() : r
+      }
+    }
+    // pidfd_open needs Linux 5.3: without it we could not learn of the exit.
+    const probe = fns.pidfdOpen(process.pid)
+    if (probe < 0) return null
+    libc.close(probe)
+    posixSpawnFns = fns
+  } catch {
+    // a libc without these symbols
+  }
+  return posixSpawnFns
+}
+
+/**
+ * Start `binary` with `theirs` at its fd 3; `onExit` runs once it has exited
+ * and been reaped. Its pid, or the host errno negated (-ENOENT...); throws
+ * what Node's spawn throws on the fallback path.
+ */
+const startSpawnerProcess = (binary: string, theirs: number, onExit: () => void): number => {
+  const ps = posixSpawn()
+  if (ps === null) {
+    // Own session: a terminal's ^C reaches the vmm, which decides; the spawner only follows its socket.
+    const proc = nodeSpawn(binary, [], { stdio: ["inherit", "inherit", "inherit", theirs], detached: true })
+    proc.on("error", () => {})
+    proc.once("exit", onExit)
+    proc.unref()
+    return proc.pid ?? -2 // ENOENT (the host's; 'error' says why)
+  }
+  const fa = Buffer.alloc(SPAWN_STRUCT_BYTES)
+  const attr = Buffer.alloc(SPAWN_STRUCT_BYTES)
+  const sigs = Buffer.alloc(SPAWN_STRUCT_BYTES)
+  ps.faInit(fa)
+  ps.attrInit(attr)
+  const pid = [0]
+  let r: number
+  try {
+    // Inherited stdio, as Node's "inherit": dup2(n, n) clears close-on-exec (glibc 2.29), as libuv does.
+    for (const n of [0, 1, 2]) if (libc.fcntl(n, libc.F_GETFD) >= 0) ps.faDup2(fa, n, n)
+    // Onto 3 (if theirs is 3 already, dup2 only clears close-on-exec).
+    ps.faDup2(fa, theirs, 3)
+    ps.attrSetflags(attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK)
+    ps.sigfillset(sigs)
+    ps.attrSetsigdefault(attr, sigs)
+    ps.sigemptyset(sigs)
+    ps.attrSetsigmask(attr, sigs)
+    const env: Array<string | null> = Object.entries(process.env).flatMap(([k, v]) => (v === undefined ? [] : [`${k}=${v}`]))
+    env.push(null)
+    r = Number(ps.spawn(pid, binary, fa, attr, [binary, null], env))
+  } finally {
+    ps.faDestroy(fa)
+    ps.attrDestroy(attr)
+  }
+  if (r !== 0) return -r // posix_spawn returns the error number
+  const spawned = pid[0] ?? 0
+  let reaped = false
+  const reap = (): boolean => {
+    if (reaped) return true
+    const w = ps.waitpid(spawned)
+    if (w === 0) return false // still running
+    reaped = true // reaped, or -ECHILD: not ours to wait for any more
+    onExit()
+    return true
+  }
+  const pidfd = ps.pidfdOpen(spawned)
+  const watch = pidfd < 0 ? -1 : UvPoll.open(pidfd, (status) => {
+    if (typeof watch === "number") return
+    if (reap()) return watch.close(() => libc.close(pidfd))
+    if (status < 0) {
+      // libuv stopped watching: look every 50 ms instead.
+      watch.close(() => libc.close(pidfd))
+      const timer = setInterval(() => reap() && clearInterval(timer), 50)
+      timer.unref()
+    }
+  })
+  if (typeof watch === "number") {
+    // Cannot watch it (no fd left?): end it now rather than leave a zombie behind.
+    if (pidfd >= 0) libc.close(pidfd)
+    try {
+      process.kill(spawned, "SIGKILL")
+    } catch {
+      // gone
+    }
+    while (!reap()) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1)
+    return -24 // EMFILE (the host's)
+  }
+  watch.start(UV_READABLE)
+  return spawned
+}
+
 /** Start the spawner; the service lives until the scope ends. */
 export const make = (options: SpawnerOptions = {}): Effect.Effect<SpawnerProcess, SpawnError, Scope.Scope> =>
   // Uninterruptible until the finalizer owns the spawner and the socket; only the HELLO wait is `restore`d.
@@ -281,10 +435,10 @@ export const make = (options: SpawnerOptions = {}): Effect.Effect<SpawnerProcess
         return yield* Effect.fail(spawnError(errno, `spawner socketpair: ${errnoName(errno)}`))
       }
       const [sock, theirs] = pair
-      let proc: ChildProcess
+      const exited = yield* Deferred.make<void>()
+      let started: number
       try {
-        // Own session: a terminal's ^C reaches the vmm, which decides; the spawner only follows its socket.
-        proc = nodeSpawn(binary, [], { stdio: ["inherit", "inherit", "inherit", theirs], detached: true })
+        started = startSpawnerProcess(binary, theirs, () => Deferred.unsafeDone(exited, Exit.void))
       } catch (e) {
         libc.close(sock)
         libc.close(theirs)
@@ -292,15 +446,12 @@ export const make = (options: SpawnerOptions = {}): Effect.Effect<SpawnerProcess
         return yield* Effect.fail(spawnError(errno, `spawner ${binary}: ${codeOf(e) ?? String(e)}`))
       }
       libc.close(theirs)
-      const exited = yield* Deferred.make<void>()
-      proc.on("error", () => {})
-      proc.once("exit", () => Deferred.unsafeDone(exited, Exit.void))
-      proc.unref()
-      if (proc.pid === undefined) {
+      if (started < 0) {
         libc.close(sock)
-        return yield* Effect.fail(spawnError(Errno.ENOENT, `spawner ${binary}: could not be started`))
+        const errno = fromHostErrno(-started)
+        return yield* Effect.fail(spawnError(errno, `spawner ${binary}: could not be started (${errnoName(errno)})`))
       }
-      const spawnerPid = proc.pid
+      const spawnerPid = started
 
       const live = new Map<number, LiveChild>()
       const exits = yield* Queue.unbounded<ChildExit>()
