@@ -175,14 +175,30 @@ export const emptyVmTerminateParams = VmTerminateParamsCodec.empty
 const IntCodec = makeCodec(defineStruct("int", 4, 4, [field("value", 0, i32)]))
 const UintCodec = makeCodec(defineStruct("unsigned int", 4, 4, [field("value", 0, u32)]))
 
+// The four helpers below are what IntCodec / UintCodec give (decode then
+// .value; encode of { value }), with the common case written out: these run
+// on every CTL_VERBOSE, START_VM_DISK/IF and GET_INFO_VM_END_DATA. Errors
+// still come from the codecs, so they are the same SchemaErrors.
+const le32 = (b: Uint8Array): number => (b[0] as number) | ((b[1] as number) << 8) | ((b[2] as number) << 16) | ((b[3] as number) << 24)
+const int32Bytes = (value: number): Uint8Array => {
+  const out = new Uint8Array(4)
+  out[0] = value
+  out[1] = value >> 8
+  out[2] = value >> 16
+  out[3] = value >> 24
+  return out
+}
+
 /** CTL_VERBOSE, GET_INFO_VM_END_DATA: exactly 4 bytes, host order. */
 export const imsgIntRead = (bytes: Uint8Array): Either.Either<number, SchemaError> =>
-  Either.map(IntCodec.decode(bytes), (x) => x.value)
+  bytes.length === 4 ? Either.right(le32(bytes)) : Either.map(IntCodec.decode(bytes), (x) => x.value)
 /** CTL_RESET mode, START_VM_DISK / START_VM_IF index: exactly 4 bytes. */
 export const imsgUintRead = (bytes: Uint8Array): Either.Either<number, SchemaError> =>
-  Either.map(UintCodec.decode(bytes), (x) => x.value)
-export const encodeImsgInt = (value: number): Either.Either<Uint8Array, SchemaError> => IntCodec.encode({ value })
-export const encodeImsgUint = (value: number): Either.Either<Uint8Array, SchemaError> => UintCodec.encode({ value })
+  bytes.length === 4 ? Either.right(le32(bytes) >>> 0) : Either.map(UintCodec.decode(bytes), (x) => x.value)
+export const encodeImsgInt = (value: number): Either.Either<Uint8Array, SchemaError> =>
+  typeof value === "number" && (value | 0) === value ? Either.right(int32Bytes(value)) : IntCodec.encode({ value })
+export const encodeImsgUint = (value: number): Either.Either<Uint8Array, SchemaError> =>
+  typeof value === "number" && value >>> 0 === value ? Either.right(int32Bytes(value)) : UintCodec.encode({ value })
 /** Short names for the same four functions. */
 export const decodeInt = imsgIntRead
 export const decodeUint = imsgUintRead
