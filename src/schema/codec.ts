@@ -42,26 +42,28 @@ export const sizeError = (struct: string, expected: number, got: number): Schema
  * accepted on encode (the missing tail is zero); longer ones are a SchemaError.
  */
 export const makeCodec = <L extends AnyLayout>(layout: L): Codec<StructValue<L>> => {
-  const compiled = compileLayout(layout)
   const sizeof = layout.sizeof
   const name = layout.name
+  // Compiled on first use, not at import: a process uses a few of these
+  // codecs, and start-up (bin/vmm's code cache) should not pay for the rest.
+  let compiled: ReturnType<typeof compileLayout> | null = null
+  let zeros: Uint8Array | null = null
+  const code = () => (compiled ??= compileLayout(layout))
   // The one place the untyped decoder output meets the table's static type:
   // the compiled decoder builds exactly the keys and value kinds StructValue<L> names.
-  const decodeAt = compiled.decode as (bytes: Uint8Array) => StructValue<L>
-  const encodeAny = compiled.encode
-  const zeros = new Uint8Array(sizeof)
+  const decodeAt = (bytes: Uint8Array) => code().decode(bytes) as StructValue<L>
   return {
     layout,
     sizeof,
     decode: (bytes) => (bytes.length === sizeof ? Either.right(decodeAt(bytes)) : Either.left(sizeError(name, sizeof, bytes.length))),
     encode: (value) => {
-      const r = encodeAny(value)
+      const r = code().encode(value)
       return r instanceof Uint8Array
         ? Either.right(r)
         : Either.left(new SchemaError({ struct: name, field: r.path.startsWith(".") ? r.path.slice(1) : r.path, message: r.message }))
     },
     // Decoding never writes to its input and copies every byte array out, so one zero buffer serves every call.
-    empty: () => decodeAt(zeros)
+    empty: () => decodeAt((zeros ??= new Uint8Array(sizeof)))
   }
 }
 
