@@ -5,19 +5,29 @@
  *
  * Each case moves n DATA messages one way after a READY handshake; the clock
  * runs from READY until the last message is known to have arrived (the
- * receiver's ACK, or the receiver's count). Best of 3 runs on each side.
- * MB/s counts wire bytes (16-byte header + payload).
+ * receiver's ACK, or the receiver's count). Best of 5 runs on each side,
+ * ours and C's taking turns (so that both see the same changes of load on a
+ * shared machine). MB/s counts wire bytes (16-byte header + payload). Our
+ * receiver takes batches with Channel.receive, as the vmm does, and reads
+ * the first payload byte of each DATA message, as the C receiver does.
  *
  * Options: --quick (a tenth of the messages, best of 2); --per-message (the
  * sender queues each message with its own `send` Effect instead of one
  * `sendAll` per batch); --only=LABEL|LABEL (only these cases, e.g. "100 B|16 KiB").
+ *
+ * --idle-memory[=ROUNDS]: instead, what an idle open channel costs (the vmm
+ * keeps one per VM): open 512 channels on socketpairs, each exchanging ROUNDS
+ * (default 1) small messages each way with a raw peer, then compare RSS, JS
+ * heap and ArrayBuffer memory after a full GC with before, per channel.
  */
 import { execFileSync, spawn } from "node:child_process"
-import { mkdtempSync, rmSync } from "node:fs"
+import { mkdtempSync, readFileSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
-import { Chunk, Effect, Option, Stream } from "effect"
+import { setFlagsFromString } from "node:v8"
+import { runInNewContext } from "node:vm"
+import { Effect } from "effect"
 import { ImsgChannelNative } from "../src/layers/ImsgChannelNative.ts"
 import * as libc from "../src/native/libc.ts"
 import { MAX_IMSG_PAYLOAD } from "../src/schema/imsgHeader.ts"
@@ -61,19 +71,30 @@ execFileSync("gcc", ["-O2", "-o", bin, join(here, "c", "bench_imsg.c")], { stdio
 
 const devNull = libc.open("/dev/null", libc.O_RDONLY)
 
-/** Pull messages, counting DATA, until one of type `type` (or `count` DATA messages) arrived. */
-const receiveUntil = (
-  pull: Effect.Effect<Chunk.Chunk<Imsg>, Option.Option<unknown>>,
-  stop: (m: Imsg, data: number) => boolean
-) =>
+/** What the receivers read of the payloads (kept so that the reads are not optimised away). */
+let checksum = 0
+
+/**
+ * Take messages as the vmm does (Channel.receive, a batch at a time), counting DATA and
+ * reading the first payload byte of each as the C receiver does, until `stop`.
+ */
+const receiveUntil = (ch: Channel, stop: (m: Imsg, data: number) => boolean) =>
   Effect.gen(function* () {
     let data = 0
+    let sum = 0
     for (;;) {
-      const chunk = yield* pull
-      for (const m of chunk) {
-        if (m.type === T_DATA) data++
+      const batch = yield* ch.receive
+      if (batch === null) return yield* Effect.die(new Error("EOF from the C peer"))
+      for (const m of batch) {
+        if (m.type === T_DATA) {
+          data++
+          if (m.data.length > 0) sum += m.data[0] as number
+        }
         m.fd?.closeSync()
-        if (stop(m, data)) return data
+        if (stop(m, data)) {
+          checksum += sum
+          return data
+        }
       }
     }
   })
@@ -115,15 +136,14 @@ const ours = (dir: Direction, c: Case) =>
       const exited = new Promise<number | null>((resolve) => peer.on("exit", resolve))
       theirs.closeSync()
       const ch = yield* svc.open(mine)
-      const pull = yield* Stream.toPull(ch.messages)
-      yield* receiveUntil(pull, (m) => m.type === T_READY)
+      yield* receiveUntil(ch, (m) => m.type === T_READY)
       const t0 = performance.now()
       if (dir === "TS → C") {
         yield* sendData(ch, c)
-        yield* receiveUntil(pull, (m) => m.type === T_ACK)
+        yield* receiveUntil(ch, (m) => m.type === T_ACK)
       } else {
         yield* ch.send({ type: T_GO, peerid: 0, pid: 0 })
-        yield* receiveUntil(pull, (_, data) => data === c.n)
+        yield* receiveUntil(ch, (_, data) => data === c.n)
       }
       const t1 = performance.now()
       yield* ch.close
@@ -140,11 +160,16 @@ const reference = (dir: Direction, c: Case): number => {
   return Number(out.trim()) / 1e9
 }
 
-const best = <E, R>(runs: number, f: () => Effect.Effect<number, E, R>) =>
+/** Best of `runs` of each, taking turns: seconds of ours and of C's. */
+const bestOfTurns = <E, R>(runs: number, ours: () => Effect.Effect<number, E, R>, theirs: () => number) =>
   Effect.gen(function* () {
+    let a = Infinity
     let b = Infinity
-    for (let i = 0; i < runs; i++) b = Math.min(b, yield* f())
-    return b
+    for (let i = 0; i < runs; i++) {
+      a = Math.min(a, yield* ours())
+      b = Math.min(b, theirs())
+    }
+    return [a, b] as const
   })
 
 const fmt = (x: number, digits = 0) => x.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits })
@@ -155,8 +180,7 @@ const main = Effect.gen(function* () {
   ]
   for (const c of cases) {
     for (const dir of ["TS → C", "C → TS"] as const) {
-      const oursS = yield* best(RUNS, () => ours(dir, c))
-      const cS = yield* best(RUNS, () => Effect.sync(() => reference(dir, c)))
+      const [oursS, cS] = yield* bestOfTurns(RUNS, () => ours(dir, c), () => reference(dir, c))
       const bytes = c.n * (c.size + 16)
       const ratio = cS / oursS
       const row = [
@@ -179,11 +203,70 @@ const main = Effect.gen(function* () {
   console.log(`|${widths.map((w) => "-".repeat(w + 2)).join("|")}|`)
   for (const r of rows.slice(1)) console.log(line(r))
   console.log(
-    `\n(n per case: ${cases.map((c) => `${c.label} ${c.n}`).join(", ")}; best of ${RUNS}; ${perMessage ? "send per message" : "sendAll per batch"}; node ${process.version})`
+    `\n(checksum ${checksum}) (n per case: ${cases.map((c) => `${c.label} ${c.n}`).join(", ")}; best of ${RUNS}; ${perMessage ? "send per message" : "sendAll per batch"}; node ${process.version})`
   )
 })
 
-Effect.runPromise(main.pipe(Effect.provide(ImsgChannelNative.layer)))
+/** --idle-memory: per-channel cost of idle open channels. */
+const idleMemory = (rounds: number) =>
+  Effect.scoped(
+    Effect.gen(function* () {
+      const N = 512
+      setFlagsFromString("--expose-gc")
+      const gc = runInNewContext("gc") as () => void
+      const rss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync("/proc/self/status", "utf8"))?.[1] ?? 0) * 1024
+      const snap = () => {
+        gc()
+        gc()
+        const m = process.memoryUsage()
+        return { rss: rss(), heap: m.heapUsed, arrayBuffers: m.arrayBuffers }
+      }
+      const svc = yield* ImsgChannel
+      const raw = new libc.ScmBuffer()
+      const frame = new Uint8Array(16 + 28)
+      new DataView(frame.buffer).setUint32(0, 5, true)
+      new DataView(frame.buffer).setUint32(4, frame.length, true)
+      const sink = new Uint8Array(4096)
+      const exchange = (ch: Channel, peer: number) =>
+        Effect.gen(function* () {
+          for (let r = 0; r < rounds; r++) {
+            if (raw.send(peer, frame, -1) !== frame.length) return yield* Effect.die(new Error("raw send"))
+            const got = yield* ch.receive
+            if (got === null || got.length !== 1) return yield* Effect.die(new Error("no message"))
+            yield* ch.send({ type: 7, peerid: 0, pid: 0, data: new Uint8Array(28) })
+            yield* ch.flush
+            raw.recv(peer, sink)
+          }
+        })
+      const open = () =>
+        Effect.gen(function* () {
+          const [mine, theirs] = yield* svc.socketpair("idle")
+          const ch = yield* svc.open(mine)
+          yield* exchange(ch, theirs.num)
+          return [ch, theirs] as const
+        })
+      // one channel through the same code first, so that compiled code is not counted
+      const warm = yield* open()
+      yield* warm[0].close
+      warm[1].closeSync()
+      const before = snap()
+      const open512 = []
+      for (let i = 0; i < N; i++) open512.push(yield* open())
+      yield* Effect.sleep("50 millis")
+      const after = snap()
+      const per = (k: keyof typeof before) => `${((after[k] - before[k]) / N / 1024).toFixed(1)} KiB`
+      console.log(
+        `${N} idle channels after ${rounds} round trip(s) each: per channel RSS ${per("rss")}, JS heap ${per("heap")}, ` +
+          `ArrayBuffers ${per("arrayBuffers")} (RSS ${(before.rss / 2 ** 20).toFixed(1)} -> ${(after.rss / 2 ** 20).toFixed(1)} MiB)`
+      )
+      for (const [, theirs] of open512) theirs.closeSync()
+      raw.free()
+    })
+  )
+
+const idleArg = process.argv.find((a) => a.startsWith("--idle-memory"))
+const program = idleArg !== undefined ? idleMemory(Number(idleArg.split("=")[1] ?? 1)) : main
+Effect.runPromise(program.pipe(Effect.provide(ImsgChannelNative.layer)))
   .finally(() => {
     libc.close(devNull)
     rmSync(buildDir, { recursive: true, force: true })

@@ -4,13 +4,16 @@
  * sendmsg, readiness); this file does what imsgbuf_read/imsgbuf_write and
  * vmd's imsg_event_add do around them:
  *
- * - reading: on readable, recv straight into the parser's slab (payloads are
- *   views of it, see parser.ts), parse every message of each read, hand
- *   them in chunks to the single consumer of `messages`. Reading pauses
- *   while the consumer lags (highWaterBytes) and resumes when it pulls.
+ * - reading: on readable, recv into the process-wide receive slab, parse
+ *   every message of each read (payloads are views of the slab, or copies for
+ *   a small read: see parser.ts), hand them in chunks to the single consumer
+ *   of `messages`. Reading pauses while the consumer lags (highWaterBytes)
+ *   and resumes when it pulls.
  * - writing: `send` only queues; the queue is written at the end of the
- *   current turn (a microtask), and on EAGAIN the driver watches for
- *   writability until the queue is empty (EV_WRITE only while queued).
+ *   current turn (a microtask), gathered into sendmsgs of up to MAX_BATCH
+ *   bytes through a process-wide staging area (see writer.ts), and on EAGAIN
+ *   the driver watches for writability until the queue is empty (EV_WRITE
+ *   only while queued). An idle channel holds no buffer of its own.
  * - endings: EOF ends the stream; EPIPE drops the output queue and ends the
  *   stream once nothing more is readable; a framing or I/O error fails it.
  */
@@ -22,21 +25,21 @@ import type { Fd } from "../services/Fd.ts"
 import type { Channel, Imsg, OutgoingImsg } from "../services/ImsgChannel.ts"
 import { ChannelError } from "../services/ImsgChannel.ts"
 import { ImsgParser } from "./parser.ts"
-import { ImsgWriter } from "./writer.ts"
+import type { Batch } from "./writer.ts"
+import { ImsgWriter, MAX_BATCH } from "./writer.ts"
 
 /** What a channel needs from a socket. Errors are OpenBSD errno, negated. */
 export interface SocketDriver {
   readonly fd: number
-  /** What `send` sends from; at least MAX_IMSGSIZE bytes. Read at the first send (it may be a lazy getter). */
-  readonly writeBuffer: Uint8Array
   /** One recvmsg into `into`: bytes (0 = EOF) or -errno; received fds are appended to `fds`. */
   recv(into: Uint8Array, fds: Array<Fd>): number
   /**
-   * One sendmsg of writeBuffer[offset, offset + length) with `fd` attached.
-   * Bytes sent or -errno. When it returns > 0 the fd is gone from the
-   * sender (closed, or moved to the peer in memory).
+   * One sendmsg of the batch's pieces (an iovec each) with `batch.fd`
+   * attached. Bytes sent or -errno. When it returns > 0 the fd is gone from
+   * the sender (closed, or moved to the peer in memory). The pieces are
+   * valid only during the call.
    */
-  send(offset: number, length: number, fd: Fd | null): number
+  send(batch: Batch<Fd>): number
   /** Ask for `events.readable` / `events.writable` callbacks. */
   watch(readable: boolean, writable: boolean): void
   /** Stop watching and close the socket; `done` runs when nothing will call back. */
@@ -62,6 +65,19 @@ const DEFAULT_HIGH_WATER = 1 << 20
 const READS_PER_EVENT = 64
 type Ending = { readonly _tag: "Eof" } | { readonly _tag: "Failed"; readonly error: ChannelError }
 const EOF: Ending = { _tag: "Eof" }
+
+/**
+ * The staging area of every channel's writer (writer.ts: a writer whose
+ * batch was overwritten by another's stages it again from its queue).
+ */
+let staging: Uint8Array | null = null
+const sharedStaging = (): Uint8Array => {
+  if (staging === null) {
+    const b = Buffer.allocUnsafeSlow(MAX_BATCH)
+    staging = new Uint8Array(b.buffer, b.byteOffset, b.length)
+  }
+  return staging
+}
 
 const closeFd = (fd: Fd): void => {
   fd.closeSync()
@@ -96,7 +112,7 @@ class ImsgConnection {
       writable: () => this.#guard(() => this.#writeNow()),
       error: (errno) => this.#guard(() => this.#pollError(errno))
     })
-    this.#writer = new ImsgWriter<Fd>(() => this.#driver.writeBuffer, {
+    this.#writer = new ImsgWriter<Fd>(sharedStaging, {
       pid: process.pid,
       format: options.format ?? "current"
     })
@@ -326,7 +342,7 @@ class ImsgConnection {
     for (;;) {
       const batch = w.gather()
       if (batch === null) break
-      const n = d.send(batch.offset, batch.length, batch.fd)
+      const n = d.send(batch)
       if (n > 0) {
         w.written(n)
         if (n < batch.length) return this.#waitWritable()

@@ -11,11 +11,16 @@
  *   (libutil: "assumption: fd got sent if sendmsg sent anything"); the
  *   caller disposes of it then.
  *
- * Where libutil hands the kernel an iovec per message, this copies messages
- * into one staging area, which is cheaper than an iovec per small message
- * from JS. The copy happens when the batch is gathered, not at `push`
- * (imsg_compose copies at once): a caller must not change `data` after
- * sending it. Received payloads are never rewritten, so forwarding one is safe.
+ * Where libutil hands the kernel an iovec per message, this copies headers
+ * and small payloads into a staging area (cheaper than an iovec per small
+ * message from JS) and gives large payloads an iovec of their own (no copy).
+ * The staging area may be shared by every channel of the process, so an
+ * idle channel holds none: after a partial write the rest of the batch is
+ * sent as it is if no other writer has gathered into the staging area
+ * since, and is staged again from the queue otherwise.
+ * The copy happens when the batch is gathered, not at `push` (imsg_compose
+ * copies at once): a caller must not change `data` after sending it.
+ * Received payloads are never rewritten, so forwarding one is safe.
  */
 import type { HeaderFormat } from "../schema/imsgHeader.ts"
 import { IMSG_HEADER_SIZE, lenWord, MAX_IMSGSIZE } from "../schema/imsgHeader.ts"
@@ -29,9 +34,17 @@ export interface QueuedImsg<F> {
   readonly fd?: F | null | undefined
 }
 
-/** staging[offset, offset + length) to send, with `fd` attached when not null. */
+/**
+ * One sendmsg's worth: pieces first..count-1, piece i being bufs[i][offs[i], offs[i] + lens[i]),
+ * `length` bytes in all, with `fd` attached when not null. The arrays are reused by the
+ * next `gather`.
+ */
 export interface Batch<F> {
-  readonly offset: number
+  readonly first: number
+  readonly count: number
+  readonly bufs: ReadonlyArray<Uint8Array>
+  readonly offs: ReadonlyArray<number>
+  readonly lens: ReadonlyArray<number>
   readonly length: number
   readonly fd: F | null
 }
@@ -43,34 +56,83 @@ export interface WriterOptions {
 }
 
 const EMPTY = new Uint8Array(0)
+/** Payloads from this size on get an iovec of their own instead of a copy into the staging area. */
+export const OWN_IOVEC = 2048
+/** Bytes per batch at most (about a Linux socket buffer); a first message is always taken whole. */
+export const MAX_BATCH = 256 * 1024
+/** Pieces per batch at most (IOV_MAX is 1024). */
+export const MAX_PIECES = 1024
 
 const sizeOf = <F>(m: QueuedImsg<F>): number => IMSG_HEADER_SIZE + (m.data?.length ?? 0)
+
+/** The writer whose batch is in the (shared) staging area. */
+let stagingUser: object | null = null
+
+class Pieces<F> implements Batch<F> {
+  first = 0
+  count = 0
+  readonly bufs: Array<Uint8Array> = []
+  readonly offs: Array<number> = []
+  readonly lens: Array<number> = []
+  length = 0
+  fd: F | null = null
+
+  add(buf: Uint8Array, off: number, len: number): void {
+    const i = this.count++
+    this.bufs[i] = buf
+    this.offs[i] = off
+    this.lens[i] = len
+    this.length += len
+  }
+
+  /** n bytes of the front were sent. */
+  advance(n: number): void {
+    this.length -= n
+    let i = this.first
+    while (n > 0) {
+      const len = this.lens[i] as number
+      if (n < len) {
+        this.offs[i] = (this.offs[i] as number) + n
+        this.lens[i] = len - n
+        break
+      }
+      n -= len
+      this.bufs[i++] = EMPTY
+    }
+    this.first = i
+  }
+
+  /** Forget the buffers (a staged payload must not be kept alive by the writer). */
+  release(): void {
+    for (let i = this.first; i < this.count; i++) this.bufs[i] = EMPTY
+    this.first = this.count = this.length = 0
+    this.fd = null
+  }
+}
 
 export class ImsgWriter<F> {
   #staging: Uint8Array = EMPTY
   #dv: DataView = new DataView(EMPTY.buffer)
-  #getStaging: (() => Uint8Array) | null
+  readonly #getStaging: () => Uint8Array
   readonly #pid: number
   readonly #format: HeaderFormat
   #queue: Array<QueuedImsg<F> | undefined> = []
   #head = 0
   /** Bytes of the head message already accepted by the socket. */
   #headSent = 0
-  #start = 0
-  #end = 0
+  readonly #batch = new Pieces<F>()
+  /** #batch holds what is left of the last gather (valid while stagingUser is this writer). */
+  #batchLive = false
 
   /**
-   * `staging` may be a function: it is then called on the first `gather`, so
-   * that a channel that never sends never allocates one.
+   * `staging` (at least MAX_IMSGSIZE bytes; MAX_BATCH to fill a batch) may be
+   * a function: it is then called at every `gather`, so that a channel that
+   * never sends never allocates one, and channels may share one.
    */
   constructor(staging: Uint8Array | (() => Uint8Array), options: WriterOptions) {
     this.#pid = options.pid
     this.#format = options.format ?? "current"
-    if (typeof staging === "function") this.#getStaging = staging
-    else {
-      this.#getStaging = null
-      this.#setStaging(staging)
-    }
+    this.#getStaging = typeof staging === "function" ? staging : () => staging
   }
 
   #setStaging(staging: Uint8Array): void {
@@ -90,57 +152,88 @@ export class ImsgWriter<F> {
   }
 
   /**
-   * The next batch, or null when the queue is empty. What a partial write
-   * left staged goes first, as it is; only an empty staging area is filled
-   * again, from the head of the queue.
+   * The next batch, or null when the queue is empty: from the first unsent
+   * byte of the head message on, as many messages as fit (MAX_BATCH,
+   * MAX_PIECES), stopping before a second fd-carrying message.
    */
   gather(): Batch<F> | null {
     const q = this.#queue
+    const b = this.#batch
+    if (this.#batchLive && stagingUser === this) return b
+    b.release()
+    this.#batchLive = false
     if (this.#head === q.length) return null
-    const head = q[this.#head] as QueuedImsg<F>
-    // the head's fd rides only on a batch that starts at its first byte
-    const fd = this.#headSent === 0 ? (head.fd ?? null) : null
-    if (this.#start < this.#end) return { offset: this.#start, length: this.#end - this.#start, fd }
-    if (this.#getStaging !== null) {
-      this.#setStaging(this.#getStaging())
-      this.#getStaging = null
-    }
+    const staging = this.#getStaging()
+    if (staging !== this.#staging) this.#setStaging(staging)
+    stagingUser = this
+    this.#batchLive = true
     const st = this.#staging
     const dv = this.#dv
+    const head = q[this.#head] as QueuedImsg<F>
+    const skip = this.#headSent
+    // the head's fd rides only on a batch that starts at its first byte
+    b.fd = skip === 0 ? (head.fd ?? null) : null
     let o = 0
+    /** Start of the staged bytes not yet made a piece. */
+    let from = 0
+    let total = 0
     for (let i = this.#head; i < q.length; i++) {
       const m = q[i] as QueuedImsg<F>
-      // an fd-carrying message only begins a batch
-      if (i > this.#head && m.fd != null) break
-      const size = sizeOf(m)
-      if (o + size > st.length) break
+      const data = m.data ?? EMPTY
+      const plen = data.length
+      const size = IMSG_HEADER_SIZE + plen
+      const own = plen >= OWN_IOVEC
+      if (i > this.#head) {
+        // an fd-carrying message only begins a batch
+        if (m.fd != null) break
+        if (total + size > MAX_BATCH || b.count + 2 >= MAX_PIECES) break
+        if (o + IMSG_HEADER_SIZE + (own ? 0 : plen) > st.length) break
+      }
+      const s = i === this.#head ? skip : 0
       dv.setUint32(o, m.type, true)
       dv.setUint32(o + 4, lenWord(size, m.fd != null, this.#format), true)
       dv.setUint32(o + 8, m.peerid, true)
       dv.setUint32(o + 12, m.pid === 0 ? this.#pid : m.pid, true)
-      if (size > IMSG_HEADER_SIZE) st.set(m.data ?? EMPTY, o + IMSG_HEADER_SIZE)
-      o += size
+      if (own) {
+        if (s < IMSG_HEADER_SIZE) {
+          if (i === this.#head) from = s
+          o += IMSG_HEADER_SIZE
+          b.add(st, from, o - from)
+        } else o += IMSG_HEADER_SIZE
+        const ps = s > IMSG_HEADER_SIZE ? s - IMSG_HEADER_SIZE : 0
+        b.add(data, ps, plen - ps)
+        from = o
+      } else {
+        if (i === this.#head) from = s
+        if (plen > 0) st.set(data, o + IMSG_HEADER_SIZE)
+        o += size
+      }
+      total += size - s
     }
-    this.#start = 0
-    this.#end = o
-    return { offset: 0, length: o, fd }
+    if (o > from) b.add(st, from, o - from)
+    return b
   }
 
   /** The socket accepted n > 0 bytes of the last batch. Its fd, if any, is gone now. */
   written(n: number): void {
-    this.#start += n
+    const b = this.#batch
+    if (this.#batchLive && n < b.length) {
+      b.advance(n)
+      b.fd = null // it went with the bytes just sent
+    } else {
+      b.release()
+      this.#batchLive = false
+    }
     const q = this.#queue
-    while (n > 0) {
-      const rest = sizeOf(q[this.#head] as QueuedImsg<F>) - this.#headSent
-      if (n < rest) {
-        this.#headSent += n
-        break
-      }
+    let rest = sizeOf(q[this.#head] as QueuedImsg<F>) - this.#headSent
+    while (n >= rest) {
       n -= rest
       q[this.#head++] = undefined
       this.#headSent = 0
+      if (this.#head === q.length) break
+      rest = sizeOf(q[this.#head] as QueuedImsg<F>)
     }
-    if (this.#start === this.#end) this.#start = this.#end = 0
+    if (n > 0) this.#headSent += n
     if (this.#head === q.length) {
       this.#queue = []
       this.#head = 0
@@ -157,7 +250,9 @@ export class ImsgWriter<F> {
       const fd = q[i]?.fd
       if (fd != null && !(i === this.#head && this.#headSent > 0)) closeFd(fd)
     }
+    this.#batch.release()
+    this.#batchLive = false
     this.#queue = []
-    this.#head = this.#headSent = this.#start = this.#end = 0
+    this.#head = this.#headSent = 0
   }
 }

@@ -30,7 +30,6 @@ import { Fd } from "../services/Fd.ts"
 import type { Channel, ImsgChannelService } from "../services/ImsgChannel.ts"
 import { ChannelError, ImsgChannel } from "../services/ImsgChannel.ts"
 
-const WRITE_SIZE = 256 * 1024
 /** Receive buffer of an in-memory socket end (Linux's default is about 208 KiB). */
 const DEFAULT_CAPACITY = 64 * 1024
 const HOST_EBADF = 9
@@ -246,12 +245,21 @@ const notSocket = (fd: Fd): ChannelError =>
 
 const memoryDriver = (fd: Fd, end: Endpoint, events: DriverEvents): SocketDriver => {
   end.events = events
-  const writeBuffer = new Uint8Array(WRITE_SIZE)
   return {
     fd: fd.num,
-    writeBuffer,
     recv: (into, fds) => end.read(into, fds),
-    send: (offset, length, pass) => end.write(writeBuffer.subarray(offset, offset + length), pass),
+    send: (batch) => {
+      // one write of the pieces, as sendmsg with an iovec each (write copies what it takes)
+      const bytes = new Uint8Array(batch.length)
+      let o = 0
+      for (let i = batch.first; i < batch.count; i++) {
+        const off = batch.offs[i] as number
+        const len = batch.lens[i] as number
+        bytes.set((batch.bufs[i] as Uint8Array).subarray(off, off + len), o)
+        o += len
+      }
+      return end.write(bytes, batch.fd)
+    },
     watch: (readable, writable) => {
       end.watchRead = readable
       end.watchWrite = writable

@@ -8,6 +8,7 @@
 import { Effect, Layer } from "effect"
 import type { Scope } from "effect"
 import { makeChannel } from "../imsg/channel.ts"
+import { MAX_PIECES } from "../imsg/writer.ts"
 import type { ChannelOptions, DriverEvents, SocketDriver } from "../imsg/channel.ts"
 import type { RawSocket } from "../imsg/raw.ts"
 import { readExactly, writeAll } from "../imsg/raw.ts"
@@ -17,9 +18,6 @@ import { Errno, errnoName, fromHostErrno } from "../schema/errno.ts"
 import type { Fd } from "../services/Fd.ts"
 import type { Channel, ImsgChannelService } from "../services/ImsgChannel.ts"
 import { ChannelError, ImsgChannel } from "../services/ImsgChannel.ts"
-
-/** Bytes per sendmsg at most: enough to fill a socket buffer in one call (at least MAX_IMSGSIZE). */
-const WRITE_SIZE = 64 * 1024
 
 /** Host errno (negated, as libc.ts returns it) to OpenBSD errno (negated). */
 const bsd = (r: number): number => (r >= 0 ? r : -fromHostErrno(-r))
@@ -59,35 +57,26 @@ const openChannel = (fd: Fd, options: ChannelOptions = {}): Effect.Effect<Channe
 /**
  * One msghdr pair for every channel: sendmsg and recvmsg are synchronous
  * calls on the one JS thread, and received fds are copied out at once, so
- * channels need not allocate (and free) native memory of their own.
+ * channels need not allocate (and free) native memory of their own. The
+ * sending one has an iovec per piece of a batch (writer.ts).
  */
 let scm: { readonly r: libc.ScmBuffer; readonly w: libc.ScmBuffer } | null = null
-const sharedScm = () => (scm ??= { r: new libc.ScmBuffer(), w: new libc.ScmBuffer() })
-
-/** Uninitialised memory: only bytes the writer staged are ever sent. */
-const allocWriteBuffer = (): Uint8Array => {
-  const b = Buffer.allocUnsafeSlow(WRITE_SIZE)
-  return new Uint8Array(b.buffer, b.byteOffset, b.length)
-}
+const sharedScm = () => (scm ??= { r: new libc.ScmBuffer(), w: new libc.ScmBuffer(MAX_PIECES) })
 
 const nativeDriver = (fd: Fd, poll: UvPoll, events: DriverEvents): SocketDriver => {
   const { r: rbuf, w: wbuf } = sharedScm()
-  // allocated at the first send: opening a channel stays cheap (VM start path)
-  let writeBuffer: Uint8Array | null = null
   const sock = fd.num
   const label = `imsg fd via ${fd.label || `fd ${sock}`}`
   return {
     fd: sock,
-    get writeBuffer() {
-      return (writeBuffer ??= allocWriteBuffer())
-    },
     recv: (into, out) => {
       const n = rbuf.recv(sock, into)
       for (const f of rbuf.fds) out.push(libc.nativeFd(f, label))
       return bsd(n)
     },
-    send: (offset, length, pass) => {
-      const n = wbuf.send(sock, (writeBuffer ??= allocWriteBuffer()).subarray(offset, offset + length), pass === null ? -1 : pass.num)
+    send: (batch) => {
+      const pass = batch.fd
+      const n = wbuf.sendPieces(sock, batch.first, batch.count, batch.bufs, batch.offs, batch.lens, pass === null ? -1 : pass.num)
       // msgbuf_write: the fd went with the first sendmsg that sent anything
       if (n > 0 && pass !== null) pass.closeSync()
       return bsd(n)

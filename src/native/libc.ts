@@ -193,7 +193,8 @@ const CMSG = 72
 /** CMSG_SPACE(sizeof(int)): room for one fd (padding leaves room for a second, as in libutil). */
 const CMSG_SPACE_1 = 24
 const CMSG_LEN_1 = 20
-const SIZE = CMSG + CMSG_SPACE_1
+/** The iovec array of sendPieces (struct iovec: 16 bytes). */
+const IOVS = CMSG + CMSG_SPACE_1
 
 const setPtr = (dv: DataView, off: number, addr: number): void => {
   dv.setUint32(off, addr % 0x100000000, true)
@@ -214,6 +215,8 @@ const addressOf = (bytes: Uint8Array): number => {
  * A native struct msghdr with one iovec and one SCM_RIGHTS slot, reused for
  * every sendmsg/recvmsg: the data itself stays in JS memory and is passed
  * by address, without a copy. Nothing is allocated per call. `free` once.
+ * With `iovecs` > 1, `sendPieces` gathers up to that many pieces in one
+ * sendmsg (msgbuf_write's iovec list).
  */
 export class ScmBuffer {
   /** fds received by the last `recv` (the caller owns them). */
@@ -222,27 +225,25 @@ export class ScmBuffer {
   flags = 0
   readonly #mem: unknown
   readonly #dv: DataView
+  readonly #base: number
+  readonly #iovecs: number
   #freed = false
 
-  constructor() {
-    this.#mem = koffi.alloc("uint8_t", SIZE)
-    const ab = koffi.view(this.#mem, SIZE)
+  constructor(iovecs = 1) {
+    const size = IOVS + 16 * Math.max(1, iovecs)
+    this.#iovecs = Math.max(1, iovecs)
+    this.#mem = koffi.alloc("uint8_t", size)
+    const ab = koffi.view(this.#mem, size)
     this.#dv = new DataView(ab)
     new Uint8Array(ab).fill(0)
-    const base = Number(koffi.address(this.#mem))
-    setPtr(this.#dv, MSGHDR + 16, base + IOV)
+    this.#base = Number(koffi.address(this.#mem))
+    setPtr(this.#dv, MSGHDR + 16, this.#base + IOV)
     this.#dv.setUint32(MSGHDR + 24, 1, true) // msg_iovlen
-    setPtr(this.#dv, MSGHDR + 32, base + CMSG)
+    setPtr(this.#dv, MSGHDR + 32, this.#base + CMSG)
   }
 
-  /**
-   * sendmsg of `data` with `fd` attached unless it is -1. MSG_NOSIGNAL: a
-   * closed peer is EPIPE, not SIGPIPE. Bytes sent or -errno.
-   */
-  send(sock: number, data: Uint8Array, fd: number): number {
+  #setFd(fd: number): void {
     const dv = this.#dv
-    setPtr(dv, IOV, addressOf(data))
-    dv.setUint32(IOV + 8, data.length, true)
     if (fd >= 0) {
       dv.setUint32(MSGHDR + 40, CMSG_SPACE_1, true)
       dv.setUint32(CMSG, CMSG_LEN_1, true)
@@ -255,6 +256,55 @@ export class ScmBuffer {
     } else {
       dv.setUint32(MSGHDR + 40, 0, true)
     }
+  }
+
+  /**
+   * One sendmsg of pieces first..count-1, piece i being bufs[i][offs[i], offs[i] +
+   * lens[i]) (an iovec each, no copy), with `fd` attached unless it is -1.
+   * MSG_NOSIGNAL. Bytes sent or -errno. At most the `iovecs` of the constructor.
+   */
+  sendPieces(
+    sock: number,
+    first: number,
+    count: number,
+    bufs: ReadonlyArray<Uint8Array>,
+    offs: ReadonlyArray<number>,
+    lens: ReadonlyArray<number>,
+    fd: number
+  ): number {
+    if (count - first > this.#iovecs) throw new RangeError(`sendPieces: ${count - first} pieces > ${this.#iovecs} iovecs`)
+    const dv = this.#dv
+    let last: Uint8Array | null = null
+    let addr = 0
+    for (let i = first; i < count; i++) {
+      const b = bufs[i] as Uint8Array
+      if (b !== last) {
+        last = b
+        addr = addressOf(b)
+      }
+      const at = IOVS + 16 * (i - first)
+      setPtr(dv, at, addr + (offs[i] as number))
+      dv.setUint32(at + 8, lens[i] as number, true)
+      dv.setUint32(at + 12, 0, true)
+    }
+    setPtr(dv, MSGHDR + 16, this.#base + IOVS)
+    dv.setUint32(MSGHDR + 24, count - first, true)
+    this.#setFd(fd)
+    const n = sendmsg(sock, this.#mem, MSG_NOSIGNAL)
+    setPtr(dv, MSGHDR + 16, this.#base + IOV)
+    dv.setUint32(MSGHDR + 24, 1, true)
+    return n
+  }
+
+  /**
+   * sendmsg of `data` with `fd` attached unless it is -1. MSG_NOSIGNAL: a
+   * closed peer is EPIPE, not SIGPIPE. Bytes sent or -errno.
+   */
+  send(sock: number, data: Uint8Array, fd: number): number {
+    const dv = this.#dv
+    setPtr(dv, IOV, addressOf(data))
+    dv.setUint32(IOV + 8, data.length, true)
+    this.#setFd(fd)
     return sendmsg(sock, this.#mem, MSG_NOSIGNAL)
   }
 

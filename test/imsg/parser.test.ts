@@ -142,4 +142,64 @@ describe("ImsgParser", () => {
     expect(closed).toEqual([3])
     expect(out).toEqual([])
   })
+
+  it("parsers sharing the receive slab, reading in turns, each get their own messages; payloads handed out never change", () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.array(frameArb(3000), { maxLength: 25 }), { minLength: 2, maxLength: 3 }),
+        fc.array(fc.tuple(fc.nat(2), fc.nat(20_000)), { minLength: 1, maxLength: 80 }),
+        (streams, turns) => {
+          const enc = streams.map((frames) => encodeFrames(frames.map((f) => ({ ...f, marked: false }))).bytes)
+          const parsers = streams.map(() => recording().parser)
+          const outs = streams.map(() => [] as Array<ParsedImsg<number>>)
+          const snapshots = streams.map(() => [] as Array<Array<number>>)
+          const at = streams.map(() => 0)
+          const step = (k: number, n: number) => {
+            const bytes = enc[k] as Uint8Array
+            const a = at[k] as number
+            const b = Math.min(bytes.length, a + Math.max(1, n))
+            const out = outs[k] as Array<ParsedImsg<number>>
+            const before = out.length
+            expect((parsers[k] as ImsgParser<number>).feed(bytes, a, b, [], out)).toEqual({ ok: true })
+            for (const m of out.slice(before)) (snapshots[k] as Array<Array<number>>).push(Array.from(m.data))
+            at[k] = b
+          }
+          // random turns (reads of 1 to 20000 bytes: both sides of the copy limit), then every stream to its end
+          for (const [who, n] of turns) if ((at[who % streams.length] as number) < (enc[who % streams.length] as Uint8Array).length) step(who % streams.length, n)
+          streams.forEach((_, k) => {
+            while ((at[k] as number) < (enc[k] as Uint8Array).length) step(k, 7000)
+          })
+          streams.forEach((frames, k) => {
+            const out = outs[k] as Array<ParsedImsg<number>>
+            expect(out.map(plain)).toEqual(frames.map(plainFrame))
+            // what each message held when it was handed out is what it holds now
+            expect(out.map((m) => Array.from(m.data))).toEqual(snapshots[k])
+            expect((parsers[k] as ImsgParser<number>).midMessage).toBe(false)
+          })
+        }
+      ),
+      { numRuns: 150 }
+    )
+  })
+
+  it("shared slab: a busy read of another parser between two reads of an unfinished message changes neither", () => {
+    const stream = (t: number) =>
+      encodeFrames(
+        Array.from({ length: 6 }, (_, i) => ({ type: t, peerid: i, pid: 0, data: new Uint8Array(3000).fill(t * 10 + i), marked: false }))
+      ).bytes
+    const a = stream(1)
+    const b = stream(2)
+    const pa = recording().parser
+    const pb = recording().parser
+    const oa: Array<ParsedImsg<number>> = []
+    const ob: Array<ParsedImsg<number>> = []
+    // 10000 bytes: three messages and part of the fourth, each time (a busy read, views of the slab)
+    expect(pa.feed(a, 0, 10000, [], oa)).toEqual({ ok: true })
+    expect(pb.feed(b, 0, 10000, [], ob)).toEqual({ ok: true })
+    expect(pa.feed(a, 10000, a.length, [], oa)).toEqual({ ok: true })
+    expect(pb.feed(b, 10000, b.length, [], ob)).toEqual({ ok: true })
+    const summary = (out: Array<ParsedImsg<number>>) => out.map((m) => [m.type, m.peerid, m.data.length, m.data.every((x) => x === m.type * 10 + m.peerid)])
+    expect(summary(oa)).toEqual([0, 1, 2, 3, 4, 5].map((i) => [1, i, 3000, true]))
+    expect(summary(ob)).toEqual([0, 1, 2, 3, 4, 5].map((i) => [2, i, 3000, true]))
+  })
 })

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import fc from "fast-check"
-import type { QueuedImsg } from "../../src/imsg/writer.ts"
-import { ImsgWriter } from "../../src/imsg/writer.ts"
+import type { Batch, QueuedImsg } from "../../src/imsg/writer.ts"
+import { ImsgWriter, MAX_BATCH, MAX_PIECES, OWN_IOVEC } from "../../src/imsg/writer.ts"
 import { MAX_IMSGSIZE } from "../../src/schema/imsgHeader.ts"
 import { encodeFrames, hex } from "./frames.ts"
 
@@ -11,9 +11,26 @@ const msgArb: fc.Arbitrary<QueuedImsg<number>> = fc.record({
   type: fc.nat(0xffffffff),
   peerid: fc.nat(0xffffffff),
   pid: fc.oneof(fc.constant(0), fc.nat(0xffffffff)),
-  data: fc.uint8Array({ maxLength: 3000 }),
+  // both sides of OWN_IOVEC: copied into the staging area, or an iovec of their own
+  data: fc.oneof(fc.uint8Array({ maxLength: 300 }), fc.uint8Array({ minLength: OWN_IOVEC - 20, maxLength: 6000 })),
   fd: fc.option(fc.constant(0), { nil: null })
 })
+
+/** The bytes one sendmsg of the batch would send (its pieces in order). */
+const flat = <F>(b: Batch<F>): Uint8Array => {
+  const out = new Uint8Array(b.length)
+  let o = 0
+  for (let i = b.first; i < b.count; i++) {
+    const off = b.offs[i] as number
+    const len = b.lens[i] as number
+    out.set((b.bufs[i] as Uint8Array).subarray(off, off + len), o)
+    o += len
+  }
+  expect(o).toBe(b.length)
+  return out
+}
+
+const shape = <F>(b: Batch<F> | null) => (b === null ? null : { length: b.length, fd: b.fd })
 
 describe("ImsgWriter (msgbuf_write gathering)", () => {
   it("reproduces the two sendmsgs of the hex dump in imsg.md §2", () => {
@@ -22,21 +39,31 @@ describe("ImsgWriter (msgbuf_write gathering)", () => {
     w.push({ type: 5, peerid: 0xffffffff, pid: 1, fd: 9, data: hex("01 02 03 04") })
     w.push({ type: 6, peerid: 0, pid: 1 })
     const b1 = w.gather()
-    expect(b1).toEqual({ offset: 0, length: 19, fd: null })
+    expect(shape(b1)).toEqual({ length: 19, fd: null })
+    expect(flat(b1!)).toEqual(hex(`34 12 00 00 13 00 00 00 07 00 00 00 96 2b 00 00 61 62 63`))
     w.written(19)
     const b2 = w.gather()
-    expect(b2).toEqual({ offset: 0, length: 36, fd: 9 })
+    expect(shape(b2)).toEqual({ length: 36, fd: 9 })
+    expect(flat(b2!)).toEqual(
+      hex("05 00 00 00 14 00 00 80 ff ff ff ff 01 00 00 00 01 02 03 04 06 00 00 00 10 00 00 00 00 00 00 00 01 00 00 00")
+    )
     w.written(36)
     expect(w.length).toBe(0)
     expect(w.gather()).toBeNull()
   })
 
-  it("any sequence of partial writes sends the queue's bytes in order; each fd rides once, at its message's first byte, first in its batch", () => {
+  it("any sequence of partial writes sends the queue's bytes in order; each fd rides once, at its message's first byte, first in its batch; another writer on the same staging area in between changes nothing", () => {
     fc.assert(
-      fc.property(fc.array(msgArb, { maxLength: 40 }), fc.array(fc.nat(70_000), { minLength: 1, maxLength: 50 }), (input, accepts) => {
+      fc.property(
+        fc.array(msgArb, { maxLength: 40 }),
+        fc.array(fc.nat(70_000), { minLength: 1, maxLength: 50 }),
+        fc.array(fc.boolean(), { minLength: 1, maxLength: 20 }),
+        (input, accepts, interleave) => {
       const msgs = input.map((m, i) => (m.fd === null ? m : { ...m, fd: 100 + i }))
       const staging = new Uint8Array(MAX_IMSGSIZE * 2)
       const w = new ImsgWriter<number>(staging, { pid: PID })
+      // another channel's writer on the same staging area
+      const other = new ImsgWriter<number>(staging, { pid: PID })
       msgs.forEach((m) => w.push(m))
       const { bytes: expected, starts } = encodeFrames(
         msgs.map((m) => ({
@@ -47,14 +74,16 @@ describe("ImsgWriter (msgbuf_write gathering)", () => {
           marked: m.fd != null
         }))
       )
-      const sent: Array<number> = []
+      const sent = new Uint8Array(expected.length)
+      let pos = 0
       const fdsAt = new Map<number, number>()
       let k = 0
       let again = false
       for (let b = w.gather(); b !== null; b = w.gather()) {
         expect(b.length).toBeGreaterThan(0)
-        expect(b.offset + b.length).toBeLessThanOrEqual(staging.length)
-        const pos = sent.length
+        expect(b.count).toBeLessThanOrEqual(MAX_PIECES)
+        expect(b.length).toBeLessThanOrEqual(MAX_BATCH)
+        const bytes = flat(b)
         // a message carrying an fd never starts inside a batch, only at its first byte
         for (let i = 0; i < msgs.length; i++) {
           const s = starts[i] as number
@@ -68,11 +97,22 @@ describe("ImsgWriter (msgbuf_write gathering)", () => {
           expect(fdsAt.has(b.fd)).toBe(false)
           fdsAt.set(b.fd, pos)
         }
-        sent.push(...staging.subarray(b.offset, b.offset + n))
+        expect(pos + n).toBeLessThanOrEqual(sent.length)
+        sent.set(bytes.subarray(0, n), pos)
+        pos += n
         w.written(n)
+        if (interleave[k % interleave.length]) {
+          // another channel's batch uses the staging area before this writer's next one
+          other.push({ type: 9, peerid: 9, pid: 9, data: new Uint8Array(3000).fill(0xee) })
+          other.push({ type: 9, peerid: 9, pid: 9, data: new Uint8Array(30).fill(0xee) })
+          expect(other.gather()).not.toBeNull()
+          other.clear(() => {})
+        }
       }
       expect(w.length).toBe(0)
-      expect(Uint8Array.from(sent)).toEqual(expected)
+      expect(pos).toBe(expected.length)
+      const differ = sent.findIndex((x, i) => x !== expected[i])
+      expect(differ).toBe(-1)
       const expectedFds = new Map<number, number>()
       msgs.forEach((m, i) => {
         if (m.fd != null) expectedFds.set(m.fd, starts[i] as number)
@@ -88,18 +128,22 @@ describe("ImsgWriter (msgbuf_write gathering)", () => {
     w.push({ type: 2, peerid: 0, pid: 1 })
     w.push({ type: 3, peerid: 0, pid: 1 })
     w.push({ type: 4, peerid: 0, pid: 1, fd: 4 })
-    expect(w.gather()).toEqual({ offset: 0, length: 48, fd: 3 })
+    expect(shape(w.gather())).toEqual({ length: 48, fd: 3 })
     w.written(48)
-    expect(w.gather()).toEqual({ offset: 0, length: 16, fd: 4 })
+    expect(shape(w.gather())).toEqual({ length: 16, fd: 4 })
   })
 
   it("after a partial write the rest goes without the fd; clear closes only unsent fds", () => {
     const w = new ImsgWriter<number>(new Uint8Array(65536), { pid: PID })
-    w.push({ type: 1, peerid: 0, pid: 1, fd: 3, data: new Uint8Array(100) })
+    w.push({ type: 1, peerid: 0, pid: 1, fd: 3, data: new Uint8Array(100).fill(7) })
     w.push({ type: 2, peerid: 0, pid: 1, fd: 4 })
-    expect(w.gather()).toEqual({ offset: 0, length: 116, fd: 3 })
+    const first = w.gather()
+    expect(shape(first)).toEqual({ length: 116, fd: 3 })
+    const whole = flat(first!)
     w.written(50)
-    expect(w.gather()).toEqual({ offset: 50, length: 66, fd: null })
+    const rest = w.gather()
+    expect(shape(rest)).toEqual({ length: 66, fd: null })
+    expect(flat(rest!)).toEqual(whole.subarray(50))
     expect(w.length).toBe(2)
     const closed: Array<number> = []
     w.clear((fd) => closed.push(fd))
@@ -112,7 +156,23 @@ describe("ImsgWriter (msgbuf_write gathering)", () => {
     const w = new ImsgWriter<number>(staging, { pid: 0x04030201, format: "legacy" })
     w.push({ type: 44, peerid: 0, pid: 0, fd: 5, data: new Uint8Array(4) })
     const b = w.gather()
-    expect(b).toEqual({ offset: 0, length: 20, fd: 5 })
-    expect(staging.subarray(0, 20)).toEqual(hex("2c 00 00 00 14 00 01 00 00 00 00 00 01 02 03 04 00 00 00 00"))
+    expect(shape(b)).toEqual({ length: 20, fd: 5 })
+    expect(flat(b!)).toEqual(hex("2c 00 00 00 14 00 01 00 00 00 00 00 01 02 03 04 00 00 00 00"))
+  })
+
+  it("a large payload goes as its own piece (no copy), a small one is copied beside its header; a batch stops at MAX_BATCH", () => {
+    const w = new ImsgWriter<number>(new Uint8Array(MAX_BATCH), { pid: PID })
+    const big = new Uint8Array(16000).fill(1)
+    w.push({ type: 1, peerid: 0, pid: 1, data: new Uint8Array(10).fill(2) })
+    w.push({ type: 2, peerid: 0, pid: 1, data: big })
+    w.push({ type: 3, peerid: 0, pid: 1, data: new Uint8Array(10).fill(3) })
+    const b = w.gather()!
+    expect(b.count).toBe(3) // [hdr1 + 10 bytes + hdr2], big, [hdr3 + 10 bytes]
+    expect(b.bufs[1]).toBe(big)
+    expect(b.lens).toEqual([26 + 16, 16000, 26].slice(0, b.count))
+    w.written(b.length)
+    for (let i = 0; i < 40; i++) w.push({ type: 4, peerid: 0, pid: 1, data: big })
+    const c = w.gather()!
+    expect(c.length).toBe(Math.floor(MAX_BATCH / 16016) * 16016)
   })
 })
