@@ -39,10 +39,23 @@
  * Children: setsid(), signals default and unblocked, PR_SET_PDEATHSIG
  * SIGKILL on Linux (the spawner killed by SIGKILL still takes its children
  * with it), stdio, fds, execve. Reaping: SIGCHLD is blocked except inside
- * ppoll, whose return runs the waitpid(-1, WNOHANG) loop. EOF on the
- * socket, SHUTDOWN, or SIGTERM/SIGINT/SIGHUP: SIGKILL every child, reap
- * them all (sending EXITs while the peer listens), exit 0. So when the
- * vmm process dies, no VM is orphaned.
+ * ppoll, whose return runs the waitpid(-1, WNOHANG) loop.
+ *
+ * Replies never block: every reply goes into one in-memory FIFO (growing
+ * as needed) and is sent with MSG_DONTWAIT as far as the socket takes it;
+ * while anything is left, ppoll waits for POLLOUT as well as for requests
+ * and SIGCHLD. So a vmm slow to read never keeps a dead child a zombie:
+ * it is reaped at once and its EXIT waits in the queue. One FIFO for all
+ * replies keeps their order: SPAWNED before its child's EXIT, and an EXIT
+ * before any later reply (a KILL for a reaped pid is ESRCH and its KILLED
+ * comes after the EXIT). Above HIGH_WATER unsent replies, requests are left
+ * unread until the vmm catches up (backpressure; EXITs are bounded by the
+ * children anyway).
+ *
+ * EOF on the socket, SHUTDOWN, a failed send (EPIPE), or SIGTERM/SIGINT/
+ * SIGHUP: SIGKILL every child, reap them all, send what is queued while
+ * the peer listens, exit 0. So when the vmm process dies, no VM is
+ * orphaned.
  *
  * Build: cc -O2 -o build/spawner c/spawner.c (scripts/build-spawner.mjs).
  * -DSPAWNER_FORK uses fork and the pipe instead of vfork.
@@ -119,14 +132,92 @@ on_signal(int sig)
 		got_term = 1;
 }
 
+/*
+ * The output queue: every reply (HELLO, SPAWNED, KILLED, EXIT) in the order
+ * made, sent with MSG_DONTWAIT as far as the socket takes them. One FIFO for
+ * all, so an EXIT for a pid always reaches the vmm before any later reply
+ * (a KILLED for that pid is ESRCH, made after the EXIT was queued).
+ */
+static int32_t (*outq)[4];
+static size_t qhead, qtail, qcap;
+static int peer_gone;			/* a send failed for good: the vmm is gone */
+static int send_stalled;		/* last send failed with neither EAGAIN nor success */
+
+#define QLEN()		(qtail - qhead)
+/* Above this many unsent replies, no more requests are read (backpressure). */
+#define HIGH_WATER	4096
+
+static void
+flush(void)
+{
+	ssize_t n;
+
+	send_stalled = 0;
+	while (qhead < qtail && !peer_gone) {
+		n = send(SOCK_FD, outq[qhead], sizeof(outq[qhead]), MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n == (ssize_t)sizeof(outq[qhead])) {
+			qhead++;
+			continue;
+		}
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			break;
+		if (n == -1 && (errno == ENOBUFS || errno == ENOMEM)) {
+			send_stalled = 1;	/* retried after a short wait */
+			break;
+		}
+		/* EPIPE, ECONNRESET, ...: nobody will read them. */
+		peer_gone = 1;
+		qhead = qtail;
+	}
+	if (qhead == qtail)
+		qhead = qtail = 0;
+}
+
+/* Room for one more reply at outq[qtail]; 0, or -1 if the vmm is gone. */
+static int
+make_room(void)
+{
+	struct pollfd w = { SOCK_FD, POLLOUT, 0 };
+	int32_t (*q)[4];
+	size_t cap;
+
+	while (qtail == qcap && !peer_gone) {
+		if (qhead > 0) {
+			/* Slide the unsent ones to the front. */
+			memmove(outq, outq + qhead, QLEN() * sizeof(outq[0]));
+			qtail -= qhead;
+			qhead = 0;
+			break;
+		}
+		cap = qcap ? qcap * 2 : 256;
+		q = realloc(outq, cap * sizeof(outq[0]));
+		if (q != NULL) {
+			outq = q;
+			qcap = cap;
+			break;
+		}
+		/* Out of memory: wait for the socket to take some. */
+		poll(&w, 1, 10);
+		flush();
+	}
+	return peer_gone ? -1 : 0;
+}
+
 static void
 reply(uint32_t type, uint32_t a, int32_t b, int32_t c)
 {
-	int32_t m[4] = { (int32_t)type, (int32_t)a, b, c };
-
-	/* Blocking socket, signals blocked: a short send cannot happen on SEQPACKET. */
-	while (send(SOCK_FD, m, sizeof(m), MSG_NOSIGNAL) == -1 && errno == EINTR)
-		;
+	if (make_room() == -1)
+		return;
+	outq[qtail][0] = (int32_t)type;
+	outq[qtail][1] = (int32_t)a;
+	outq[qtail][2] = b;
+	outq[qtail][3] = c;
+	qtail++;
+	/* With others still waiting the socket was full: the main loop sends on POLLOUT. */
+	if (QLEN() == 1)
+		flush();
 }
 
 /* Room for one more child, made before forking so that a started child always fits. */
@@ -186,15 +277,34 @@ reap(void)
 	}
 }
 
+/*
+ * The end (EOF, SHUTDOWN, SIGTERM/SIGINT/SIGHUP, the vmm gone): SIGKILL every
+ * child; the main loop then reaps them, sends what is queued while the peer
+ * listens, and exits once both are done.
+ */
+static int closing;
+
 static void
-shutdown_all(void)
+begin_shutdown(void)
+{
+	size_t i;
+
+	if (closing)
+		return;
+	closing = 1;
+	for (i = 0; i < nkids; i++)
+		kill(kids[i], SIGKILL);
+}
+
+/* ppoll itself failing (not EINTR): kill, reap blocking, exit; the queue is dropped. */
+static void
+hard_exit(void)
 {
 	pid_t pid;
 	int status;
-	size_t i;
 
-	for (i = 0; i < nkids; i++)
-		kill(kids[i], SIGKILL);
+	closing = 0;
+	begin_shutdown();
 	for (;;) {
 		pid = waitpid(-1, &status, 0);
 		if (pid > 0)
@@ -532,6 +642,7 @@ main(void)
 {
 	struct sigaction sa;
 	struct pollfd pfd;
+	struct timespec stall = { 0, 10 * 1000 * 1000 };
 	sigset_t waitmask;
 	int fl, i;
 
@@ -572,26 +683,39 @@ main(void)
 
 	reply(T_HELLO, VERSION, self_pid, MAX_FDS);
 
-	pfd.fd = SOCK_FD;
-	pfd.events = POLLIN;
 	for (;;) {
 		if (got_chld) {
 			got_chld = 0;
 			reap();
 		}
-		if (got_term)
-			shutdown_all();
-		if (ppoll(&pfd, 1, NULL, &waitmask) == -1) {
+		if (got_term || peer_gone)
+			begin_shutdown();
+		if (closing && nkids == 0 && QLEN() == 0)
+			_exit(0);
+		pfd.fd = SOCK_FD;
+		pfd.events = 0;
+		pfd.revents = 0;
+		if (!closing && QLEN() < HIGH_WATER)
+			pfd.events |= POLLIN;
+		if (QLEN() > 0)
+			pfd.events |= POLLOUT;
+		if (pfd.events == 0)
+			pfd.fd = -1;	/* closing with nothing to send: wait for SIGCHLD only */
+		if (ppoll(&pfd, 1, send_stalled ? &stall : NULL, &waitmask) == -1) {
 			if (errno == EINTR)
 				continue;
-			shutdown_all();
+			hard_exit();
 		}
-		if (pfd.revents & (POLLIN | POLLHUP | POLLERR | POLLNVAL)) {
+		if (QLEN() > 0 && (pfd.revents & (POLLOUT | POLLHUP | POLLERR | POLLNVAL) || send_stalled))
+			flush();
+		if (!closing && (pfd.revents & (POLLIN | POLLHUP | POLLERR | POLLNVAL))) {
 			/* A few requests per wake-up, then reap again. */
 			for (i = 0; i < 32; i++) {
 				int r = handle_one();
-				if (r < 0)
-					shutdown_all();
+				if (r < 0) {
+					begin_shutdown();
+					break;
+				}
 				if (r == 0)
 					break;
 			}

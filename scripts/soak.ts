@@ -42,7 +42,7 @@ const main = async (): Promise<number> => {
     say(formatSoak(report))
     if (report.failures.length > 1) say(`failures:\n  ${report.failures.join("\n  ")}`)
     if (report.zombies.long.length > 0)
-      say(`zombies over 100 ms (life ms @ first seen ms, parent): ${report.zombies.long.slice(0, 20).map((z) => `${z.life.toFixed(0)}@${z.since.toFixed(0)} ${z.kind}`).join(", ")}`)
+      say(`zombies over 100 ms (life ms @ first seen ms, parent, samples with the reaper asleep): ${report.zombies.long.slice(0, 20).map((z) => `${z.life.toFixed(0)}@${z.since.toFixed(0)} ${z.kind}${z.asleep > 0 ? ` reaper asleep ×${z.asleep} in ${z.wchan}` : ""}`).join(", ")}`)
     return report.goals.every((g) => g.pass) ? 0 : 1
   } finally {
     rmSync(programs.dir, { recursive: true, force: true })

@@ -14,9 +14,16 @@
  *
  * Output, one line each:
  *   s <ms> <fds> <children> <zombies> <rss_kb>     every report_ms
- *   z <pid> <ms> <since> child|grandchild
+ *   z <pid> <ms> <since> child|grandchild <asleep> <wchan>
  *                       a zombie reaped; <ms> is an upper bound of its life,
- *                       <since> when it was first seen
+ *                       <since> when it was first seen, <asleep> in how
+ *                       many samples that showed it its parent (the reaper)
+ *                       was asleep (S or D) rather than running or waiting
+ *                       for a CPU (R): a reaper asleep beside its zombie is
+ *                       blocked somewhere other than its reaping wait (a
+ *                       child's death wakes a reaper in its wait at once),
+ *                       while a runnable one is only waiting for a CPU;
+ *                       <wchan> where it last slept (/proc/PID/wchan), or -
  *   end <samples> <max_zombie_ms> <zombies> <max_fds> <max_children>
  *                       when PID is gone, or on SIGTERM / SIGINT
  */
@@ -39,6 +46,25 @@ static char astate[MAXP];
 static volatile sig_atomic_t stop;
 static long zpid[MAXZ], zppid[MAXZ];
 static double zsince[MAXZ];
+static int zasleep[MAXZ];
+static char zwchan[MAXZ][48];		/* where the reaper last slept beside it */
+
+/* /proc/PID/wchan (the kernel function a sleeping task waits in) into buf */
+static void
+wchan_of(long pid, char *buf, size_t len)
+{
+	char path[64];
+	ssize_t n;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%ld/wchan", pid);
+	buf[0] = '\0';
+	if ((fd = open(path, O_RDONLY)) < 0)
+		return;
+	n = read(fd, buf, len - 1);
+	close(fd);
+	buf[n > 0 ? n : 0] = '\0';
+}
 static int nz;
 
 static void
@@ -199,11 +225,23 @@ main(int argc, char **argv)
 			double life = t - zsince[i] + interval;
 			if (life > max_z)
 				max_z = life;
-			printf("z %ld %.1f %.1f %s\n", zpid[i], life, zsince[i], zppid[i] == pid ? "child" : "grandchild");
+			printf("z %ld %.1f %.1f %s %d %s\n", zpid[i], life, zsince[i], zppid[i] == pid ? "child" : "grandchild", zasleep[i],
+			    zwchan[i][0] != '\0' ? zwchan[i] : "-");
 			zpid[i] = zpid[nz - 1];
 			zppid[i] = zppid[nz - 1];
 			zsince[i] = zsince[nz - 1];
+			zasleep[i] = zasleep[nz - 1];
+			memcpy(zwchan[i], zwchan[nz - 1], sizeof(zwchan[i]));
 			nz--;
+		}
+		/* the reaper's state beside each zombie still here */
+		for (i = 0; i < nz; i++) {
+			for (j = 0; j < nall && apid[j] != zppid[i]; j++)
+				;
+			if (j < nall && (astate[j] == 'S' || astate[j] == 'D')) {
+				zasleep[i]++;
+				wchan_of(zppid[i], zwchan[i], sizeof(zwchan[i]));
+			}
 		}
 		/* new zombies */
 		for (j = 0; j < nseen; j++) {
@@ -212,7 +250,14 @@ main(int argc, char **argv)
 			if (i == nz && nz < MAXZ) {
 				zpid[nz] = seen[j];
 				zppid[nz] = seenppid[j];
-				zsince[nz++] = t;
+				zsince[nz] = t;
+				for (i = 0; i < nall && apid[i] != seenppid[j]; i++)
+					;
+				zasleep[nz] = i < nall && (astate[i] == 'S' || astate[i] == 'D');
+				zwchan[nz][0] = '\0';
+				if (zasleep[nz])
+					wchan_of(seenppid[j], zwchan[nz], sizeof(zwchan[nz]));
+				nz++;
 				zombies_seen++;
 			}
 		}
@@ -232,7 +277,7 @@ main(int argc, char **argv)
 		double life = t - zsince[i];
 		if (life > max_z)
 			max_z = life;
-		printf("z %ld %.1f %.1f open\n", zpid[i], life, zsince[i]);
+		printf("z %ld %.1f %.1f open %d %s\n", zpid[i], life, zsince[i], zasleep[i], zwchan[i][0] != '\0' ? zwchan[i] : "-");
 	}
 	printf("end %lu %.1f %lu %d %d\n", samples, max_z, zombies_seen, max_fds, max_children);
 	return 0;

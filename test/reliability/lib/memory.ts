@@ -13,6 +13,10 @@
  * registered and running, each VM that sent something hostile is gone.
  * At the end the parent closes fd 3: the vmm exits 0, every VM has ended,
  * and no fd is left open or closed twice.
+ *
+ * With a `guide` (guided.ts), messages come from the guide when it has one
+ * (a mutated window of a corpus entry) and it is told what was sent and
+ * when each round ends (it takes coverage then).
  */
 import { Effect, Queue } from "effect"
 import type { Scope } from "effect"
@@ -21,7 +25,7 @@ import { Fd } from "../../../src/services/Fd.ts"
 import type { Harness } from "../../vmm/harness.ts"
 import { makeHarness } from "../../vmm/harness.ts"
 import { createParams, vmopId } from "../../vmm/wire.ts"
-import { parentMessage, parentStartSequence, rawGarbage, vmMessage, type FuzzImsg, type ParentGenOptions } from "./gen.ts"
+import { parentMessage, parentStartSequence, rawGarbage, vmMessage, type FuzzImsg, type ParentGenOptions, type VmFuzzImsg } from "./gen.ts"
 import { FuzzFailure } from "./pure.ts"
 import type { Rng } from "./rng.ts"
 
@@ -55,7 +59,20 @@ export interface InProcessOptions {
   /** Messages between checks. */
   readonly batch?: number
   readonly innocents?: number
+  /** Coverage guidance (guided.ts): where messages come from, told what was sent and when a round ends. */
+  readonly guide?: DispatchGuide
 }
+
+/** A message source for the in-process fuzzer; null means "draw a fresh one". */
+export interface DispatchGuide {
+  parent(rng: Rng, gen: ParentGenOptions): ReadonlyArray<FuzzImsg> | null
+  vm(rng: Rng): VmFuzzImsg | null
+  sent(item: GuideItem): void
+  /** After each round's checks, with nothing in flight. */
+  roundEnd(): void
+}
+
+export type GuideItem = { readonly side: "parent"; readonly msgs: ReadonlyArray<FuzzImsg> } | { readonly side: "vm"; readonly msg: VmFuzzImsg }
 
 const INNOCENT_BASE = 1
 /** Far above the ids vm_register hands out for id 0 (1, 2, 3, ...), so that they never collide. */
@@ -219,7 +236,8 @@ export const fuzzInProcess = (
       while (n < batch && (parentLeft > 0 || vmLeft > 0)) {
         const parentTurn = vmLeft <= 0 || (parentLeft > 0 && rng.chance(parentLeft / (parentLeft + vmLeft)))
         if (parentTurn) {
-          const msgs = rng.chance(0.05) ? parentStartSequence(rng, gen) : [parentMessage(rng, gen)]
+          const msgs = o.guide?.parent(rng, gen) ?? (rng.chance(0.05) ? parentStartSequence(rng, gen) : [parentMessage(rng, gen)])
+          o.guide?.sent({ side: "parent", msgs })
           for (const m of msgs) yield* sendParent(h, m)
           stats.parentMessages += msgs.length
           parentLeft -= msgs.length
@@ -246,7 +264,8 @@ export const fuzzInProcess = (
           v.why = `raw ${g.kind} ${Buffer.from(g.bytes.subarray(0, 16)).toString("hex")}`
           continue
         }
-        const m = vmMessage(rng, 0.015)
+        const m = o.guide?.vm(rng) ?? vmMessage(rng, 0.015)
+        o.guide?.sent({ side: "vm", msg: m })
         yield* h.vmCommand(v.pid, { _tag: "Send", type: m.type, peerid: m.peerid, data: m.data, withFd: m.withFd })
         if (m.hostile) {
           v.hostile = true
@@ -254,6 +273,7 @@ export const fuzzInProcess = (
         }
       }
       yield* checkRound
+      o.guide?.roundEnd()
     }
 
     const code = yield* h.closeParent

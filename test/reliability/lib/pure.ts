@@ -34,7 +34,7 @@ export interface PureStats {
   crashes: number
 }
 
-const CODECS: ReadonlyArray<readonly [string, Codec<unknown>]> = [
+export const CODECS: ReadonlyArray<readonly [string, Codec<unknown>]> = [
   ["vmop_result", S.VmopResultCodec],
   ["vmop_id", S.VmopIdCodec],
   ["vmop_info_result", S.VmopInfoResultCodec],
@@ -69,7 +69,7 @@ const isSchemaError = (e: unknown): e is SchemaError =>
   typeof e === "object" && e !== null && (e as { _tag?: unknown })._tag === "SchemaError"
 
 /** Run `f`; a throw is a crash of the target. */
-const guard = <A>(target: string, input: Uint8Array, f: () => A): A => {
+export const guard = <A>(target: string, input: Uint8Array, f: () => A): A => {
   try {
     return f()
   } catch (e) {
@@ -77,7 +77,7 @@ const guard = <A>(target: string, input: Uint8Array, f: () => A): A => {
   }
 }
 
-const inputFor = (rng: Rng, sizeof: number): Uint8Array => {
+export const inputFor = (rng: Rng, sizeof: number): Uint8Array => {
   switch (rng.int(6)) {
     case 0:
       return rng.bytes(sizeof)
@@ -123,45 +123,65 @@ const intReaders: ReadonlyArray<readonly [string, (b: Uint8Array) => Either.Eith
   ["imsgUintRead", S.imsgUintRead]
 ]
 
+/** Which decoder a case goes to: 0..CODECS.length-1 a struct codec, then the two int readers, the INFO array, the header. */
+export const DECODER_TARGETS = CODECS.length + 4
+
+/** One decoder case: target `k`, its bytes, and (INFO array only) the vip_size it claims. */
+export interface DecoderCase {
+  readonly k: number
+  readonly input: Uint8Array
+  readonly size: bigint
+}
+
+/** A random case, as the random fuzzer draws them. */
+export const randomDecoderCase = (rng: Rng): DecoderCase => {
+  const k = rng.int(DECODER_TARGETS)
+  if (k < CODECS.length) return { k, input: inputFor(rng, (CODECS[k] as readonly [string, Codec<unknown>])[1].sizeof), size: 0n }
+  if (k < CODECS.length + 2) return { k, input: rng.bytes(rng.chance(0.6) ? 4 : rng.int(9)), size: 0n }
+  if (k === CODECS.length + 2) {
+    const input = rng.bytes(rng.int(4) * 160 + rng.pick([0, 0, 1, 159]))
+    return { k, input, size: rng.chance(0.7) ? BigInt(input.length) : BigInt(rng.u32()) * BigInt(rng.int(3)) }
+  }
+  return { k, input: rng.bytes(16), size: 0n }
+}
+
+/** Run one case and check its contract (throws FuzzFailure). */
+export const runDecoderCase = (c: DecoderCase, stats: PureStats): void => {
+  const { k, input } = c
+  stats.messages++
+  if (k < CODECS.length) {
+    const [name, codec] = CODECS[k] as readonly [string, Codec<unknown>]
+    if (checkDecoder(name, codec, input)) stats.decodeErrors++
+    // the count checks on what a VM or parent may send
+    if (name === "vmop_create_params" && input.length === codec.sizeof) {
+      const p = Either.getOrThrow(S.decodeVmopCreateParams(input))
+      const r = guard("checkVmopCreateParams", input, () => S.checkVmopCreateParams(p))
+      if (Either.isLeft(r)) stats.decodeErrors++
+    } else if (name === "vmd_vm" && input.length === codec.sizeof) {
+      const vm = Either.getOrThrow(S.decodeVmdVm(input))
+      const r = guard("checkVmdVm", input, () => S.checkVmdVm(vm))
+      if (Either.isLeft(r)) stats.decodeErrors++
+    }
+  } else if (k < CODECS.length + 2) {
+    const [name, read] = intReaders[k - CODECS.length] as (typeof intReaders)[number]
+    const r = guard(name, input, () => read(input))
+    if (Either.isLeft(r) !== (input.length !== 4)) throw new FuzzFailure(name, "wrong size accepted or right size refused", input)
+    if (Either.isLeft(r)) stats.decodeErrors++
+  } else if (k === CODECS.length + 2) {
+    const r = guard("decodeVmInfoResults", input, () => S.decodeVmInfoResults(input, c.size))
+    if (Either.isLeft(r)) stats.decodeErrors++
+    else if (BigInt(r.right.length * 160) !== c.size) throw new FuzzFailure("decodeVmInfoResults", `${r.right.length} entries for vip_size ${c.size}`, input)
+  } else {
+    const h = guard("decodeHeader", input, () => decodeHeader(input))
+    const back = guard("encodeHeader", input, () => encodeHeader(h))
+    // the header is the four words, with len's mark bit carried by hasFd
+    if (input.length === 16 && !Buffer.from(back).equals(Buffer.from(input))) throw new FuzzFailure("decodeHeader", "encode(decode(h)) != h", input)
+  }
+}
+
 /** `n` inputs spread over every decoder (and the count checks and array decoders). */
 export const fuzzDecoders = (rng: Rng, n: number, stats: PureStats): void => {
-  for (let i = 0; i < n; i++) {
-    stats.messages++
-    const k = rng.int(CODECS.length + 4)
-    if (k < CODECS.length) {
-      const [name, codec] = CODECS[k] as readonly [string, Codec<unknown>]
-      const input = inputFor(rng, codec.sizeof)
-      if (checkDecoder(name, codec, input)) stats.decodeErrors++
-      // the count checks on what a VM or parent may send
-      if (name === "vmop_create_params" && input.length === codec.sizeof) {
-        const p = Either.getOrThrow(S.decodeVmopCreateParams(input))
-        const c = guard("checkVmopCreateParams", input, () => S.checkVmopCreateParams(p))
-        if (Either.isLeft(c)) stats.decodeErrors++
-      } else if (name === "vmd_vm" && input.length === codec.sizeof) {
-        const vm = Either.getOrThrow(S.decodeVmdVm(input))
-        const c = guard("checkVmdVm", input, () => S.checkVmdVm(vm))
-        if (Either.isLeft(c)) stats.decodeErrors++
-      }
-    } else if (k < CODECS.length + 2) {
-      const [name, read] = intReaders[k - CODECS.length] as (typeof intReaders)[number]
-      const input = rng.bytes(rng.chance(0.6) ? 4 : rng.int(9))
-      const r = guard(name, input, () => read(input))
-      if (Either.isLeft(r) !== (input.length !== 4)) throw new FuzzFailure(name, "wrong size accepted or right size refused", input)
-      if (Either.isLeft(r)) stats.decodeErrors++
-    } else if (k === CODECS.length + 2) {
-      const input = rng.bytes(rng.int(4) * 160 + rng.pick([0, 0, 1, 159]))
-      const size = rng.chance(0.7) ? BigInt(input.length) : BigInt(rng.u32()) * BigInt(rng.int(3))
-      const r = guard("decodeVmInfoResults", input, () => S.decodeVmInfoResults(input, size))
-      if (Either.isLeft(r)) stats.decodeErrors++
-      else if (BigInt(r.right.length * 160) !== size) throw new FuzzFailure("decodeVmInfoResults", `${r.right.length} entries for vip_size ${size}`, input)
-    } else {
-      const input = rng.bytes(16)
-      const h = guard("decodeHeader", input, () => decodeHeader(input))
-      const back = encodeHeader(h)
-      // the header is the four words, with len's mark bit carried by hasFd
-      if (!Buffer.from(back).equals(Buffer.from(input))) throw new FuzzFailure("decodeHeader", "encode(decode(h)) != h", input)
-    }
-  }
+  for (let i = 0; i < n; i++) runDecoderCase(randomDecoderCase(rng), stats)
 }
 
 // ---------------------------------------------------------------------------

@@ -67,7 +67,16 @@ export interface SoakReport {
   readonly sampleMs: number
   readonly fds: { readonly baseline: number; readonly max: number; readonly end: number }
   readonly children: { readonly baseline: number; readonly max: number; readonly end: number }
-  readonly zombies: { readonly seen: number; readonly maxLifeMs: number; readonly over100ms: number; readonly long: ReadonlyArray<Zombie> }
+  readonly zombies: {
+    readonly seen: number
+    readonly maxLifeMs: number
+    readonly over100ms: number
+    readonly long: ReadonlyArray<Zombie>
+    /** Zombies whose reaper was seen asleep beside them in 2+ samples: blocked, not reaping (the C spawner blocked in a send did that). */
+    readonly reaperBlocked: number
+    /** Where those reapers slept. */
+    readonly reaperWchans: string
+  }
   readonly rss: { readonly startKb: number; readonly warmKb: number; readonly endCyclesKb: number; readonly peakKb: number; readonly endKb: number; readonly growthPct: number }
   readonly goals: ReadonlyArray<{ readonly goal: string; readonly pass: boolean; readonly detail: string }>
   readonly vmmExit: string
@@ -79,6 +88,10 @@ export interface Zombie {
   /** When it was first seen, ms since the watch started. */
   readonly since: number
   readonly kind: string
+  /** In how many samples beside it its reaper was asleep (blocked elsewhere), not running or runnable. */
+  readonly asleep: number
+  /** Where the reaper last slept beside it (/proc/PID/wchan), or "-". */
+  readonly wchan: string
 }
 
 interface Watch {
@@ -110,7 +123,7 @@ const watch = (procwatch: string, pid: number): Watch => {
     if (f[0] === "s") w.samples.push({ t: Number(f[1]), fds: Number(f[2]), children: Number(f[3]), zombies: Number(f[4]), rssKb: Number(f[5]) })
     else if (f[0] === "z") {
       w.zombieLives.push(Number(f[2]))
-      w.zombies.push({ life: Number(f[2]), since: Number(f[3]), kind: f[4] ?? "?" })
+      w.zombies.push({ life: Number(f[2]), since: Number(f[3]), kind: f[4] ?? "?", asleep: Number(f[5] ?? 0), wchan: f[6] ?? "-" })
     }
     else if (f[0] === "end")
       w.end = { samples: Number(f[1]), maxZombieMs: Number(f[2]), zombies: Number(f[3]), maxFds: Number(f[4]), maxChildren: Number(f[5]) }
@@ -194,6 +207,13 @@ const makeParent = (vmm: RealVmm) =>
         })
     }
   })
+
+/** "wchan ×count, ..." of the zombies' reapers. */
+const wchans = (zs: ReadonlyArray<Zombie>): string => {
+  const n = new Map<string, number>()
+  for (const z of zs) if (z.asleep > 0) n.set(z.wchan, (n.get(z.wchan) ?? 0) + 1)
+  return n.size === 0 ? "-" : [...n].map(([w, k]) => `${w} ×${k}`).join(", ")
+}
 
 export const runSoak = (o: SoakOptions): Effect.Effect<SoakReport, Error, Scope.Scope | ImsgChannel> =>
   Effect.gen(function* () {
@@ -376,7 +396,9 @@ export const runSoak = (o: SoakOptions): Effect.Effect<SoakReport, Error, Scope.
         goal: "no zombie outlives 100 ms",
         pass: over100 === 0 && maxZ <= 100,
         detail: `${w.zombieLives.length} zombies seen, longest ≤ ${maxZ.toFixed(1)} ms` +
-          (long.length === 0 ? "" : `; over 100 ms: ${inPhase(cyclesPhase)} during the cycles, ${inPhase(concurrentPhase)} during the ${o.concurrent} at once (${longKinds})`)
+          (long.length === 0 ? "" : `; over 100 ms: ${inPhase(cyclesPhase)} during the cycles, ${inPhase(concurrentPhase)} during the ${o.concurrent} at once (${longKinds}); ` +
+            `of those, ${long.filter((z) => z.asleep >= 2).length} with the reaper asleep (blocked) in 2+ samples, the rest with it runnable (waiting for a CPU); ` +
+            `where it slept: ${wchans(long)}`)
       },
       { goal: "memory growth < 5% after warm-up", pass: growthPct < 5, detail: `median ${(warmKb / 1024).toFixed(1)} MiB over cycles 10-20%, ${(endCyclesKb / 1024).toFixed(1)} MiB over the last 10% (${growthPct >= 0 ? "+" : ""}${growthPct.toFixed(1)}%)` },
       { goal: "every cycle ended as expected", pass: failures.length === 0 && total === o.cycles, detail: failures.length === 0 ? `${total} cycles` : `${failures.length} failures, first: ${failures[0]}` },
@@ -394,7 +416,7 @@ export const runSoak = (o: SoakOptions): Effect.Effect<SoakReport, Error, Scope.
       sampleMs: (w.samples[w.samples.length - 1]?.t ?? 0) / Math.max(1, w.end?.samples ?? w.samples.length),
       fds: { baseline: baselineFds, max: w.end?.maxFds ?? Math.max(...w.samples.map((s) => s.fds)), end: endFds },
       children: { baseline: baselineChildren, max: w.end?.maxChildren ?? Math.max(...w.samples.map((s) => s.children)), end: endChildren },
-      zombies: { seen: w.zombieLives.length, maxLifeMs: maxZ, over100ms: over100, long },
+      zombies: { seen: w.zombieLives.length, maxLifeMs: maxZ, over100ms: over100, long, reaperBlocked: w.zombies.filter((z) => z.asleep >= 2).length, reaperWchans: wchans(w.zombies.filter((z) => z.asleep >= 2)) },
       rss: { startKb: startRss, warmKb, endCyclesKb, peakKb: Math.max(...w.samples.map((s) => s.rssKb)), endKb, growthPct },
       goals,
       vmmExit
@@ -408,7 +430,7 @@ export const formatSoak = (r: SoakReport): string =>
     `samples: ${r.samples} (asked every 5 ms; ${r.sampleMs.toFixed(1)} ms apart on average, scanning /proc for the VM processes)`,
     `fds: baseline ${r.fds.baseline}, max ${r.fds.max}, end ${r.fds.end}`,
     `processes below the vmm: baseline ${r.children.baseline}, max ${r.children.max}, end ${r.children.end}`,
-    `zombies: ${r.zombies.seen} seen, longest ≤ ${r.zombies.maxLifeMs.toFixed(1)} ms, ${r.zombies.over100ms} over 100 ms`,
+    `zombies: ${r.zombies.seen} seen, longest ≤ ${r.zombies.maxLifeMs.toFixed(1)} ms, ${r.zombies.over100ms} over 100 ms, ${r.zombies.reaperBlocked} with the reaper asleep beside them in 2+ samples (blocked, not reaping; in ${r.zombies.reaperWchans})`,
     `rss: start ${(r.rss.startKb / 1024).toFixed(1)} MiB, after warm-up ${(r.rss.warmKb / 1024).toFixed(1)}, after cycles ${(r.rss.endCyclesKb / 1024).toFixed(1)} (${r.rss.growthPct >= 0 ? "+" : ""}${r.rss.growthPct.toFixed(1)}%), peak ${(r.rss.peakKb / 1024).toFixed(1)}, end ${(r.rss.endKb / 1024).toFixed(1)}`,
     ...r.goals.map((g) => `${g.pass ? "PASS" : "FAIL"}  ${g.goal}: ${g.detail}`)
   ].join("\n")
