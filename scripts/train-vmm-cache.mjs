@@ -31,9 +31,10 @@ rmSync(cache, { force: true })
 
 const env = { ...process.env, VMD_VMM_CACHE_OUT: cache }
 delete env.NODE_OPTIONS // the cache is for the flags bin/vmm runs with
+// bin/vmm itself, so that the run has the V8 flags of its #! line.
 const child = spawn(
-  process.execPath,
-  [join(root, "bin", "vmm"), "-P", "vmm", "-d", "--backend", "process", "--vm-exec", process.execPath],
+  join(root, "bin", "vmm"),
+  ["-P", "vmm", "-d", "--backend", "process", "--vm-exec", process.execPath],
   { stdio: ["ignore", "ignore", "pipe", "pipe"], env }
 )
 let stderr = ""

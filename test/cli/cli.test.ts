@@ -1,3 +1,6 @@
+import { spawn } from "node:child_process"
+import { join } from "node:path"
+import { fileURLToPath } from "node:url"
 import { describe, expect, it } from "@effect/vitest"
 import { Either } from "effect"
 import { parseArgs } from "../../src/cli/args.ts"
@@ -43,4 +46,24 @@ describe("--trace", () => {
     )
     expect(describeImsg(99, 0, 0, Uint8Array.of(1, 2), false)).toBe("type 99 peerid=0 pid=0 len=2 data=0102")
   })
+})
+
+describe("bin/vmm start-up", () => {
+  it.runIf(process.platform === "linux")("runs its bundle from the code cache the build trained (same V8, same flags)", async () => {
+    const root = fileURLToPath(new URL("../../", import.meta.url))
+    const child = spawn(join(root, "bin/vmm"), ["-P", "vmm", "--backend", "process"], {
+      stdio: ["ignore", "ignore", "pipe", "pipe"],
+      env: { ...process.env, VMD_VMM_CACHE_REPORT: "1", NODE_OPTIONS: "" }
+    })
+    let stderr = ""
+    child.stderr!.setEncoding("utf8")
+    child.stderr!.on("data", (d: string) => {
+      stderr += d
+      // Once it has loaded, close fd 3: EOF from the parent, the vmm exits 0.
+      if (stderr.includes("code cache")) (child.stdio[3] as NodeJS.ReadableStream & { destroy(): void }).destroy()
+    })
+    const code = await new Promise<number | null>((resolve) => child.once("exit", (c) => resolve(c)))
+    expect(stderr).toContain("vmm: code cache accepted")
+    expect(code).toBe(0)
+  }, 30_000)
 })
