@@ -30,16 +30,32 @@
  *   from the spawner (16 bytes each)
  *   HELLO    {0, version, own pid, max fds per SPAWN}    once, at start
  *   SPAWNED  {2, seq, pid, 0} or {2, seq, -1, errno}     errno: host's, from
- *            the checks, fork, or the child's execve (reported through
- *            memory shared by vfork, or a close-on-exec pipe after fork)
+ *            the checks, fork, or the child's setup or execve (reported
+ *            through a close-on-exec pipe)
  *   KILLED   {4, seq, 0, errno}
  *   EXIT     {5, pid, 0, exit code} or {5, pid, 1, signal}    each child
- *            exactly once, after its SPAWNED, in the order reaped
+ *            exactly once, after its SPAWNED, in the order reaped; none
+ *            for a child whose SPAWNED was a failure
+ *
+ * Replies to different requests may come out of request order (the vmm
+ * matches them by seq): a SPAWN is answered when its child has exec'd, and
+ * meanwhile later requests are read and answered.
  *
  * Children: setsid(), signals default and unblocked, PR_SET_PDEATHSIG
  * SIGKILL on Linux (the spawner killed by SIGKILL still takes its children
  * with it), stdio, fds, execve. Reaping: SIGCHLD is blocked except inside
  * ppoll, whose return runs the waitpid(-1, WNOHANG) loop.
+ *
+ * SPAWN is asynchronous: fork (not vfork, which would hold the spawner in
+ * the kernel until the child has exec'd, unable to reap meanwhile), and the
+ * read end of the child's close-on-exec pipe goes into the ppoll set as a
+ * pending spawn. EOF on it: the exec succeeded, SPAWNED {seq, pid} is
+ * queued. An errno on it: the child's setup or exec failed, the failure
+ * SPAWNED is queued, and the child (which _exits at once) is reaped without
+ * an EXIT. The reap loop may reap a pending child before its pipe was
+ * looked at: it reads the pipe then (the child is dead, so it has EOF or
+ * the errno), queues SPAWNED and then EXIT (or the failure and no EXIT).
+ * While MAX_PENDING spawns are pending, requests are left unread.
  *
  * Replies never block: every reply goes into one in-memory FIFO (growing
  * as needed) and is sent with MSG_DONTWAIT as far as the socket takes it;
@@ -58,7 +74,8 @@
  * orphaned.
  *
  * Build: cc -O2 -o build/spawner c/spawner.c (scripts/build-spawner.mjs).
- * -DSPAWNER_FORK uses fork and the pipe instead of vfork.
+ * (-DSPAWNER_FORK, once the fork variant beside a vfork default, changes
+ * nothing now: every build forks.)
  */
 #define _GNU_SOURCE
 #include <sys/types.h>
@@ -94,10 +111,6 @@ enum {
 #define F_ENV		2
 #define HDR_WORDS	6
 
-#if defined(__linux__) && !defined(SPAWNER_FORK)
-#define USE_VFORK 1
-#endif
-
 extern char **environ;
 
 static volatile sig_atomic_t got_chld, got_term;
@@ -114,14 +127,21 @@ static union {
 static int rfds[MAX_FDS];
 static char *strv[MAX_STRINGS + 2];
 
-/* Live (unreaped) children. */
+/* Live (unreaped) children whose SPAWNED is queued. */
 static pid_t *kids;
 static size_t nkids, capkids;
 
-#ifdef USE_VFORK
-/* Written by the vfork child before _exit, read by the parent after. */
-static volatile int child_errno;
-#endif
+/*
+ * Pending spawns: forked, exec not known yet (fd: the pipe's read end), or
+ * exec failed, failure queued, not reaped yet (fd -1; no EXIT for it).
+ */
+#define MAX_PENDING	256
+static struct pending {
+	pid_t pid;
+	uint32_t seq;
+	int fd;
+} pend[MAX_PENDING];
+static size_t npend;
 
 static void
 on_signal(int sig)
@@ -220,14 +240,17 @@ reply(uint32_t type, uint32_t a, int32_t b, int32_t c)
 		flush();
 }
 
-/* Room for one more child, made before forking so that a started child always fits. */
+/* Room for one more child besides the pending ones, made before forking so that every started child fits. */
 static int
 reserve_kid(void)
 {
-	if (nkids == capkids) {
+	if (nkids + npend + 1 > capkids) {
 		size_t cap = capkids ? capkids * 2 : 64;
-		pid_t *p = realloc(kids, cap * sizeof(*p));
+		pid_t *p;
 
+		while (cap < nkids + npend + 1)
+			cap *= 2;
+		p = realloc(kids, cap * sizeof(*p));
 		if (p == NULL)
 			return -1;
 		kids = p;
@@ -247,11 +270,65 @@ find_kid(pid_t pid)
 	return -1;
 }
 
+static ssize_t
+find_pend(pid_t pid)
+{
+	size_t i;
+
+	for (i = 0; i < npend; i++)
+		if (pend[i].pid == pid)
+			return (ssize_t)i;
+	return -1;
+}
+
+/*
+ * Read pending spawn i's pipe (readable, or its child dead: `dead`) and
+ * queue its SPAWNED. Success: it becomes a kid (room was reserved). Failure:
+ * the failure reply; a dead child leaves the table, a live one (about to
+ * _exit) is reaped now if it can be, else by the reap loop. Returns 1 if the
+ * exec failed, 0 if it succeeded, -1 if the pipe has nothing yet.
+ */
+static int
+settle(size_t i, int dead)
+{
+	int err = 0;
+	ssize_t n;
+	pid_t pid = pend[i].pid;
+
+	do
+		n = read(pend[i].fd, &err, sizeof(err));
+	while (n == -1 && errno == EINTR);
+	if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK) && !dead)
+		return -1;
+	close(pend[i].fd);
+	pend[i].fd = -1;
+	if (n == (ssize_t)sizeof(err) && err != 0) {
+		/* Never reported as an EXIT: the request fails instead. */
+		reply(T_SPAWNED, pend[i].seq, -1, err);
+		if (dead || waitpid(pid, NULL, WNOHANG) == pid)
+			pend[i] = pend[--npend];
+		return 1;
+	}
+	kids[nkids++] = pid;
+	reply(T_SPAWNED, pend[i].seq, pid, 0);
+	pend[i] = pend[--npend];
+	return 0;
+}
+
 static void
 reaped(pid_t pid, int status)
 {
-	ssize_t i = find_kid(pid);
+	ssize_t i = find_pend(pid);
 
+	if (i >= 0) {
+		/* Its SPAWNED first: EOF means it had exec'd. A failed one gets no EXIT. */
+		if (pend[i].fd == -1 || settle((size_t)i, 1) == 1) {
+			if ((i = find_pend(pid)) >= 0)
+				pend[i] = pend[--npend];
+			return;
+		}
+	}
+	i = find_kid(pid);
 	if (i >= 0)
 		kids[i] = kids[--nkids];
 	if (WIFEXITED(status))
@@ -294,6 +371,8 @@ begin_shutdown(void)
 	closing = 1;
 	for (i = 0; i < nkids; i++)
 		kill(kids[i], SIGKILL);
+	for (i = 0; i < npend; i++)
+		kill(pend[i].pid, SIGKILL);
 }
 
 /* ppoll itself failing (not EINTR): kill, reap blocking, exit; the queue is dropped. */
@@ -406,7 +485,7 @@ above(int fd, int floor)
 
 /*
  * Returns the errno that stopped it (it does not return on success).
- * *errpipe (fork only, else -1) is moved out of the targets' way too.
+ * *errpipe is moved out of the targets' way too.
  */
 static int
 child(int nfds, const int32_t *target, int inherit, char *const argv[], char *const envp[],
@@ -453,24 +532,6 @@ child(int nfds, const int32_t *target, int inherit, char *const argv[], char *co
 
 /* ---- requests ---- */
 
-#ifdef USE_VFORK
-/* Its own frame, so that nothing of the caller's lives across vfork. */
-static pid_t __attribute__((noinline))
-spawn_vfork(int nfds, const int32_t *target, int inherit, char *const argv[], char *const envp[])
-{
-	int nopipe = -1;
-	pid_t pid;
-
-	child_errno = 0;
-	pid = vfork();
-	if (pid == 0) {
-		child_errno = child(nfds, target, inherit, argv, envp, &nopipe);
-		_exit(127);
-	}
-	return pid;
-}
-#endif
-
 static int
 do_spawn(size_t len, int nrecv, uint32_t seq)
 {
@@ -479,7 +540,7 @@ do_spawn(size_t len, int nrecv, uint32_t seq)
 	char *s, *end, **argv, **envp;
 	size_t off;
 	pid_t pid;
-	int err = 0;
+	int err;
 
 	if (len < HDR_WORDS * 4)
 		return EINVAL;
@@ -517,21 +578,16 @@ do_spawn(size_t len, int nrecv, uint32_t seq)
 	if (reserve_kid() == -1)
 		return ENOMEM;
 
-#ifdef USE_VFORK
-	pid = spawn_vfork((int)nfds, target, flags & F_INHERIT, argv, envp);
-	if (pid == -1)
-		return errno;
-	err = child_errno;
-#else
 	int p[2];
-	ssize_t n;
 
-	if (pipe2(p, O_CLOEXEC) == -1)
+	/* Both ends close-on-exec and non-blocking; the child's 4 bytes always fit. */
+	if (pipe2(p, O_CLOEXEC | O_NONBLOCK) == -1)
 		return errno;
 	pid = fork();
 	if (pid == 0) {
 		int w = p[1];
 
+		close(p[0]);
 		err = child((int)nfds, target, flags & F_INHERIT, argv, envp, &w);
 		while (w >= 0 && write(w, &err, sizeof(err)) == -1 && errno == EINTR)
 			;
@@ -544,21 +600,11 @@ do_spawn(size_t len, int nrecv, uint32_t seq)
 		return err;
 	}
 	close(p[1]);
-	do
-		n = read(p[0], &err, sizeof(err));
-	while (n == -1 && errno == EINTR);
-	if (n != sizeof(err))
-		err = 0;
-	close(p[0]);
-#endif
-	if (err != 0) {
-		/* Never reported as an EXIT: the request fails instead. */
-		while (waitpid(pid, NULL, 0) == -1 && errno == EINTR)
-			;
-		return err;
-	}
-	kids[nkids++] = pid;
-	reply(T_SPAWNED, seq, pid, 0);
+	/* Answered when the pipe says how the exec went (main loop, or reap). */
+	pend[npend].pid = pid;
+	pend[npend].seq = seq;
+	pend[npend].fd = p[0];
+	npend++;
 	return 0;
 }
 
@@ -617,12 +663,7 @@ handle_one(void)
 		if (type == T_SPAWN)
 			reply(T_SPAWNED, seq, -1, err);
 	} else if (type == T_SPAWN) {
-		int saved[MAX_FDS];
-
-		/* the child may renumber rfds (vfork shares memory): close the originals */
-		memcpy(saved, rfds, (size_t)nrecv * sizeof(int));
-		err = do_spawn((size_t)n, nrecv, seq);
-		memcpy(rfds, saved, (size_t)nrecv * sizeof(int));
+		err = npend < MAX_PENDING ? do_spawn((size_t)n, nrecv, seq) : EAGAIN;
 		if (err != 0)
 			reply(T_SPAWNED, seq, -1, err);
 	} else if (type == T_KILL && n >= 16) {
@@ -640,11 +681,13 @@ handle_one(void)
 int
 main(void)
 {
+	static struct pollfd pfds[1 + MAX_PENDING];
 	struct sigaction sa;
-	struct pollfd pfd;
+	struct pollfd *pfd = &pfds[0];
 	struct timespec stall = { 0, 10 * 1000 * 1000 };
 	sigset_t waitmask;
 	int fl, i;
+	size_t k, np;
 
 	self_pid = getpid();
 	close_from(SOCK_FD + 1);
@@ -690,27 +733,46 @@ main(void)
 		}
 		if (got_term || peer_gone)
 			begin_shutdown();
-		if (closing && nkids == 0 && QLEN() == 0)
+		if (closing && nkids == 0 && npend == 0 && QLEN() == 0)
 			_exit(0);
-		pfd.fd = SOCK_FD;
-		pfd.events = 0;
-		pfd.revents = 0;
-		if (!closing && QLEN() < HIGH_WATER)
-			pfd.events |= POLLIN;
+		pfd->fd = SOCK_FD;
+		pfd->events = 0;
+		pfd->revents = 0;
+		if (!closing && QLEN() < HIGH_WATER && npend < MAX_PENDING)
+			pfd->events |= POLLIN;
 		if (QLEN() > 0)
-			pfd.events |= POLLOUT;
-		if (pfd.events == 0)
-			pfd.fd = -1;	/* closing with nothing to send: wait for SIGCHLD only */
-		if (ppoll(&pfd, 1, send_stalled ? &stall : NULL, &waitmask) == -1) {
+			pfd->events |= POLLOUT;
+		if (pfd->events == 0)
+			pfd->fd = -1;	/* nothing to send, no request wanted: wait for the rest */
+		/* The pending spawns' pipes (-1, ignored, for a failed one not reaped yet). */
+		np = npend;
+		for (k = 0; k < np; k++) {
+			pfds[1 + k].fd = pend[k].fd;
+			pfds[1 + k].events = POLLIN;
+			pfds[1 + k].revents = 0;
+		}
+		if (ppoll(pfds, 1 + np, send_stalled ? &stall : NULL, &waitmask) == -1) {
 			if (errno == EINTR)
 				continue;
 			hard_exit();
 		}
-		if (QLEN() > 0 && (pfd.revents & (POLLOUT | POLLHUP | POLLERR | POLLNVAL) || send_stalled))
+		/* Exec results first (nothing was reaped or opened since ppoll: the fds are theirs). */
+		for (k = 0; k < np; k++) {
+			size_t j;
+
+			if (pfds[1 + k].fd < 0 || pfds[1 + k].revents == 0)
+				continue;
+			for (j = 0; j < npend; j++)
+				if (pend[j].fd == pfds[1 + k].fd) {
+					settle(j, 0);
+					break;
+				}
+		}
+		if (QLEN() > 0 && (pfd->revents & (POLLOUT | POLLHUP | POLLERR | POLLNVAL) || send_stalled))
 			flush();
-		if (!closing && (pfd.revents & (POLLIN | POLLHUP | POLLERR | POLLNVAL))) {
+		if (!closing && (pfd->revents & (POLLIN | POLLHUP | POLLERR | POLLNVAL))) {
 			/* A few requests per wake-up, then reap again. */
-			for (i = 0; i < 32; i++) {
+			for (i = 0; i < 32 && npend < MAX_PENDING && QLEN() < HIGH_WATER; i++) {
 				int r = handle_one();
 				if (r < 0) {
 					begin_shutdown();

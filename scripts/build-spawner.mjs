@@ -6,9 +6,11 @@
 //
 //   node scripts/build-spawner.mjs [--out PATH] [--fork] [--strict]
 //
-// $CC picks the compiler (default: cc, then gcc, then clang). --fork builds
-// the fork+pipe variant instead of vfork. --strict fails (exit 1) when it
-// cannot build.
+// $CC picks the compiler (default: cc, then gcc, then clang). --strict fails
+// (exit 1) when it cannot build. --fork is still accepted and changes
+// nothing: it used to pick fork+pipe over a vfork default, and now every
+// build forks (an asynchronous SPAWN: vfork held the spawner in the kernel
+// until the child had exec'd, unable to reap dead children meanwhile).
 import { execFileSync } from "node:child_process"
 import { mkdirSync, renameSync, rmSync } from "node:fs"
 import { dirname, join, resolve } from "node:path"
@@ -19,7 +21,6 @@ const args = process.argv.slice(2)
 const outAt = args.indexOf("--out")
 const out = resolve(outAt >= 0 && args[outAt + 1] ? args[outAt + 1] : join(root, "build", "spawner"))
 const strict = args.includes("--strict")
-const defines = args.includes("--fork") ? ["-DSPAWNER_FORK"] : []
 
 const giveUp = (why) => {
   process.stderr.write(`build-spawner: ${why}; the process spawner is unavailable (Node's spawn is used)\n`)
@@ -42,7 +43,7 @@ if (cc === undefined) giveUp(`no C compiler (${compilers.join(", ")})`)
 mkdirSync(dirname(out), { recursive: true })
 const tmp = `${out}.tmp-${process.pid}`
 try {
-  execFileSync(cc, ["-O2", "-Wall", "-Wextra", ...defines, "-o", tmp, join(root, "c", "spawner.c")], {
+  execFileSync(cc, ["-O2", "-Wall", "-Wextra", "-o", tmp, join(root, "c", "spawner.c")], {
     stdio: ["ignore", "inherit", "inherit"]
   })
   renameSync(tmp, out) // atomic: a running spawner keeps its old inode

@@ -1,8 +1,10 @@
 /**
  * ProcessSpawner: the Process service on the C spawner (c/spawner.c).
  *
- * ProcessNode's tests, run against both builds of the spawner (vfork, and
- * fork with the exec-error pipe), plus what only the spawner has: fds moved
+ * ProcessNode's tests, run against the spawner (fork, with the exec-error
+ * pipe in its poll set: SPAWN is asynchronous; every build forks now, so
+ * --fork, once the variant beside vfork, is not built separately), plus
+ * what only the spawner has: fds moved
  * around its own numbers, the VM's full set of fds, 200 concurrent spawns,
  * an abandoned spawn, the spawner killed, and the vmm process killed.
  */
@@ -36,10 +38,7 @@ import type { ExitStatus } from "../../src/services/Process.ts"
 const root = join(import.meta.dirname, "..", "..")
 const dir = mkdtempSync(join(tmpdir(), "vmd-vmm-spawner-"))
 const child = join(dir, "child")
-const builds = [
-  { name: "vfork", binary: join(dir, "spawner"), flags: [] as Array<string> },
-  { name: "fork", binary: join(dir, "spawner-fork"), flags: ["--fork"] }
-]
+const builds = [{ name: "fork", binary: join(dir, "spawner"), flags: [] as Array<string> }]
 /** Every pid any test spawned: all must be gone at the end. */
 const spawned: Array<number> = []
 
