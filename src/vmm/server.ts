@@ -149,11 +149,15 @@ export const startVmmServer = (parentFd: Fd, options: VmmOptions) =>
           return false
         }
         const channel = opened.right
+        // The pump lives in the server's scope, not the VM's: closing the VM's
+        // scope closes the channel, which ends the pump by itself (its VmEnd
+        // is then stale and ignored), so vm_remove does not wait for a fiber
+        // to be interrupted (on the path of every TERMINATE_VM_EVENT).
         yield* pump(
           channel,
           (imsg) => ({ _tag: "Vm", vm, imsg }),
           (error) => ({ _tag: "VmEnd", vm, error })
-        ).pipe(Effect.forkIn(vmScope))
+        ).pipe(Effect.forkIn(scope))
         vm.channel = channel
         vm.closeChannel = Scope.close(vmScope, Exit.void)
         return true
