@@ -1,6 +1,6 @@
 /**
  * Real processes through a small C helper, the spawner (c/spawner.c), that
- * this layer starts once; it forks (vfork on Linux) and execs each VM
+ * this layer starts once; it forks and execs each VM
  * process from its own tiny address space. Node's spawn forks all of Node
  * (1-6 ms, growing with its RSS); this costs about what C fork+exec costs
  * plus one round trip on a socket (scripts/bench-spawn.ts measures it).
