@@ -13,25 +13,24 @@ import * as VmmDeviceVmm from "../layers/VmmDeviceVmm.ts"
 import * as VmmDeviceProcess from "../layers/VmmDeviceProcess.ts"
 import * as VmmDeviceMock from "../layers/VmmDeviceMock.ts"
 import { VmRegistryLive } from "../layers/VmRegistryLive.ts"
-import { VmRegistry } from "../services/VmRegistry.ts"
+import { VmRegistry, type VmRegistryService } from "../services/VmRegistry.ts"
+
+/** The registry's started VMs, as the process backend sees them. */
+export const registryVms = (registry: VmRegistryService): VmmDeviceProcess.ProcessBackendVms =>
+  Effect.map(registry.all, (vms) =>
+    vms
+      .filter((vm) => vm.pid > 0)
+      .map((vm) => ({
+        vmmId: vm.vmmid,
+        pid: vm.pid,
+        name: vm.params.vmc_name,
+        memorySize: vm.params.vmc_memranges[0]?.vmr_size ?? 0n,
+        ncpus: vm.params.vmc_ncpus
+      }))
+  )
 
 /** VmSource for the process backend: the registry's started VMs. */
-export const vmSourceFromRegistry = Layer.effect(
-  VmmDeviceProcess.VmSource,
-  Effect.map(VmRegistry, (registry) =>
-    Effect.map(registry.all, (vms) =>
-      vms
-        .filter((vm) => vm.pid > 0)
-        .map((vm) => ({
-          vmmId: vm.vmmid,
-          pid: vm.pid,
-          name: vm.params.vmc_name,
-          memorySize: vm.params.vmc_memranges[0]?.vmr_size ?? 0n,
-          ncpus: vm.params.vmc_ncpus
-        }))
-    )
-  )
-)
+export const vmSourceFromRegistry = Layer.effect(VmmDeviceProcess.VmSource, Effect.map(VmRegistry, registryVms))
 
 export const deviceLayer = (backend: Backend) => {
   switch (backend) {

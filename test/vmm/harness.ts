@@ -18,6 +18,7 @@
  * Nothing here uses real time: readiness is microtasks, and `settle` waits
  * on the Node event loop (not the Clock) until nothing moves any more.
  */
+import { registryVms } from "../../src/cli/layers.ts"
 import { Effect, Queue, Stream } from "effect"
 import type { Scope } from "effect"
 import { MemorySocketTable, ImsgChannelMemory } from "../../src/layers/ImsgChannelMemory.ts"
@@ -38,7 +39,7 @@ import type { IoctlService } from "../../src/services/Ioctl.ts"
 import { Process } from "../../src/services/Process.ts"
 import type { ProcessService, SignalName } from "../../src/services/Process.ts"
 import { VmRegistry } from "../../src/services/VmRegistry.ts"
-import type { Vm, VmRegistryService } from "../../src/services/VmRegistry.ts"
+import type { VmRegistryService } from "../../src/services/VmRegistry.ts"
 import { VmmDevice } from "../../src/services/VmmDevice.ts"
 import type { VmmDeviceService } from "../../src/services/VmmDevice.ts"
 import type { VmmOptions } from "../../src/vmm/context.ts"
@@ -241,17 +242,7 @@ export const makeHarness = (options: HarnessOptions = {}): Effect.Effect<Harness
       }
       device = yield* VmmDeviceVmm.make.pipe(Effect.provideService(Ioctl, ioctl))
     } else {
-      const source = Effect.map(registry.all, (vms: ReadonlyArray<Vm>) =>
-        vms
-          .filter((vm) => vm.pid > 0)
-          .map((vm) => ({
-            vmmId: vm.vmmid,
-            pid: vm.pid,
-            name: vm.params.vmc_name,
-            memorySize: vm.params.vmc_memranges[0]?.vmr_size ?? 0n,
-            ncpus: vm.params.vmc_ncpus
-          }))
-      )
+      const source = registryVms(registry)
       device = yield* VmmDeviceProcess.make({ residentBytes: () => 0n }).pipe(
         Effect.provideService(Process, process),
         Effect.provideService(VmmDeviceProcess.VmSource, source)
