@@ -60,16 +60,16 @@ import * as ProcessNode from "./ProcessNode.ts"
 
 // ---- the protocol (c/spawner.c) ----
 
-const VERSION = 1
-const T_HELLO = 0
-const T_SPAWN = 1
-const T_SPAWNED = 2
-const T_KILL = 3
-const T_KILLED = 4
-const T_EXIT = 5
-const T_SHUTDOWN = 6
-const F_INHERIT = 1
-const F_ENV = 2
+export const VERSION = 1
+export const T_HELLO = 0
+export const T_SPAWN = 1
+export const T_SPAWNED = 2
+export const T_KILL = 3
+export const T_KILLED = 4
+export const T_EXIT = 5
+export const T_SHUTDOWN = 6
+export const F_INHERIT = 1
+export const F_ENV = 2
 const HDR_BYTES = 24
 /** Largest request the spawner reads (MAX_REQ) and most fds per request (MAX_FDS). */
 export const MAX_REQUEST = 64 * 1024

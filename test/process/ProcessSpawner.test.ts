@@ -8,6 +8,7 @@
  * around its own numbers, the VM's full set of fds, 200 concurrent spawns,
  * an abandoned spawn, the spawner killed, and the vmm process killed.
  */
+import { procStat } from "../e2e/proc.ts"
 import { describe, expect, it } from "@effect/vitest"
 import { Chunk, Context, Effect, Exit, Fiber, Layer, Scope, Stream } from "effect"
 import { execFileSync, spawnSync } from "node:child_process"
@@ -57,15 +58,6 @@ afterAll(() => {
 /** Pids whose parent is this process, from /proc/<pid>/stat (Linux). */
 const childrenOfThisProcess = (): ReadonlyArray<number> => childrenOf(process.pid)
 
-const procStat = (pid: number): { readonly state: string; readonly ppid: number } | null => {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "latin1")
-    const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
-    return { state: rest[0] ?? "?", ppid: Number(rest[1]) }
-  } catch {
-    return null
-  }
-}
 
 const childrenOf = (ppid: number): ReadonlyArray<number> =>
   readdirSync("/proc")

@@ -18,9 +18,11 @@
  * the exec (vfork, or fork and a blocking read of the exec pipe, as it did
  * before) reads nothing meanwhile: this test fails on it.
  */
+import { T_EXIT, T_HELLO, T_KILL, T_KILLED, T_SHUTDOWN, T_SPAWN, T_SPAWNED } from "../../src/layers/ProcessSpawner.ts"
+import { procStat } from "../e2e/proc.ts"
 import { describe, expect, it } from "vitest"
 import { execFileSync, spawn } from "node:child_process"
-import { chmodSync, copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs"
+import { chmodSync, copyFileSync, mkdtempSync, readdirSync, rmSync } from "node:fs"
 import { constants as osConstants, tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, beforeAll } from "vitest"
@@ -47,14 +49,7 @@ afterAll(() => {
   rmSync(dir, { recursive: true, force: true })
 })
 
-// ---- the wire (c/spawner.c) ----
-const T_HELLO = 0
-const T_SPAWN = 1
-const T_SPAWNED = 2
-const T_KILL = 3
-const T_KILLED = 4
-const T_EXIT = 5
-const T_SHUTDOWN = 6
+// ---- the wire (c/spawner.c; message numbers from ProcessSpawner.ts) ----
 const SOCK_SEQPACKET = 5
 const SO_SNDBUF = 7 // Linux
 const TIOCOUTQ = 0x5411 // SIOCOUTQ: bytes not yet taken by the peer (Linux)
@@ -98,15 +93,6 @@ interface Reply {
   readonly c: number
 }
 
-const procStat = (pid: number): { readonly state: string; readonly ppid: number } | null => {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "latin1")
-    const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
-    return { state: rest[0] ?? "?", ppid: Number(rest[1]) }
-  } catch {
-    return null
-  }
-}
 
 /** [pid, state] of every child of `ppid`. */
 const childrenOf = (ppid: number): Array<[number, string]> => {

@@ -5,6 +5,9 @@
  */
 import { readdirSync, readFileSync, readlinkSync } from "node:fs"
 import { pageSize } from "../../../src/native/sys.ts"
+import { procStat } from "../../e2e/proc.ts"
+
+export { procStat }
 
 /** O_CLOEXEC as fdinfo's "flags:" field shows it (octal 02000000). */
 export const O_CLOEXEC_FLAG = 0o2000000
@@ -55,18 +58,6 @@ export interface ProcStat {
   readonly state: string
   readonly ppid: number
   readonly comm: string
-}
-
-/** /proc/<pid>/stat: comm may hold spaces and parentheses, so parse from the last ')'. */
-export const procStat = (pid: number): ProcStat | null => {
-  try {
-    const s = readFileSync(`/proc/${pid}/stat`, "latin1")
-    const close = s.lastIndexOf(")")
-    const rest = s.slice(close + 2).split(" ")
-    return { pid, comm: s.slice(s.indexOf("(") + 1, close), state: rest[0] ?? "?", ppid: Number(rest[1]) }
-  } catch {
-    return null
-  }
 }
 
 /** Every process whose parent is `pid`, with its state (Z for a zombie). */
