@@ -225,4 +225,4 @@ export const dispatchParent = (ctx: VmmContext, imsg: Imsg) =>
       default:
         yield* composeParent(ctx, r.cmd, vmId, intBytes(r.res))
     }
-  }).pipe(span("vmm_dispatch_parent", { type: T.imsgTypeName(imsg.type) }))
+  }).pipe(span("vmm_dispatch_parent", () => ({ type: T.imsgTypeName(imsg.type) })))

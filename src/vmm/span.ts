@@ -19,8 +19,11 @@ export const setSpans = (on: boolean): void => {
 
 export const spansEnabled = (): boolean => enabled
 
-/** `Effect.withSpan(name)` when spans are on; the effect itself otherwise. */
+/**
+ * `Effect.withSpan(name)` when spans are on; the effect itself otherwise.
+ * Attributes are computed only when a span is made.
+ */
 export const span =
-  (name: string, attributes?: Record<string, unknown>) =>
+  (name: string, attributes?: () => Record<string, unknown>) =>
   <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
-    enabled ? Effect.withSpan(self, name, { captureStackTrace: false, ...(attributes ? { attributes } : {}) }) : self
+    enabled ? Effect.withSpan(self, name, { captureStackTrace: false, ...(attributes ? { attributes: attributes() } : {}) }) : self

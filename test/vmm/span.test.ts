@@ -14,7 +14,7 @@ describe("vmm spans", () => {
       const before = spansEnabled()
       try {
         setSpans(true)
-        const on = yield* currentSpanName.pipe(span("get_info_vm", { type: "x" }))
+        const on = yield* currentSpanName.pipe(span("get_info_vm", () => ({ type: "x" })))
         setSpans(false)
         const off = yield* currentSpanName.pipe(span("get_info_vm"))
         expect({ on, off }).toEqual({ on: "get_info_vm", off: null })
