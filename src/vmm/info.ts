@@ -6,8 +6,8 @@
  */
 import { Effect } from "effect"
 import { Errno } from "../schema/errno.ts"
-import { encodeVmopInfoResult, emptyVmopInfoResult } from "../schema/structs.ts"
-import { orDie } from "./wire.ts"
+import { emptyVmopInfoResult, type VmopInfoResult } from "../schema/structs.ts"
+import { encodeVmopInfoResultInto, VMOP_INFO_RESULT_SIZE } from "../schema/vmopInfoResultInto.ts"
 import { IMSG_VMDOP_GET_INFO_VM_DATA } from "../schema/imsgTypes.ts"
 import type { VmmContext } from "./context.ts"
 import type { OutgoingImsg } from "../services/ImsgChannel.ts"
@@ -27,24 +27,30 @@ export const getInfoVm = (ctx: VmmContext, peerid: number, terminate: boolean): 
     const vmidOf = new Map<number, number>()
     if (!terminate)
       for (const vm of yield* ctx.registry.all) if (vm.vmmid !== 0 && !vmidOf.has(vm.vmmid)) vmidOf.set(vm.vmmid, vm.vmid)
-    for (const entry of info.right) {
+    const entries = info.right
+    // Every reply's bytes in one buffer (one allocation, not one per VM), each
+    // written from one reused value (the fields vmm.c leaves zero stay zero).
+    const bytes = terminate ? null : new Uint8Array(entries.length * VMOP_INFO_RESULT_SIZE)
+    const vir: { -readonly [K in keyof VmopInfoResult]: VmopInfoResult[K] } = emptyVmopInfoResult()
+    for (const entry of entries) {
       if (terminate) {
         const ret = yield* terminateVm(ctx, { vmmid: entry.vir_id, pid: entry.vir_creator_pid })
         if (ret !== 0) return yield* fail(ret)
         yield* logDebug(`get_info_vm: terminated vm ${entry.vir_name} (id ${entry.vir_id})`)
         continue
       }
-      const vir = {
-        ...emptyVmopInfoResult(),
-        vir_memory_size: entry.vir_memory_size,
-        vir_used_size: entry.vir_used_size,
-        vir_ncpus: entry.vir_ncpus,
-        vir_vcpu_state: entry.vir_vcpu_state,
-        vir_creator_pid: entry.vir_creator_pid,
-        vir_id: vmidOf.get(entry.vir_id) ?? 0,
-        vir_name: entry.vir_name
-      }
-      replies.push({ type: IMSG_VMDOP_GET_INFO_VM_DATA, peerid, pid: 1, data: orDie(encodeVmopInfoResult(vir)) })
+      vir.vir_memory_size = entry.vir_memory_size
+      vir.vir_used_size = entry.vir_used_size
+      vir.vir_ncpus = entry.vir_ncpus
+      vir.vir_vcpu_state = entry.vir_vcpu_state
+      vir.vir_creator_pid = entry.vir_creator_pid
+      vir.vir_id = vmidOf.get(entry.vir_id) ?? 0
+      vir.vir_name = entry.vir_name
+      const at = replies.length * VMOP_INFO_RESULT_SIZE
+      const err = encodeVmopInfoResultInto(vir, bytes!, at)
+      // Our own values: one that does not encode is a bug (a defect, as orDie makes it).
+      if (err !== undefined) throw new Error(`encode ${err.struct}.${err.field}: ${err.message}`)
+      replies.push({ type: IMSG_VMDOP_GET_INFO_VM_DATA, peerid, pid: 1, data: bytes!.subarray(at, at + VMOP_INFO_RESULT_SIZE) })
     }
     // One batch: the same bytes as one proc_compose_imsg per VM, queued at once.
     const sent = yield* Effect.either(ctx.parent.sendAll(replies))
