@@ -19,7 +19,9 @@
  *   SPAWN    {1, seq, flags, nfds, argc, envc, target[nfds], strings}
  *            flags: 1 = stdio inherit (else 0-2 on /dev/null),
  *                   2 = envc strings "K=V" are the whole environment
- *                       (else the spawner's own, i.e. the vmm's at start).
+ *                       (else the spawner's own, i.e. the vmm's at start),
+ *                   4 = early: answered as soon as the child is forked
+ *                       (see below; version 2 on).
  *            strings: argc then envc NUL-terminated strings, packed;
  *            argv[0] is also the program, searched in PATH when it has no
  *            '/'. The nfds fds come by SCM_RIGHTS in the same message, in
@@ -31,15 +33,26 @@
  *   HELLO    {0, version, own pid, max fds per SPAWN}    once, at start
  *   SPAWNED  {2, seq, pid, 0} or {2, seq, -1, errno}     errno: host's, from
  *            the checks, fork, or the child's setup or execve (reported
- *            through a close-on-exec pipe)
+ *            through a close-on-exec pipe); for an early SPAWN, from the
+ *            checks or fork only
  *   KILLED   {4, seq, 0, errno}
  *   EXIT     {5, pid, 0, exit code} or {5, pid, 1, signal}    each child
  *            exactly once, after its SPAWNED, in the order reaped; none
- *            for a child whose SPAWNED was a failure
+ *            for a child whose SPAWNED was a failure. An early child whose
+ *            setup or exec failed is an EXIT {pid, 0, 127} like any other.
+ *
+ * Version 2 added the early flag (version 1 ignored it: a spawner that
+ * answers HELLO with another version is not used).
  *
  * Replies to different requests may come out of request order (the vmm
  * matches them by seq): a SPAWN is answered when its child has exec'd, and
- * meanwhile later requests are read and answered.
+ * meanwhile later requests are read and answered. An early SPAWN (flag 4)
+ * is answered right after its fork, before the child has exec'd, as
+ * vmm.c's fork returns: its child has no exec-status pipe and is a live
+ * child at once (KILL reaches it); if its setup or exec fails it
+ * _exit(127)s and is reaped and reported by EXIT like any child, so the
+ * vmm sees the failure only as that exit (vmm.c: EOF on the VM's socket,
+ * then SIGCHLD).
  *
  * Children: setsid(), signals default and unblocked, PR_SET_PDEATHSIG
  * SIGKILL on Linux (the spawner killed by SIGKILL still takes its children
@@ -98,7 +111,7 @@
 #endif
 
 #define SOCK_FD		3
-#define VERSION		1
+#define VERSION		2
 #define MAX_FDS		128
 #define MAX_REQ		(64 * 1024)
 #define MAX_STRINGS	8192
@@ -109,6 +122,7 @@ enum {
 };
 #define F_INHERIT	1
 #define F_ENV		2
+#define F_EARLY		4	/* answer after fork, not after exec (version 2) */
 #define HDR_WORDS	6
 
 extern char **environ;
@@ -578,16 +592,20 @@ do_spawn(size_t len, int nrecv, uint32_t seq)
 	if (reserve_kid() == -1)
 		return ENOMEM;
 
-	int p[2];
+	int p[2] = { -1, -1 };
 
-	/* Both ends close-on-exec and non-blocking; the child's 4 bytes always fit. */
-	if (pipe2(p, O_CLOEXEC | O_NONBLOCK) == -1)
+	/*
+	 * Both ends close-on-exec and non-blocking; the child's 4 bytes always
+	 * fit. None for an early spawn: nobody waits for its exec.
+	 */
+	if ((flags & F_EARLY) == 0 && pipe2(p, O_CLOEXEC | O_NONBLOCK) == -1)
 		return errno;
 	pid = fork();
 	if (pid == 0) {
 		int w = p[1];
 
-		close(p[0]);
+		if (p[0] >= 0)
+			close(p[0]);
 		err = child((int)nfds, target, flags & F_INHERIT, argv, envp, &w);
 		while (w >= 0 && write(w, &err, sizeof(err)) == -1 && errno == EINTR)
 			;
@@ -595,9 +613,20 @@ do_spawn(size_t len, int nrecv, uint32_t seq)
 	}
 	if (pid == -1) {
 		err = errno;
-		close(p[0]);
-		close(p[1]);
+		if (p[0] >= 0) {
+			close(p[0]);
+			close(p[1]);
+		}
 		return err;
+	}
+	if (flags & F_EARLY) {
+		/*
+		 * A live child now (room was reserved), its SPAWNED queued before
+		 * anything can reap it: so before its EXIT, whatever its exec does.
+		 */
+		kids[nkids++] = pid;
+		reply(T_SPAWNED, seq, pid, 0);
+		return 0;
 	}
 	close(p[1]);
 	/* Answered when the pipe says how the exec went (main loop, or reap). */

@@ -18,16 +18,19 @@
  * The program's first synchronous steps run before spawn returns, so a
  * program that traps SIGTERM first never misses one sent right after spawn.
  *
+ * `SpawnRequest.early` is ignored (a simulated program has no exec to
+ * overlap with); the request, flag included, is recorded in `spawned`.
+ *
  * A program that returns n exits with n & 0xff; one that dies (a defect)
  * exits 1, as fatal() does. Timing is whatever the program does with
  * Effect's Clock, so TestClock drives it.
  */
-import { Clock, Context, Deferred, Effect, Exit, Fiber, Layer, Queue, Stream } from "effect"
+import { Clock, Context, Deferred, Effect, Exit, Fiber, Layer, Queue } from "effect"
 import type { Scope } from "effect"
 import { constants as osConstants } from "node:os"
 import { Errno, errnoName } from "../schema/errno.ts"
-import { Process, SpawnError, takeAtLeastOne } from "../services/Process.ts"
-import type { ChildExit, ExitStatus, ProcessService, SignalName, SpawnRequest } from "../services/Process.ts"
+import { ExitBox, Process, SpawnError } from "../services/Process.ts"
+import type { ExitStatus, ProcessService, SignalName, SpawnRequest } from "../services/Process.ts"
 import { reasonOf } from "./ProcessNode.ts"
 
 export type TrappableSignal = "SIGTERM" | "SIGINT" | "SIGHUP"
@@ -94,7 +97,7 @@ export const make = (
   Effect.gen(function* () {
     let nextPid = options.firstPid ?? 1000
     const live = new Map<number, MockChild>()
-    const exits = yield* Queue.unbounded<ChildExit>()
+    const exits = new ExitBox()
     const failures: Array<number> = []
     const spawned: Array<{ pid: number; request: SpawnRequest }> = []
     const sent: Array<SentSignal> = []
@@ -109,7 +112,7 @@ export const make = (
           status = { _tag: "Exited", code: 1 }
         }
         live.delete(child.pid)
-        yield* Queue.offer(exits, { pid: child.pid, status })
+        exits.offer({ pid: child.pid, status })
         yield* Deferred.succeed(child.exit, status)
       })
 
@@ -172,8 +175,9 @@ export const make = (
           return child === undefined ? fail(Errno.ESRCH, `kill ${pid} ${sig}`) : deliver(child, sig)
         }),
       isAlive: (pid) => Effect.sync(() => live.has(pid)),
-      exits: Stream.fromQueue(exits),
-      takeExits: takeAtLeastOne(exits),
+      exits: exits.stream,
+      takeExits: exits.take,
+      listenExits: (l) => exits.listen(l),
       children: Effect.sync(() => [...live.keys()])
     })
     const control: ProcessMockControlService = {

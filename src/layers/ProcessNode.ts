@@ -21,6 +21,11 @@
  * ENOMEM from fork are thrown synchronously by Node. Both become SpawnError
  * with the OpenBSD errno.
  *
+ * `SpawnRequest.early` is ignored: libuv's spawn returns only after the
+ * child's exec (it reads libuv's own exec pipe before returning), so there
+ * is no moment between fork and exec to return at; an exec failure stays a
+ * SpawnError here.
+ *
  * `exits` is a queue, not a broadcast: its one consumer (the vmm's
  * SIGCHLD handler) sees every reaped child in order, including those
  * reaped before it started reading. Use `Child.exit` to wait for one child.
@@ -36,13 +41,12 @@
 import { spawn as nodeSpawn } from "node:child_process"
 import type { ChildProcess } from "node:child_process"
 import { constants as osConstants } from "node:os"
-import { Deferred, Duration, Effect, Exit, Layer, Queue, Stream } from "effect"
+import { Deferred, Duration, Effect, Exit, Layer } from "effect"
 import type { Scope } from "effect"
 import { sealInheritedFds } from "../native/sys.ts"
 import { Errno, errnoName, fromErrorCode } from "../schema/errno.ts"
-import { Process, SpawnError, takeAtLeastOne } from "../services/Process.ts"
+import { ExitBox, Process, SpawnError } from "../services/Process.ts"
 import type {
-  ChildExit,
   ExitStatus,
   ProcessService,
   SignalName,
@@ -95,7 +99,7 @@ interface LiveChild {
 
 export const make: Effect.Effect<ProcessService, never, Scope.Scope> = Effect.gen(function* () {
   const live = new Map<number, LiveChild>()
-  const exits = yield* Queue.unbounded<ChildExit>()
+  const exits = new ExitBox()
 
   const signal = (pid: number, sig: SignalName): number => {
     if (!live.has(pid)) return Errno.ESRCH
@@ -156,7 +160,7 @@ export const make: Effect.Effect<ProcessService, never, Scope.Scope> = Effect.ge
       child.once("exit", (code, sig) => {
         if (live.get(pid) === entry) live.delete(pid)
         const status = statusOf(code, sig)
-        Queue.unsafeOffer(exits, { pid, status })
+        exits.offer({ pid, status })
         Deferred.unsafeDone(exit, Exit.succeed(status))
       })
       return { pid, exit: Deferred.await(exit) }
@@ -172,8 +176,9 @@ export const make: Effect.Effect<ProcessService, never, Scope.Scope> = Effect.ge
           : Effect.fail(spawnError(errno, `kill ${pid} ${sig}: ${errnoName(errno)}`))
       }),
     isAlive: (pid) => Effect.sync(() => live.has(pid)),
-    exits: Stream.fromQueue(exits),
-    takeExits: takeAtLeastOne(exits),
+    exits: exits.stream,
+    takeExits: exits.take,
+    listenExits: (l) => exits.listen(l),
     children: Effect.sync(() => [...live.keys()])
   })
 })

@@ -11,6 +11,12 @@
  *    open but 0-2 (on /dev/null, or this process's for "inherit");
  *  - spawn fails with SpawnError and the OpenBSD errno, including the
  *    child's execve errno (ENOENT, EACCES);
+ *  - except an `early` spawn (SpawnRequest.early, which ProcessNode
+ *    ignores): it returns once the spawner has forked, with the pid, while
+ *    the child is still exec'ing, as vmm.c's fork does; a failed setup or
+ *    exec is then only the child's exit, Exited 127, in `exits` and
+ *    `Child.exit` like any other (the pid is in `children` and `isAlive`
+ *    from the moment spawn returns until that exit is reported);
  *  - `exits` is a queue with every reaped child exactly once, in the order
  *    reaped; `Child.exit` completes for each;
  *  - `kill` never signals a reaped pid: a pid not in the table is ESRCH at
@@ -48,19 +54,20 @@ import { spawn as nodeSpawn } from "node:child_process"
 import { accessSync, constants as fsConstants } from "node:fs"
 import { constants as osConstants, endianness } from "node:os"
 import { fileURLToPath } from "node:url"
-import { Deferred, Duration, Effect, Exit, FiberId, Layer, Option, Queue, Stream } from "effect"
+import { Deferred, Duration, Effect, Exit, FiberId, Layer, Option } from "effect"
 import type { Scope } from "effect"
 import koffi from "koffi"
 import * as libc from "../native/libc.ts"
 import { closePoll, UV_DISCONNECT, UV_READABLE, UV_WRITABLE, UvPoll } from "../native/uvpoll.ts"
 import { Errno, errnoName, fromErrorCode, fromHostErrno } from "../schema/errno.ts"
-import { Process, SpawnError, takeAtLeastOne } from "../services/Process.ts"
-import type { Child, ChildExit, ExitStatus, ProcessService, SignalName, SpawnRequest } from "../services/Process.ts"
+import { ExitBox, Process, SpawnError } from "../services/Process.ts"
+import type { Child, ExitStatus, ProcessService, SignalName, SpawnRequest } from "../services/Process.ts"
 import * as ProcessNode from "./ProcessNode.ts"
 
 // ---- the protocol (c/spawner.c) ----
 
-export const VERSION = 1
+/** 2: SPAWN's flag F_EARLY (a version-1 spawner would ignore it and answer after the exec). */
+export const VERSION = 2
 export const T_HELLO = 0
 export const T_SPAWN = 1
 export const T_SPAWNED = 2
@@ -70,6 +77,8 @@ export const T_EXIT = 5
 export const T_SHUTDOWN = 6
 export const F_INHERIT = 1
 export const F_ENV = 2
+/** Answer the SPAWN right after the fork, before the exec (SpawnRequest.early). */
+export const F_EARLY = 4
 const HDR_BYTES = 24
 /** Largest request the spawner reads (MAX_REQ) and most fds per request (MAX_FDS). */
 export const MAX_REQUEST = 64 * 1024
@@ -198,7 +207,11 @@ const encodeSpawn = (
   const v = buf.view
   v.setUint32(0, T_SPAWN, true)
   v.setUint32(4, seq, true)
-  v.setUint32(8, (req.stdio === "inherit" ? F_INHERIT : 0) | (env !== null ? F_ENV : 0), true)
+  v.setUint32(
+    8,
+    (req.stdio === "inherit" ? F_INHERIT : 0) | (env !== null ? F_ENV : 0) | (req.early === true ? F_EARLY : 0),
+    true
+  )
   v.setUint32(12, targets.length, true)
   v.setUint32(16, 1 + req.args.length, true)
   v.setUint32(20, env?.length ?? 0, true)
@@ -454,7 +467,7 @@ export const make = (options: SpawnerOptions = {}): Effect.Effect<SpawnerProcess
       const spawnerPid = started
 
       const live = new Map<number, LiveChild>()
-      const exits = yield* Queue.unbounded<ChildExit>()
+      const exits = new ExitBox()
       const waiters = new Map<number, Waiter>()
       const outq: Array<Queued> = []
       const sendBuf = new SendBuffer()
@@ -476,7 +489,7 @@ export const make = (options: SpawnerOptions = {}): Effect.Effect<SpawnerProcess
         const c = live.get(pid)
         if (c === undefined) return
         live.delete(pid)
-        Queue.unsafeOffer(exits, { pid, status })
+        exits.offer({ pid, status })
         Deferred.unsafeDone(c.exit, Exit.succeed(status))
       }
 
@@ -749,8 +762,9 @@ export const make = (options: SpawnerOptions = {}): Effect.Effect<SpawnerProcess
         spawn: (req) => spawnAt(req, req.fds.map((fd) => fd.num)),
         kill,
         isAlive: (pid) => Effect.sync(() => live.has(pid)),
-        exits: Stream.fromQueue(exits),
-        takeExits: takeAtLeastOne(exits),
+        exits: exits.stream,
+        takeExits: exits.take,
+        listenExits: (l) => exits.listen(l),
         children: Effect.sync(() => [...live.keys()])
       }
       return service

@@ -5,7 +5,7 @@
  * own number, own session) and `ProcessMock` (each "process" is a fiber
  * running a simulated program, for the property tests).
  */
-import { Chunk, Context, Data, Effect, Queue, Stream } from "effect"
+import { Chunk, Context, Data, Effect, Stream } from "effect"
 import type { Fd } from "./Fd.ts"
 
 export type ExitStatus =
@@ -31,6 +31,14 @@ export interface SpawnRequest {
   readonly stdio: "null" | "inherit"
   /** Extra environment; the child otherwise inherits this process's. */
   readonly env?: Readonly<Record<string, string>>
+  /**
+   * Return as soon as the child is forked (its pid known), before its exec
+   * completes, as vmm.c's fork does; a failed exec then shows only as the
+   * child's exit (status 127) in `exits`/`takeExits`, never as a
+   * SpawnError. Backends that cannot tell fork from exec (ProcessNode,
+   * ProcessMock) may ignore it.
+   */
+  readonly early?: boolean
 }
 
 export type SpawnErrorReason = "NotFound" | "Resources" | "Other"
@@ -66,12 +74,65 @@ export interface ProcessService {
    * consumer uses either.
    */
   readonly takeExits: Effect.Effect<ReadonlyArray<ChildExit>>
+  /**
+   * The same exits handed to `listener` as each is reaped (on the event
+   * loop, synchronously; those reaped before go at once): for a consumer
+   * that only moves them into a queue of its own (the vmm's dispatcher),
+   * without a fiber between (~0.2 ms on the path of every
+   * TERMINATE_VM_EVENT). Set once, instead of `exits`/`takeExits`; the
+   * listener must not throw.
+   */
+  readonly listenExits: (listener: (exit: ChildExit) => void) => Effect.Effect<void>
   /** Pids spawned and not yet reaped. */
   readonly children: Effect.Effect<ReadonlyArray<number>>
 }
 
 export class Process extends Context.Tag("vmd-vmm/Process")<Process, ProcessService>() {}
 
-/** takeExits over a queue of exits: at least one, and all that are there. */
-export const takeAtLeastOne = <A>(queue: Queue.Dequeue<A>): Effect.Effect<ReadonlyArray<A>> =>
-  Effect.map(Queue.takeBetween(queue, 1, Number.MAX_SAFE_INTEGER), Chunk.toReadonlyArray)
+/**
+ * The exits a layer has reaped and not yet handed over, for its one
+ * consumer: `take` (takeExits), `stream` (exits) or `listen` (listenExits).
+ */
+export class ExitBox {
+  #items: Array<ChildExit> = []
+  #wake: (() => void) | null = null
+  #listener: ((exit: ChildExit) => void) | null = null
+
+  offer(exit: ChildExit): void {
+    const l = this.#listener
+    if (l !== null) return l(exit)
+    this.#items.push(exit)
+    const w = this.#wake
+    if (w !== null) {
+      this.#wake = null
+      w()
+    }
+  }
+
+  /** At least one exit, and all that are there, in order. */
+  readonly take: Effect.Effect<ReadonlyArray<ChildExit>> = Effect.suspend(() => {
+    if (this.#items.length > 0) {
+      const all = this.#items
+      this.#items = []
+      return Effect.succeed(all)
+    }
+    return Effect.async<ReadonlyArray<ChildExit>>((resume) => {
+      this.#wake = () => resume(this.take)
+      return Effect.sync(() => {
+        this.#wake = null
+      })
+    })
+  })
+
+  readonly stream: Stream.Stream<ChildExit> = Stream.repeatEffectChunk(Effect.map(this.take, Chunk.unsafeFromArray))
+
+  listen(listener: (exit: ChildExit) => void): Effect.Effect<void> {
+    return Effect.sync(() => {
+      if (this.#listener !== null || this.#wake !== null) throw new Error("exits: a second consumer")
+      this.#listener = listener
+      const before = this.#items
+      this.#items = []
+      for (const e of before) listener(e)
+    })
+  }
+}

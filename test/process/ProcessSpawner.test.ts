@@ -34,7 +34,7 @@ import { Errno } from "../../src/schema/errno.ts"
 import { Fd } from "../../src/services/Fd.ts"
 import type { FdBackend } from "../../src/services/Fd.ts"
 import { Process } from "../../src/services/Process.ts"
-import type { ExitStatus } from "../../src/services/Process.ts"
+import type { ChildExit, ExitStatus } from "../../src/services/Process.ts"
 
 const root = join(import.meta.dirname, "..", "..")
 const dir = mkdtempSync(join(tmpdir(), "vmd-vmm-spawner-"))
@@ -328,6 +328,134 @@ describe.each(builds)("ProcessSpawner ($name)", ({ binary }) => {
       expect(statuses).toEqual(Array.from({ length: n }, (_, i) => ({ _tag: "Exited", code: i % 50 })))
       const exits = Chunk.toReadonlyArray(yield* proc.exits.pipe(Stream.take(n), Stream.runCollect))
       expect(new Set(exits.map((e) => e.pid)).size).toBe(n)
+    })
+  )
+
+  it.scopedLive("early spawn of a program that exists runs it with each fd at its number (and at spawnAt's targets)", () =>
+    Effect.gen(function* () {
+      const s = yield* spawnerOf(binary)
+      const out = yield* tempFd("early-out")
+      const a = yield* tempFd("early-a")
+      const b = yield* tempFd("early-b")
+      const given = [out.fd, a.fd, b.fd]
+      const c = yield* s.spawn({
+        command: child,
+        args: ["fdinfo", String(out.fd.num), "0", "1", "2", String(a.fd.num), String(b.fd.num)],
+        fds: given,
+        stdio: "null",
+        early: true
+      })
+      spawned.push(c.pid)
+      expect(c.pid).toBeGreaterThan(0)
+      expect(yield* c.exit).toEqual({ _tag: "Exited", code: 0 })
+      const report = parseReport(readFileSync(out.path, "utf8"))
+      expect(report.pid).toBe(c.pid)
+      expect(report.sid).toBe(c.pid)
+      expect(report.fds.get(a.fd.num)).toBe(identity(a.fd.num))
+      expect(report.fds.get(b.fd.num)).toBe(identity(b.fd.num))
+      for (const n of [0, 1, 2]) expect(report.fds.get(n)).toBe(devnullId())
+      expect(report.open).toEqual(sorted([0, 1, 2, ...given.map((fd) => fd.num)]))
+      // Moved: 3 and 4 are the spawner's own socket and /dev/null.
+      const moved = yield* tempFd("early-moved")
+      const k = yield* s.spawnAt(
+        { command: child, args: ["fdinfo", "9", "3", "4"], fds: [moved.fd, a.fd, b.fd], stdio: "null", early: true },
+        [9, 3, 4]
+      )
+      spawned.push(k.pid)
+      expect(yield* k.exit).toEqual({ _tag: "Exited", code: 0 })
+      const r2 = parseReport(readFileSync(moved.path, "utf8"))
+      expect(r2.fds.get(3)).toBe(identity(a.fd.num))
+      expect(r2.fds.get(4)).toBe(identity(b.fd.num))
+      expect(r2.open).toEqual([0, 1, 2, 3, 4, 9])
+      const exits = Chunk.toReadonlyArray(yield* s.exits.pipe(Stream.take(2), Stream.runCollect))
+      expect(exits).toEqual([
+        { pid: c.pid, status: { _tag: "Exited", code: 0 } },
+        { pid: k.pid, status: { _tag: "Exited", code: 0 } }
+      ])
+    })
+  )
+
+  it.scopedLive("early spawn of a missing program: a pid, then Exited 127 exactly once, nothing left behind", () =>
+    Effect.gen(function* () {
+      const s = yield* spawnerOf(binary)
+      const notExec = join(dir, "early-not-executable")
+      writeFileSync(notExec, "#!/bin/sh\n")
+      chmodSync(notExec, 0o644)
+      // By path, searched in PATH, and one that exec refuses (EACCES): none is a SpawnError.
+      const commands = [join(dir, "no-such-program"), "vmd-vmm-no-such-program", notExec]
+      const kids = yield* Effect.forEach(commands, (command) =>
+        s.spawn({ command, args: [], fds: [], stdio: "null", early: true })
+      )
+      const pids = kids.map((k) => k.pid)
+      spawned.push(...pids)
+      for (const pid of pids) expect(pid).toBeGreaterThan(0)
+      expect(new Set(pids).size).toBe(3)
+      const statuses = yield* Effect.forEach(kids, (k) => k.exit.pipe(Effect.timeout("5 seconds")))
+      expect(statuses).toEqual(pids.map(() => ({ _tag: "Exited", code: 127 })))
+      // Through takeExits (the vmm's SIGCHLD handler's way).
+      const exits: Array<ChildExit> = []
+      while (exits.length < 3) exits.push(...(yield* s.takeExits.pipe(Effect.timeout("5 seconds"))))
+      expect(exits.length).toBe(3)
+      expect(sorted(exits.map((e) => e.pid))).toEqual(sorted(pids))
+      for (const e of exits) expect(e.status).toEqual({ _tag: "Exited", code: 127 })
+      // Exactly once: nothing more comes.
+      const extra = yield* s.takeExits.pipe(Effect.timeout("100 millis"), Effect.option)
+      expect(extra._tag).toBe("None")
+      expect(yield* s.children).toEqual([])
+      for (const pid of pids) expect(yield* s.isAlive(pid)).toBe(false)
+      // Reaped by the spawner (no zombie), and gone for kill.
+      expect(childrenOf(s.spawnerPid)).toEqual([])
+      for (const pid of pids) expect(procStat(pid)).toBe(null)
+      const esrch = yield* Effect.flip(s.kill(pids[0] ?? 0, "SIGTERM"))
+      expect(esrch.errno).toBe(Errno.ESRCH)
+    })
+  )
+
+  it.scopedLive("early spawns whose children exit at once: each SPAWNED before its EXIT, every exit once", () =>
+    Effect.gen(function* () {
+      const s = yield* spawnerOf(binary)
+      const n = 100
+      const missing = join(dir, "no-such-program")
+      // Even: exits at once after exec; odd: its exec fails, it _exits at once.
+      const kids = yield* Effect.forEach(
+        Array.from({ length: n }, (_, i) => i),
+        (i) =>
+          s.spawn(
+            i % 2 === 0
+              ? { command: child, args: ["exit", String(i % 50)], fds: [], stdio: "null", early: true }
+              : { command: missing, args: [], fds: [], stdio: "null", early: true }
+          ),
+        { concurrency: "unbounded" }
+      )
+      spawned.push(...kids.map((k) => k.pid))
+      expect(new Set(kids.map((k) => k.pid)).size).toBe(n)
+      // An EXIT ahead of its SPAWNED would find no child to complete: this would time out.
+      const statuses = yield* Effect.forEach(kids, (k) => k.exit).pipe(Effect.timeout("20 seconds"))
+      expect(statuses).toEqual(
+        Array.from({ length: n }, (_, i) => ({ _tag: "Exited", code: i % 2 === 0 ? i % 50 : 127 }))
+      )
+      const exits = Chunk.toReadonlyArray(yield* s.exits.pipe(Stream.take(n), Stream.runCollect))
+      expect(sorted(exits.map((e) => e.pid))).toEqual(sorted(kids.map((k) => k.pid)))
+      const extra = yield* s.exits.pipe(Stream.take(1), Stream.runCollect, Effect.timeout("100 millis"), Effect.option)
+      expect(extra._tag).toBe("None")
+      expect(yield* s.children).toEqual([])
+      expect(childrenOf(s.spawnerPid)).toEqual([])
+    })
+  )
+
+  it.scopedLive("without early, a missing program is still SpawnError NotFound and no exit is reported", () =>
+    Effect.gen(function* () {
+      const s = yield* spawnerOf(binary)
+      for (const early of [undefined, false]) {
+        const missing = yield* Effect.flip(
+          s.spawn({ command: join(dir, "no-such-program"), args: [], fds: [], stdio: "null", ...(early === undefined ? {} : { early }) })
+        )
+        expect(missing).toMatchObject({ _tag: "SpawnError", reason: "NotFound", errno: Errno.ENOENT })
+      }
+      expect(yield* s.children).toEqual([])
+      const none = yield* s.takeExits.pipe(Effect.timeout("100 millis"), Effect.option)
+      expect(none._tag).toBe("None")
+      expect(childrenOf(s.spawnerPid)).toEqual([])
     })
   )
 

@@ -18,7 +18,7 @@
  * the exec (vfork, or fork and a blocking read of the exec pipe, as it did
  * before) reads nothing meanwhile: this test fails on it.
  */
-import { T_EXIT, T_HELLO, T_KILL, T_KILLED, T_SHUTDOWN, T_SPAWN, T_SPAWNED } from "../../src/layers/ProcessSpawner.ts"
+import { F_EARLY, T_EXIT, T_HELLO, T_KILL, T_KILLED, T_SHUTDOWN, T_SPAWN, T_SPAWNED, VERSION } from "../../src/layers/ProcessSpawner.ts"
 import { procStat } from "../e2e/proc.ts"
 import { describe, expect, it } from "vitest"
 import { execFileSync, spawn } from "node:child_process"
@@ -107,13 +107,13 @@ const childrenOf = (ppid: number): Array<[number, string]> => {
 
 const encoder = new TextEncoder()
 
-const spawnRequest = (seq: number, args: ReadonlyArray<string>, program: string = child): Uint8Array => {
+const spawnRequest = (seq: number, args: ReadonlyArray<string>, program: string = child, flags = 0): Uint8Array => {
   const strings = [program, ...args].map((s) => encoder.encode(`${s}\0`))
   const bytes = new Uint8Array(24 + strings.reduce((n, s) => n + s.length, 0))
   const v = new DataView(bytes.buffer)
   v.setUint32(0, T_SPAWN, true)
   v.setUint32(4, seq, true)
-  v.setUint32(8, 0, true) // stdio on /dev/null, the spawner's environment
+  v.setUint32(8, flags, true) // 0: stdio on /dev/null, the spawner's environment
   v.setUint32(12, 0, true) // no fds
   v.setUint32(16, strings.length, true)
   v.setUint32(20, 0, true)
@@ -183,7 +183,7 @@ const startSpawner = async (binary: string) => {
     return b.readInt32LE(0)
   }
   const [hello] = await readN(1)
-  expect(hello).toEqual({ type: T_HELLO, a: 1, b: pid, c: 128 })
+  expect(hello).toEqual({ type: T_HELLO, a: VERSION, b: pid, c: 128 })
   const shutdown = async (): Promise<void> => {
     await send(words(T_SHUTDOWN, 0, 0, 0))
     for (;;) {
@@ -357,6 +357,105 @@ describe.each(builds)("the spawner with a peer that does not read ($name)", ({ b
         expect(end).toContainEqual({ type: T_KILLED, a: 5, b: 0, c: 0 })
         expect(end).toContainEqual({ type: T_EXIT, a: pid2, b: 1, c: SIGTERM })
         expect(end.findIndex((r) => r.type === T_EXIT)).toBe(1) // KILLED first: the EXIT is of a later reap
+      } finally {
+        for (const fd of held) {
+          libc.write(fan, new Uint8Array(words(fd, FAN_ALLOW)))
+          libc.close(fd)
+        }
+        libc.close(fan)
+      }
+      await s.shutdown()
+    },
+    60_000
+  )
+
+  it("early SPAWNs: each SPAWNED (with its pid) before its child's EXIT, though the children exit at once; a failed exec is an EXIT 127", async () => {
+    const n = 100
+    const missing = join(dir, "no-such-program")
+    const s = await startSpawner(binary)
+    // Even seqs: exit at once after the exec; odd: the exec fails (ENOENT). Nothing is read meanwhile.
+    for (let i = 1; i <= n; i++) {
+      await s.send(i % 2 === 0 ? spawnRequest(i, ["exit", String(i % 100)], child, F_EARLY) : spawnRequest(i, [], missing, F_EARLY))
+    }
+    for (let i = 0; childrenOf(s.pid).length > 0 || s.unread() > 0; i++) {
+      if (i > 2000) throw new Error("children not reaped")
+      await sleep(5)
+    }
+    const replies = await s.readN(2 * n)
+    const seqOf = new Map<number, number>() // pid -> seq
+    const exited = new Set<number>()
+    for (const r of replies) {
+      if (r.type === T_SPAWNED) {
+        expect(r.b).toBeGreaterThan(0) // never a failure: the exec's result is not waited for
+        expect(r.c).toBe(0)
+        expect([...seqOf.values()]).not.toContain(r.a) // each request answered once
+        seqOf.set(r.b, r.a)
+      } else {
+        expect(r.type).toBe(T_EXIT)
+        const seq = seqOf.get(r.a)
+        expect(seq).toBeDefined() // its SPAWNED came first
+        expect(exited.has(r.a)).toBe(false) // once
+        exited.add(r.a)
+        expect([r.b, r.c]).toEqual([0, (seq ?? 0) % 2 === 0 ? (seq ?? 0) % 100 : 127])
+      }
+    }
+    expect(seqOf.size).toBe(n)
+    expect(exited.size).toBe(n)
+    // Nothing more: no late failure reply for the failed execs.
+    await sleep(50)
+    expect(await s.readN(1, 100).catch(() => [])).toEqual([])
+    await s.shutdown()
+  }, 60_000)
+
+  it.skipIf(!fanotifyWorks)(
+    "an early SPAWN is answered while its child is held in execve; a refused exec is then only an EXIT 127",
+    async () => {
+      const s = await startSpawner(binary)
+      const fan = fanotifyInit(FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK, 0) as number
+      expect(fan).toBeGreaterThanOrEqual(0)
+      const held: Array<number> = []
+      try {
+        expect(fanotifyMark(fan, FAN_MARK_ADD, FAN_OPEN_EXEC_PERM, AT_FDCWD, slowChild)).toBe(0)
+        const nextExec = async (): Promise<[number, number]> => {
+          const ev = new Uint8Array(4096)
+          const v = new DataView(ev.buffer)
+          for (let i = 0; ; i++) {
+            const n = libc.read(fan, ev)
+            if (n >= 24) {
+              const fd = v.getInt32(16, true)
+              held.push(fd)
+              return [fd, v.getInt32(20, true)]
+            }
+            if (n !== -osConstants.errno.EAGAIN) throw new Error(`fanotify read: ${n}`)
+            if (i > 2500) throw new Error("no exec of the slow child")
+            await sleep(2)
+          }
+        }
+        const answer = (fd: number, response: number): void => {
+          expect(libc.write(fan, new Uint8Array(words(fd, response)))).toBe(8)
+          libc.close(fd)
+          held.splice(held.indexOf(fd), 1)
+        }
+        // Both held in execve: their SPAWNEDs come anyway (a non-early one would wait for the exec).
+        await s.send(spawnRequest(1, ["sleep"], slowChild, F_EARLY))
+        const [ev1, pid1] = await nextExec()
+        await s.send(spawnRequest(2, ["exit", "0"], slowChild, F_EARLY))
+        const [ev2, pid2] = await nextExec()
+        const during = await s.readN(2, 3000)
+        expect(during).toEqual([
+          { type: T_SPAWNED, a: 1, b: pid1, c: 0 },
+          { type: T_SPAWNED, a: 2, b: pid2, c: 0 }
+        ])
+        // A live child at once: KILL reaches it even while it is in execve (after the exec is let through).
+        answer(ev2, FAN_DENY)
+        const [refused] = await s.readN(1)
+        expect(refused).toEqual({ type: T_EXIT, a: pid2, b: 0, c: 127 })
+        answer(ev1, FAN_ALLOW)
+        await s.send(words(T_KILL, 3, pid1, SIGTERM))
+        const end = await s.readN(2)
+        expect(end).toContainEqual({ type: T_KILLED, a: 3, b: 0, c: 0 })
+        expect(end).toContainEqual({ type: T_EXIT, a: pid1, b: 1, c: SIGTERM })
+        expect(childrenOf(s.pid)).toEqual([])
       } finally {
         for (const fd of held) {
           libc.write(fan, new Uint8Array(words(fd, FAN_ALLOW)))
