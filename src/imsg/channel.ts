@@ -22,7 +22,7 @@ import { Errno, errnoName } from "../schema/errno.ts"
 import type { HeaderFormat } from "../schema/imsgHeader.ts"
 import { MAX_IMSG_PAYLOAD } from "../schema/imsgHeader.ts"
 import type { Fd } from "../services/Fd.ts"
-import type { Channel, Imsg, OutgoingImsg } from "../services/ImsgChannel.ts"
+import type { Channel, ChannelListener, Imsg, OutgoingImsg } from "../services/ImsgChannel.ts"
 import { ChannelError } from "../services/ImsgChannel.ts"
 import { ImsgParser } from "./parser.ts"
 import type { Batch } from "./writer.ts"
@@ -102,6 +102,8 @@ class ImsgConnection {
   #writing = false
   #writeScheduled = false
   #wake: (() => void) | null = null
+  #listener: ChannelListener | null = null
+  #endHeard = false
   #flushed: Array<() => void> = []
 
   constructor(socket: (events: DriverEvents) => SocketDriver, options: ChannelOptions) {
@@ -190,6 +192,16 @@ class ImsgConnection {
   }
 
   #notify(): void {
+    const l = this.#listener
+    if (l !== null) {
+      if (this.#inbox.length > 0) l.messages(this.#takeInbox())
+      const e = this.#ending
+      if (e !== null && !this.#endHeard) {
+        this.#endHeard = true
+        l.end(e._tag === "Eof" ? null : e.error)
+      }
+      return
+    }
     const w = this.#wake
     if (w !== null) {
       this.#wake = null
@@ -243,6 +255,14 @@ class ImsgConnection {
   )
 
   readonly messages: Stream.Stream<Imsg, ChannelError> = Stream.repeatEffectChunkOption(this.#pull)
+
+  listen(listener: ChannelListener): Effect.Effect<void> {
+    return Effect.sync(() => {
+      if (this.#listener !== null || this.#wake !== null) throw new Error("imsg channel: a second consumer")
+      this.#listener = listener
+      this.#notify()
+    })
+  }
 
   /** #pull without Chunk and Option: what a plain loop consumes (Channel.receive). */
   readonly receive: Effect.Effect<ReadonlyArray<Imsg> | null, ChannelError> = Effect.suspend(() => {
@@ -423,6 +443,7 @@ export const makeChannel = (
     sendAll: (msgs) => c.sendAll(msgs),
     messages: c.messages,
     receive: c.receive,
+    listen: (l) => c.listen(l),
     flush: c.flush,
     close: c.close,
     queued: c.queued

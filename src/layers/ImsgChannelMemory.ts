@@ -306,18 +306,19 @@ const withEndpoint = <A>(
   })
 
 /** `open` with options (see ChannelOptions). */
+const openOwned = (table: MemorySocketTable, fd: Fd, options: ChannelOptions = {}): Effect.Effect<Channel, ChannelError> =>
+  withEndpoint(table, fd, (end) => Effect.sync(() => makeChannel((events) => memoryDriver(fd, end, events), options)))
+
 const openChannel = (
   table: MemorySocketTable,
   fd: Fd,
   options: ChannelOptions = {}
 ): Effect.Effect<Channel, ChannelError, Scope.Scope> =>
-  Effect.acquireRelease(
-    withEndpoint(table, fd, (end) => Effect.sync(() => makeChannel((events) => memoryDriver(fd, end, events), options))),
-    (channel) => channel.close
-  )
+  Effect.acquireRelease(openOwned(table, fd, options), (channel) => channel.close)
 
 const make = (table: MemorySocketTable): ImsgChannelService => ({
   open: (fd) => openChannel(table, fd),
+  openOwned: (fd) => openOwned(table, fd),
   socketpair: (label) => Effect.sync(() => table.socketpair(label)),
   writeRaw: (fd, bytes, timeoutMs) => withEndpoint(table, fd, (end) => writeAll(rawSocket(fd, end), bytes, timeoutMs)),
   readRaw: (fd, n, timeoutMs) => withEndpoint(table, fd, (end) => readExactly(rawSocket(fd, end), n, timeoutMs))

@@ -28,31 +28,36 @@ const ioError = (op: string, fd: Fd, errno: number): ChannelError =>
 const closedError = (fd: Fd): ChannelError =>
   new ChannelError({ reason: "Closed", message: `${fd} is closed`, errno: Errno.EBADF })
 
-const checkOpen = (fd: Fd): Effect.Effect<void, ChannelError> => (fd.isOpen ? Effect.void : Effect.fail(closedError(fd)))
 
 /** Turn a socket fd into a channel (imsgbuf_init + imsgbuf_allow_fdpass); `options.format` for legacy peers. */
+/** A channel on fd, or why not; the caller closes it. */
+const channelOn = (fd: Fd, options: ChannelOptions): Channel | ChannelError => {
+  if (!fd.isOpen) return closedError(fd)
+  // fd 3 is inherited and may lack O_NONBLOCK; every channel fd is close-on-exec.
+  const r = libc.setNonblockCloexec(fd.num)
+  if (r < 0) return ioError("fcntl", fd, fromHostErrno(-r))
+  let events: DriverEvents | null = null
+  const poll = UvPoll.open(fd.num, (status, ev) => {
+    if (events === null) return
+    if (status < 0) return events.error(fromHostErrno(-status))
+    if ((ev & (UV_READABLE | UV_DISCONNECT)) !== 0) events.readable()
+    if ((ev & UV_WRITABLE) !== 0) events.writable()
+  })
+  if (typeof poll === "number") return ioError("uv_poll_init", fd, fromHostErrno(-poll))
+  return makeChannel((e) => {
+    events = e
+    return nativeDriver(fd, poll, e)
+  }, options)
+}
+
+const openOwned = (fd: Fd, options: ChannelOptions = {}): Effect.Effect<Channel, ChannelError> =>
+  Effect.suspend(() => {
+    const c = channelOn(fd, options)
+    return c instanceof ChannelError ? Effect.fail(c) : Effect.succeed(c)
+  })
+
 const openChannel = (fd: Fd, options: ChannelOptions = {}): Effect.Effect<Channel, ChannelError, Scope.Scope> =>
-  Effect.acquireRelease(
-    Effect.gen(function* () {
-      yield* checkOpen(fd)
-      // fd 3 is inherited and may lack O_NONBLOCK; every channel fd is close-on-exec.
-      const r = libc.setNonblockCloexec(fd.num)
-      if (r < 0) return yield* Effect.fail(ioError("fcntl", fd, fromHostErrno(-r)))
-      let events: DriverEvents | null = null
-      const poll = UvPoll.open(fd.num, (status, ev) => {
-        if (events === null) return
-        if (status < 0) return events.error(fromHostErrno(-status))
-        if ((ev & (UV_READABLE | UV_DISCONNECT)) !== 0) events.readable()
-        if ((ev & UV_WRITABLE) !== 0) events.writable()
-      })
-      if (typeof poll === "number") return yield* Effect.fail(ioError("uv_poll_init", fd, fromHostErrno(-poll)))
-      return makeChannel((e) => {
-        events = e
-        return nativeDriver(fd, poll, e)
-      }, options)
-    }),
-    (channel) => channel.close
-  )
+  Effect.acquireRelease(openOwned(fd, options), (channel) => channel.close)
 
 /**
  * One msghdr pair for every channel: sendmsg and recvmsg are synchronous
@@ -154,6 +159,7 @@ const socketpair = (label: string): Effect.Effect<readonly [Fd, Fd], ChannelErro
 
 const service: ImsgChannelService = {
   open: (fd) => openChannel(fd),
+  openOwned: (fd) => openOwned(fd),
   socketpair,
   writeRaw: (fd, bytes, timeoutMs) =>
     Effect.suspend(() => (fd.isOpen ? writeAll(rawSocket(fd), bytes, timeoutMs) : Effect.fail(closedError(fd)))),

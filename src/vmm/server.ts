@@ -7,7 +7,7 @@
  * and one dispatcher fiber; the channels and the exit watcher only feed it.
  * That is what makes the state machine testable against a model.
  */
-import { Effect, Exit, ExecutionStrategy, Scope } from "effect"
+import { Effect, Exit } from "effect"
 import type { Channel, ChannelError, Imsg } from "../services/ImsgChannel.ts"
 import { ImsgChannel } from "../services/ImsgChannel.ts"
 import { Process, type ChildExit } from "../services/Process.ts"
@@ -26,7 +26,7 @@ export type VmmEvent =
   | { readonly _tag: "Parent"; readonly imsg: Imsg }
   | { readonly _tag: "ParentEnd"; readonly error: ChannelError | null }
   | { readonly _tag: "Vm"; readonly vm: Vm; readonly imsg: Imsg }
-  | { readonly _tag: "VmEnd"; readonly vm: Vm; readonly error: ChannelError | null }
+  | { readonly _tag: "VmEnd"; readonly vm: Vm; readonly error: ChannelError }
   | { readonly _tag: "Exit"; readonly exit: ChildExit }
   | { readonly _tag: "Shutdown"; readonly reason: string }
 
@@ -121,45 +121,57 @@ export const startVmmServer = (parentFd: Fd, options: VmmOptions) =>
       Effect.gen(function* () {
         for (;;) {
           const got = yield* Effect.either(channel.receive)
-          if (got._tag === "Left") return yield* offer(end(got.left))
-          if (got.right === null) return yield* offer(end(null))
+          if (got._tag === "Left") return events.push(end(got.left))
+          if (got.right === null) return events.push(end(null))
           for (const m of got.right) events.push(event(m))
         }
       })
 
     // SIGCHLD: subscribe before anything can be spawned.
-    yield* process.takeExits.pipe(
-      Effect.map((exits) => {
-        for (const exit of exits) events.push({ _tag: "Exit", exit })
-      }),
-      Effect.forever,
-      Effect.forkIn(scope)
-    )
-    yield* Effect.yieldNow()
+    yield* process.listenExits((exit) => events.push({ _tag: "Exit", exit }))
 
     const parent = yield* imsg.open(parentFd)
 
+    // The VM channels open now. They belong to the server's scope, which
+    // closes those still open when it ends; vm_remove closes one at once.
+    // (A scope per VM, forked and extended, cost ~0.3 ms per start and per
+    // exit: on the path of START_VM_RESPONSE and TERMINATE_VM_EVENT.)
+    const vmChannels = new Set<Channel>()
+    yield* Effect.addFinalizer(() =>
+      Effect.suspend(() => {
+        const open = [...vmChannels]
+        vmChannels.clear()
+        return Effect.forEach(open, (c) => c.close, { discard: true })
+      })
+    )
+
     const watchVm = (vm: Vm, socket: Fd) =>
       Effect.gen(function* () {
-        const vmScope = yield* Scope.fork(scope, ExecutionStrategy.sequential)
-        const opened = yield* Effect.either(Scope.extend(imsg.open(socket), vmScope))
+        const opened = yield* Effect.either(imsg.openOwned(socket))
         if (opened._tag === "Left") {
           socket.closeSync()
-          yield* Scope.close(vmScope, Exit.void)
           return false
         }
         const channel = opened.right
-        // The pump lives in the server's scope, not the VM's: closing the VM's
-        // scope closes the channel, which ends the pump by itself (its VmEnd
-        // is then stale and ignored), so vm_remove does not wait for a fiber
-        // to be interrupted (on the path of every TERMINATE_VM_EVENT).
-        yield* pump(
-          channel,
-          (imsg) => ({ _tag: "Vm", vm, imsg }),
-          (error) => ({ _tag: "VmEnd", vm, error })
-        ).pipe(Effect.forkIn(scope))
+        vmChannels.add(channel)
+        // Messages go straight into the queue as they are read (no fiber
+        // per VM). EOF, or our own close, is no event: vmm.c just stops
+        // watching the socket (the exit comes by SIGCHLD), and a dispatcher
+        // turn for nothing would delay the spawner's exit report behind it.
+        // An error after vm_remove closed the channel cannot come.
+        yield* channel.listen({
+          messages: (ms) => {
+            for (const imsg of ms) events.push({ _tag: "Vm", vm, imsg })
+          },
+          end: (error) => {
+            if (error !== null) events.push({ _tag: "VmEnd", vm, error })
+          }
+        })
         vm.channel = channel
-        vm.closeChannel = Scope.close(vmScope, Exit.void)
+        vm.closeChannel = Effect.suspend(() => {
+          vmChannels.delete(channel)
+          return channel.close
+        })
         return true
       })
 
@@ -188,9 +200,7 @@ export const startVmmServer = (parentFd: Fd, options: VmmOptions) =>
             yield* dispatchVm(ctx, e.vm, e.imsg)
             return null
           case "VmEnd":
-            if (e.error !== null && (yield* live(e.vm)))
-              yield* endMisbehavingVm(ctx, e.vm, `broken channel (${e.error.message})`)
-            // EOF: vmm.c just stops watching the socket; the exit comes by SIGCHLD.
+            if (yield* live(e.vm)) yield* endMisbehavingVm(ctx, e.vm, `broken channel (${e.error.message})`)
             return null
           case "Exit":
             yield* childExited(ctx, e.exit)

@@ -78,7 +78,11 @@ const handshake = (ctx: VmmContext, vm: Vm, imsg: Imsg): Effect.Effect<Either.Ei
         command: ctx.options.vmExec,
         args: vmArgv(ctx, theirs.num),
         fds: [theirs, ...extra, ...heldFds(vm)],
-        stdio: ctx.options.debug ? "inherit" : "null"
+        stdio: ctx.options.debug ? "inherit" : "null",
+        // As vmm.c's fork: back with the pid at once, so that struct vmd_vm
+        // (which carries it) is written while the child execs; a failed exec
+        // shows as EOF in the handshake below, and as the child's exit.
+        early: true
       })
     )
     theirs.closeSync()

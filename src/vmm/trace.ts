@@ -74,7 +74,15 @@ const traceChannel = (ch: Channel): Channel => ({
   messages: ch.messages.pipe(Stream.tap((m: Imsg) => Effect.sync(() => traceIn(ch, m)))),
   receive: Effect.tap(ch.receive, (ms) => {
     if (ms !== null) for (const m of ms) traceIn(ch, m)
-  })
+  }),
+  listen: (l) =>
+    ch.listen({
+      messages: (ms) => {
+        for (const m of ms) traceIn(ch, m)
+        l.messages(ms)
+      },
+      end: l.end
+    })
 })
 
 /** Wrap the ImsgChannel service in the context so every channel it opens is traced. */
@@ -82,6 +90,7 @@ export const withTrace = Layer.effect(
   ImsgChannel,
   Effect.map(ImsgChannel, (svc) => ({
     ...svc,
-    open: (fd) => Effect.map(svc.open(fd), traceChannel)
+    open: (fd) => Effect.map(svc.open(fd), traceChannel),
+    openOwned: (fd) => Effect.map(svc.openOwned(fd), traceChannel)
   }))
 )
