@@ -245,6 +245,7 @@ class ImsgConnection {
 
   readonly #pull: Effect.Effect<Chunk.Chunk<Imsg>, Option.Option<ChannelError>> = Effect.suspend(
     () =>
+      (this.#listener !== null ? Effect.dieMessage("imsg channel: messages of a channel with a listener") : null) ??
       this.#take() ??
       Effect.async<Chunk.Chunk<Imsg>, Option.Option<ChannelError>>((resume) => {
         this.#wake = () => resume(this.#pull)
@@ -266,6 +267,7 @@ class ImsgConnection {
 
   /** #pull without Chunk and Option: what a plain loop consumes (Channel.receive). */
   readonly receive: Effect.Effect<ReadonlyArray<Imsg> | null, ChannelError> = Effect.suspend(() => {
+    if (this.#listener !== null) return Effect.dieMessage("imsg channel: receive on a channel with a listener")
     if (this.#inbox.length > 0) return Effect.succeed(this.#takeInbox())
     const e = this.#ending
     if (e !== null) return e._tag === "Eof" ? Effect.succeed(null) : Effect.fail(e.error)

@@ -111,6 +111,7 @@ export class ExitBox {
 
   /** At least one exit, and all that are there, in order. */
   readonly take: Effect.Effect<ReadonlyArray<ChildExit>> = Effect.suspend(() => {
+    if (this.#listener !== null) return Effect.dieMessage("exits: taken from a box with a listener")
     if (this.#items.length > 0) {
       const all = this.#items
       this.#items = []

@@ -2,9 +2,12 @@ import { spawn } from "node:child_process"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { describe, expect, it } from "@effect/vitest"
-import { Either } from "effect"
+import { Effect, Either, Layer } from "effect"
 import { parseArgs } from "../../src/cli/args.ts"
-import { describeImsg } from "../../src/vmm/trace.ts"
+import { ImsgChannelMemory } from "../../src/layers/ImsgChannelMemory.ts"
+import { ImsgChannel } from "../../src/services/ImsgChannel.ts"
+import { logState } from "../../src/vmm/log.ts"
+import { describeImsg, withTrace } from "../../src/vmm/trace.ts"
 import * as T from "../../src/schema/imsgTypes.ts"
 import { encodeVmopResult } from "../../src/schema/structs.ts"
 
@@ -46,6 +49,44 @@ describe("--trace", () => {
     )
     expect(describeImsg(99, 0, 0, Uint8Array.of(1, 2), false)).toBe("type 99 peerid=0 pid=0 len=2 data=0102")
   })
+})
+
+describe("--trace on every channel", () => {
+  it.effect("traces a channel from open and one from openOwned consumed by listen, both ways", () =>
+    Effect.gen(function* () {
+      const lines: Array<string> = []
+      const sink = logState.sink
+      logState.sink = (_level, line) => void lines.push(line)
+      try {
+        yield* Effect.scoped(
+          Effect.gen(function* () {
+            const svc = yield* ImsgChannel
+            const [a, b] = yield* svc.socketpair("t")
+            const parent = yield* svc.open(a)
+            const vm = yield* svc.openOwned(b)
+            const heard: Array<number> = []
+            yield* vm.listen({ messages: (ms) => heard.push(...ms.map((m) => m.type)), end: () => {} })
+            yield* parent.send({ type: T.IMSG_VMDOP_PAUSE_VM, peerid: 1, pid: 0 })
+            yield* vm.send({ type: T.IMSG_VMDOP_UNPAUSE_VM, peerid: 2, pid: 0 })
+            yield* parent.flush
+            yield* vm.flush
+            const back = yield* parent.receive
+            for (let i = 0; i < 10 && heard.length === 0; i++) yield* Effect.yieldNow()
+            expect(heard).toEqual([T.IMSG_VMDOP_PAUSE_VM])
+            expect((back ?? []).map((m) => m.type)).toEqual([T.IMSG_VMDOP_UNPAUSE_VM])
+            yield* vm.close
+          })
+        ).pipe(Effect.provide(withTrace.pipe(Layer.provide(ImsgChannelMemory.layer))))
+      } finally {
+        logState.sink = sink
+      }
+      const traced = lines.filter((l) => l.includes("trace fd"))
+      expect(traced.filter((l) => l.includes("> IMSG_VMDOP_PAUSE_VM")).length).toBe(1)
+      expect(traced.filter((l) => l.includes("< IMSG_VMDOP_PAUSE_VM")).length).toBe(1)
+      expect(traced.filter((l) => l.includes("> IMSG_VMDOP_UNPAUSE_VM")).length).toBe(1)
+      expect(traced.filter((l) => l.includes("< IMSG_VMDOP_UNPAUSE_VM")).length).toBe(1)
+    })
+  )
 })
 
 describe("bin/vmm start-up", () => {

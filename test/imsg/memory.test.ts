@@ -204,6 +204,86 @@ describe("ImsgChannelMemory", () => {
     })
   )
 
+  it.effect("listen: every batch handed over as it arrives, in order, then end once: null at EOF, the error on Framing, null on close; no second consumer", () =>
+    Effect.gen(function* () {
+      const { a, open } = yield* memory(
+        Effect.gen(function* () {
+          const svc = yield* ImsgChannel
+          const [x, y] = yield* svc.socketpair("p")
+          const cx = yield* svc.open(x)
+          const cy = yield* svc.openOwned(y)
+          const types: Array<number> = []
+          const ends: Array<string> = []
+          // Two sent before listening: handed over when the listener is set.
+          yield* cx.send({ type: 20, peerid: 0, pid: 0 })
+          yield* cx.send({ type: 21, peerid: 1, pid: 0 })
+          yield* Effect.yieldNow()
+          yield* cy.listen({
+            messages: (ms) => types.push(...ms.map((m) => m.type)),
+            end: (e) => ends.push(e === null ? "eof" : e.reason)
+          })
+          for (let i = 2; i < 5; i++) yield* cx.send({ type: 20 + i, peerid: i, pid: 0 })
+          yield* cx.flush
+          for (let i = 0; i < 10 && types.length < 5; i++) yield* Effect.yieldNow()
+          const second = yield* Effect.exit(cy.listen({ messages: () => {}, end: () => {} }))
+          const alsoReceive = yield* Effect.exit(cy.receive)
+          yield* cx.close
+          for (let i = 0; i < 10 && ends.length === 0; i++) yield* Effect.yieldNow()
+          const eofEnds = [...ends]
+          yield* cy.close // after EOF: no second end
+          // A framing error ends a listened channel with the error.
+          const [p, q] = yield* svc.socketpair("q")
+          const cp = yield* svc.openOwned(p)
+          const bad: Array<string> = []
+          yield* cp.listen({ messages: () => bad.push("msg"), end: (e) => bad.push(e === null ? "eof" : e.reason) })
+          yield* svc.writeRaw(q, hex("01 00 00 00 0f 00 00 00 00 00 00 00 00 00 00 00"), 100)
+          for (let i = 0; i < 10 && bad.length === 0; i++) yield* Effect.yieldNow()
+          yield* cp.close
+          q.closeSync()
+          // Closing a listened channel ourselves ends it with null.
+          const [r, t] = yield* svc.socketpair("r")
+          const cr = yield* svc.openOwned(r)
+          const closed: Array<string> = []
+          yield* cr.listen({ messages: () => {}, end: (e) => closed.push(e === null ? "eof" : e.reason) })
+          yield* cr.close
+          t.closeSync()
+          return { types, eofEnds, ends, second: second._tag, alsoReceive: alsoReceive._tag, bad, closed }
+        })
+      )
+      expect(a).toEqual({
+        types: [20, 21, 22, 23, 24],
+        eofEnds: ["eof"],
+        ends: ["eof"],
+        second: "Failure",
+        alsoReceive: "Failure",
+        bad: ["Framing"],
+        closed: ["eof"]
+      })
+      expect(open).toEqual([])
+    })
+  )
+
+  it.effect("openOwned: the channel is not tied to a scope; its fd stays open until close", () =>
+    Effect.gen(function* () {
+      const { a, open } = yield* memory(
+        Effect.gen(function* () {
+          const svc = yield* ImsgChannel
+          const table = yield* MemorySockets
+          const [x, y] = yield* svc.socketpair("p")
+          const cy = yield* Effect.scoped(svc.openOwned(y))
+          const afterScope = table.isOpen(y)
+          const cx = yield* svc.open(x)
+          yield* cx.send({ type: 7, peerid: 1, pid: 0 })
+          const got = yield* cy.receive
+          yield* cy.close
+          return { afterScope, got: (got ?? []).map((m) => m.type), afterClose: table.isOpen(y) }
+        })
+      )
+      expect(a).toEqual({ afterScope: true, got: [7], afterClose: false })
+      expect(open).toEqual([])
+    })
+  )
+
   it.effect("backpressure: 4 MB to a reader that pauses, all in order; close drops unsent fds", () =>
     Effect.gen(function* () {
       const { a, open } = yield* memory(

@@ -57,6 +57,43 @@ describe("ImsgChannelNative over real socketpairs", () => {
     )
   )
 
+  it.live("openOwned + listen: messages (one with an fd) handed over from the event loop, then end(null) at EOF; the fd is closed by close, not by the scope", () =>
+    native(
+      Effect.gen(function* () {
+        const svc = yield* ImsgChannel
+        const [a, b] = yield* svc.socketpair("listen")
+        const before = fdCount()
+        const rx = yield* svc.openOwned(b)
+        const tx = yield* svc.open(a)
+        const done = yield* Deferred.make<ReadonlyArray<string>>()
+        const got: Array<string> = []
+        yield* rx.listen({
+          messages: (ms) => {
+            for (const m of ms) {
+              got.push(`${m.type}:${m.fd === null ? "-" : "fd"}`)
+              m.fd?.closeSync()
+            }
+          },
+          end: (e) => {
+            got.push(e === null ? "eof" : e.reason)
+            Deferred.unsafeDone(done, Effect.succeed([...got]))
+          }
+        })
+        yield* tx.send({ type: 1, peerid: 0, pid: 0 })
+        yield* tx.send({ type: 2, peerid: 0, pid: 0, fd: devNull("passed") })
+        yield* tx.send({ type: 3, peerid: 0, pid: 0, data: new Uint8Array(5000) })
+        yield* tx.flush
+        yield* tx.close
+        const seen = yield* Deferred.await(done).pipe(Effect.timeout("5 seconds"))
+        expect(seen).toEqual(["1:-", "2:fd", "3:-", "eof"])
+        expect(b.isOpen).toBe(true)
+        yield* rx.close
+        expect(b.isOpen).toBe(false)
+        expect(fdCount()).toBe(before - 2)
+      })
+    )
+  )
+
   it.live("passes an fd: the receiver's fd is the same file (st_dev, st_ino), close-on-exec", () =>
     native(
       Effect.gen(function* () {

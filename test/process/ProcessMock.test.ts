@@ -90,6 +90,35 @@ describe("ProcessMock", () => {
     }).pipe(Effect.provide(mock))
   )
 
+  it.effect("listenExits: exits reaped before are handed over at once, later ones as each is reaped, in order, once; then no other consumer", () =>
+    Effect.gen(function* () {
+      const proc = yield* Process
+      const heard: Array<readonly [number, number]> = []
+      yield* proc.spawn(req(1, 1))
+      yield* proc.spawn(req(2, 2))
+      yield* TestClock.adjust("1 second")
+      const a = yield* proc.spawn(req(3, 2))
+      yield* proc.listenExits((e) => heard.push([e.pid, e.status._tag === "Exited" ? e.status.code : -1]))
+      const atOnce = [...heard]
+      yield* TestClock.adjust("1 second")
+      const afterOne = [...heard]
+      yield* TestClock.adjust("1 second")
+      yield* a.exit
+      expect(atOnce).toEqual([[500, 1]])
+      expect(afterOne).toEqual([
+        [500, 1],
+        [501, 2]
+      ])
+      expect(heard).toEqual([
+        [500, 1],
+        [501, 2],
+        [502, 3]
+      ])
+      expect(Exit.isFailure(yield* Effect.exit(proc.takeExits))).toBe(true)
+      expect(Exit.isFailure(yield* Effect.exit(proc.listenExits(() => {})))).toBe(true)
+    }).pipe(Effect.provide(mock))
+  )
+
   it.effect("SIGTERM and SIGKILL end a program with that signal", () =>
     Effect.gen(function* () {
       const proc = yield* Process
