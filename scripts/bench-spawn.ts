@@ -1,5 +1,6 @@
 /**
- * Spawn latency: ProcessNode vs ProcessSpawner (vfork and fork builds) vs a C
+ * Spawn latency: ProcessNode vs ProcessSpawner (waiting for the exec, and
+ * early: back at the fork, as src/vmm/startVm.ts spawns VMs) vs a C
  * reference (fork+exec and posix_spawn from a small C program, same run).
  *
  *   npx tsx scripts/bench-spawn.ts [ITERATIONS=300] [WARMUP=20]
@@ -49,10 +50,7 @@ const pipe = (): readonly [number, number] => {
 
 const dir = mkdtempSync(join(tmpdir(), "vmd-vmm-bench-"))
 const ref = join(dir, "spawn_ref")
-const spawners = [
-  { name: "ProcessSpawner (vfork)", binary: join(dir, "spawner"), flags: [] as Array<string> },
-  { name: "ProcessSpawner (fork)", binary: join(dir, "spawner-fork"), flags: ["--fork"] }
-]
+const spawner = join(dir, "spawner")
 
 /** `n` iterations of each C method, after `warmup` dropped ones. */
 const cReference = (n: number, warmup: number): Map<string, Samples> => {
@@ -74,7 +72,7 @@ const cReference = (n: number, warmup: number): Map<string, Samples> => {
 }
 
 /** `n` iterations on one Process service, appended to `s` after `warmup` dropped ones. */
-const nodeRound = (proc: ProcessService, s: Samples, n: number, warmup: number): Effect.Effect<void, unknown> =>
+const nodeRound = (proc: ProcessService, early: boolean, s: Samples, n: number, warmup: number): Effect.Effect<void, unknown> =>
   Effect.gen(function* () {
     const imsg = ImsgChannelNative.service
     const msg = new Uint8Array(SHAKE).fill(0x5a)
@@ -83,7 +81,7 @@ const nodeRound = (proc: ProcessService, s: Samples, n: number, warmup: number):
       const [r, w] = pipe()
       const wfd = libc.nativeFd(w, "pipe")
       const t0 = performance.now()
-      const c = yield* proc.spawn({ command: ref, args: ["child", "byte", String(w)], fds: [wfd], stdio: "null" })
+      const c = yield* proc.spawn({ command: ref, args: ["child", "byte", String(w)], fds: [wfd], stdio: "null", early })
       const t1 = performance.now()
       if (libc.read(r, one) !== 1) throw new Error("no byte")
       const t2 = performance.now()
@@ -97,7 +95,8 @@ const nodeRound = (proc: ProcessService, s: Samples, n: number, warmup: number):
         command: ref,
         args: ["child", "shake", String(theirs.num)],
         fds: [theirs],
-        stdio: "null"
+        stdio: "null",
+        early
       })
       theirs.closeSync()
       yield* imsg.writeRaw(ours, msg, 5000)
@@ -125,15 +124,14 @@ const ROUND = 10
 
 const main = Effect.gen(function* () {
   execFileSync("cc", ["-O2", "-o", ref, join(root, "scripts", "c", "spawn_ref.c")])
-  for (const s of spawners) {
-    execFileSync(process.execPath, [join(root, "scripts", "build-spawner.mjs"), "--strict", "--out", s.binary, ...s.flags])
-  }
-  const node: Array<readonly [string, Layer.Layer<Process, unknown>]> = [
-    ["ProcessNode", ProcessNode.layer],
-    ...spawners.map((s) => [s.name, ProcessSpawner.layerWith({ binary: s.binary })] as const)
+  execFileSync(process.execPath, [join(root, "scripts", "build-spawner.mjs"), "--strict", "--out", spawner])
+  const node: Array<readonly [string, Layer.Layer<Process, unknown>, boolean]> = [
+    ["ProcessNode", ProcessNode.layer, false],
+    ["ProcessSpawner", ProcessSpawner.layerWith({ binary: spawner }), false],
+    ["ProcessSpawner (early)", ProcessSpawner.layerWith({ binary: spawner }), true]
   ]
-  const services = yield* Effect.forEach(node, ([name, layer]) =>
-    Layer.build(layer).pipe(Effect.map((ctx) => [name, Context.get(ctx, Process)] as const))
+  const services = yield* Effect.forEach(node, ([name, layer, early]) =>
+    Layer.build(layer).pipe(Effect.map((ctx) => [name, Context.get(ctx, Process), early] as const))
   )
   const results = new Map<string, Samples>()
   const add = (name: string, s: Samples): void => {
@@ -147,9 +145,9 @@ const main = Effect.gen(function* () {
     const c = cReference(n, warm)
     add("C fork+exec", c.get("fork") ?? empty())
     add("C posix_spawn", c.get("posix_spawn") ?? empty())
-    for (const [name, proc] of services) {
+    for (const [name, proc, early] of services) {
       const s = empty()
-      yield* nodeRound(proc, s, n, warm)
+      yield* nodeRound(proc, early, s, n, warm)
       add(name, s)
     }
   }
