@@ -44,7 +44,7 @@ export interface VmmHandle {
 const closeImsgFd = (imsg: Imsg) => imsg.fd?.closeSync()
 
 /**
- * The dispatcher's queue: many producers (the channel and exit pumps, the
+ * The dispatcher's queue: many producers (the channel and exit listeners, the
  * signal handlers), one consumer. A plain array and one waiting taker: on
  * every request's path, so lighter than a general Queue.
  */
@@ -118,25 +118,6 @@ export const startVmmServer = (parentFd: Fd, options: VmmOptions) =>
     const events = new EventQueue()
     const offer = (e: VmmEvent) => Effect.sync(() => events.push(e))
 
-    /**
-     * Feed a channel's messages to the queue, a batch at a time, then its
-     * end: what Stream.runForEach did, without a Stream per message batch
-     * (this is the hot path of every request and every VM message).
-     */
-    const pump = (
-      channel: Channel,
-      event: (m: Imsg) => VmmEvent,
-      end: (error: ChannelError | null) => VmmEvent
-    ): Effect.Effect<void> =>
-      Effect.gen(function* () {
-        for (;;) {
-          const got = yield* Effect.either(channel.receive)
-          if (got._tag === "Left") return events.push(end(got.left))
-          if (got.right === null) return events.push(end(null))
-          for (const m of got.right) events.push(event(m))
-        }
-      })
-
     // SIGCHLD: subscribe before anything can be spawned.
     yield* process.listenExits((exit) => events.push({ _tag: "Exit", exit }))
 
@@ -187,11 +168,14 @@ export const startVmmServer = (parentFd: Fd, options: VmmOptions) =>
 
     const ctx: VmmContext = { options, state, registry, device, process, imsg, parent, watchVm }
 
-    yield* pump(
-      parent,
-      (imsg) => ({ _tag: "Parent", imsg }),
-      (error) => ({ _tag: "ParentEnd", error })
-    ).pipe(Effect.forkIn(scope))
+    // The parent's messages go straight into the queue as they are read, as
+    // the VMs' do: no fiber between the socket and the dispatcher.
+    yield* parent.listen({
+      messages: (ms) => {
+        for (const imsg of ms) events.push({ _tag: "Parent", imsg })
+      },
+      end: (error) => events.push({ _tag: "ParentEnd", error })
+    })
 
     /** Is this still the registered VM (events for a removed VM are stale)? */
     const live = (vm: Vm) => Effect.map(registry.byVmid(vm.vmid), (found) => found === vm)
