@@ -198,6 +198,36 @@ const startSpawner = async (binary: string) => {
   return { pid, sndbuf, readN, send, unread, shutdown }
 }
 
+/**
+ * Execs held by fanotify (FAN_OPEN_EXEC_PERM on `fan`): `nextExec` waits for
+ * the next one and holds it ([event fd, pid of the exec'ing child], the fd
+ * kept in `held`); `answer` lets it go on or refuses it.
+ */
+const execGate = (fan: number, held: Array<number>) => {
+  const nextExec = async (): Promise<[number, number]> => {
+    const ev = new Uint8Array(4096)
+    const v = new DataView(ev.buffer)
+    for (let i = 0; ; i++) {
+      const n = libc.read(fan, ev)
+      if (n >= 24) {
+        expect(v.getUint32(0, true)).toBe(24) // one event per read here
+        const fd = v.getInt32(16, true)
+        held.push(fd)
+        return [fd, v.getInt32(20, true)]
+      }
+      if (n !== -osConstants.errno.EAGAIN) throw new Error(`fanotify read: ${n}`)
+      if (i > 2500) throw new Error("no exec of the slow child")
+      await sleep(2)
+    }
+  }
+  const answer = (fd: number, response: number): void => {
+    expect(libc.write(fan, new Uint8Array(words(fd, response)))).toBe(8)
+    libc.close(fd)
+    held.splice(held.indexOf(fd), 1)
+  }
+  return { nextExec, answer }
+}
+
 describe.each(builds)("the spawner with a peer that does not read ($name)", ({ binary }) => {
   it("200 children exit while nobody reads: none stays a zombie; all 400 replies come after, in order", async () => {
     const n = 200
@@ -301,28 +331,7 @@ describe.each(builds)("the spawner with a peer that does not read ($name)", ({ b
         expect(victim).toBeGreaterThan(0)
 
         expect(fanotifyMark(fan, FAN_MARK_ADD, FAN_OPEN_EXEC_PERM, AT_FDCWD, slowChild)).toBe(0)
-        /** The next exec of slowChild, held: [event fd, pid of the exec'ing child]. */
-        const nextExec = async (): Promise<[number, number]> => {
-          const ev = new Uint8Array(4096)
-          const v = new DataView(ev.buffer)
-          for (let i = 0; ; i++) {
-            const n = libc.read(fan, ev)
-            if (n >= 24) {
-              expect(v.getUint32(0, true)).toBe(24) // one event per read here
-              const fd = v.getInt32(16, true)
-              held.push(fd)
-              return [fd, v.getInt32(20, true)]
-            }
-            if (n !== -osConstants.errno.EAGAIN) throw new Error(`fanotify read: ${n}`)
-            if (i > 2500) throw new Error("no exec of the slow child")
-            await sleep(2)
-          }
-        }
-        const answer = (fd: number, response: number): void => {
-          expect(libc.write(fan, new Uint8Array(words(fd, response)))).toBe(8)
-          libc.close(fd)
-          held.splice(held.indexOf(fd), 1)
-        }
+        const { nextExec, answer } = execGate(fan, held)
 
         // Two children held in execve (one to succeed, one to fail).
         await s.send(spawnRequest(2, ["sleep"], slowChild))
@@ -416,26 +425,7 @@ describe.each(builds)("the spawner with a peer that does not read ($name)", ({ b
       const held: Array<number> = []
       try {
         expect(fanotifyMark(fan, FAN_MARK_ADD, FAN_OPEN_EXEC_PERM, AT_FDCWD, slowChild)).toBe(0)
-        const nextExec = async (): Promise<[number, number]> => {
-          const ev = new Uint8Array(4096)
-          const v = new DataView(ev.buffer)
-          for (let i = 0; ; i++) {
-            const n = libc.read(fan, ev)
-            if (n >= 24) {
-              const fd = v.getInt32(16, true)
-              held.push(fd)
-              return [fd, v.getInt32(20, true)]
-            }
-            if (n !== -osConstants.errno.EAGAIN) throw new Error(`fanotify read: ${n}`)
-            if (i > 2500) throw new Error("no exec of the slow child")
-            await sleep(2)
-          }
-        }
-        const answer = (fd: number, response: number): void => {
-          expect(libc.write(fan, new Uint8Array(words(fd, response)))).toBe(8)
-          libc.close(fd)
-          held.splice(held.indexOf(fd), 1)
-        }
+        const { nextExec, answer } = execGate(fan, held)
         // Both held in execve: their SPAWNEDs come anyway (a non-early one would wait for the exec).
         await s.send(spawnRequest(1, ["sleep"], slowChild, F_EARLY))
         const [ev1, pid1] = await nextExec()
