@@ -33,37 +33,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "vmd_wire.h"	/* errno, struct vmd_vm offsets, message numbers, readn/writen */
 
-/* OpenBSD errno, as vmm reads our exit status */
-#define X_EBADF		9
-#define X_EIO		5
-#define X_EINVAL	22
-#define X_EAGAIN	35
-
-/* struct vmd_vm offsets, amd64 (vmd.md §4.5) */
-#define SIZEOF_VMD_VM	13352
-#define OFF_NDISKS	2696	/* vm_params.vmc_ndisks, size_t */
-#define OFF_CDROMPATH	6832	/* vm_params.vmc_cdrom, char[1024] */
-#define OFF_VMID	8400
-#define OFF_KERNEL	12784
-#define OFF_CDROM	12800
-#define OFF_DISKS	12804	/* int[4][4] */
-#define OFF_VIF_FD	12896	/* + 56 * nic */
-#define OFF_TTY		13112
-#define SIZEOF_PREFIX	40
-
-/* imsg types, IMSG_PROC_MAX = 5 (src/schema/imsgTypes.ts) */
-#define CTL_VERBOSE		3
-#define PAUSE_VM		11
-#define PAUSE_VM_RESPONSE	12
-#define UNPAUSE_VM		13
-#define UNPAUSE_VM_RESPONSE	14
-#define PRIV_GET_ADDR_RESPONSE	36
-#define VM_SHUTDOWN		37
-#define VM_REBOOT		38
-#define HDR		16
-#define FD_MARK		0x80000000u
-#define MAX_IMSGSIZE	16384
 #define SIZEOF_VMOP_ID	76
 #define SIZEOF_RESULT	28
 
@@ -80,53 +51,6 @@ static void
 on_signal(int sig)
 {
 	_exit(sig == SIGHUP ? X_EAGAIN : 0);
-}
-
-/* read exactly n bytes: 1, or 0 on EOF/short/error */
-static int
-readn(int fd, void *buf, size_t n)
-{
-	char *p = buf;
-	while (n > 0) {
-		ssize_t r = read(fd, p, n);
-		if (r == -1 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			return 0;
-		p += r;
-		n -= (size_t)r;
-	}
-	return 1;
-}
-
-static int
-writen(int fd, const void *buf, size_t n)
-{
-	const char *p = buf;
-	while (n > 0) {
-		ssize_t r = write(fd, p, n);
-		if (r == -1 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			return 0;
-		p += r;
-		n -= (size_t)r;
-	}
-	return 1;
-}
-
-static int32_t
-int_at(const unsigned char *vm, size_t off)
-{
-	int32_t v;
-	memcpy(&v, vm + off, sizeof(v));
-	return v;
-}
-
-static int
-is_open(int fd)
-{
-	return fcntl(fd, F_GETFD) != -1;
 }
 
 /* every fd the struct names must be open here; the tty is required */

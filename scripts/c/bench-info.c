@@ -20,45 +20,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "../../c/vmd_wire.h"
 
-#define HDR			16
-#define MAX_IMSGSIZE		16384
-#define GET_INFO_VM_REQUEST	19
-#define GET_INFO_VM_DATA	20
-#define GET_INFO_VM_END_DATA	21
 #define SIZEOF_INFO		200
-
-static int
-readn(int fd, void *buf, size_t n)
-{
-	char *p = buf;
-	while (n > 0) {
-		ssize_t r = read(fd, p, n);
-		if (r == -1 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			return 0;
-		p += r;
-		n -= (size_t)r;
-	}
-	return 1;
-}
-
-static int
-writen(int fd, const void *buf, size_t n)
-{
-	const char *p = buf;
-	while (n > 0) {
-		ssize_t r = write(fd, p, n);
-		if (r == -1 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			return 0;
-		p += r;
-		n -= (size_t)r;
-	}
-	return 1;
-}
 
 /* resident bytes from /proc/<pid>/statm; -1 if gone */
 static int64_t

@@ -22,16 +22,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-
-#define SIZEOF_VMD_VM	13352
-#define OFF_NDISKS	2696
-#define OFF_VMID	8400
-#define OFF_KERNEL	12784
-#define OFF_CDROM	12800
-#define OFF_DISKS	12804
-#define OFF_VIF_FD	12896
-#define OFF_TTY		13112
-#define SIZEOF_PREFIX	40
+#include "../../c/vmd_wire.h"
 
 static void
 put32(unsigned char *b, size_t off, int32_t v)

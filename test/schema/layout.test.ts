@@ -4,7 +4,7 @@
  * line must match the TypeScript table, and every table field must be printed.
  */
 import { spawnSync } from "node:child_process"
-import { mkdtempSync, rmSync } from "node:fs"
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
@@ -12,6 +12,9 @@ import { afterAll, describe, expect, it } from "@effect/vitest"
 import { ALL_LAYOUTS, checkLayout, resolvePath, VMD_VM, VMOP_CREATE_PARAMS } from "../../src/schema/layout.ts"
 import type { AnyLayout } from "../../src/schema/layout.ts"
 import { SIZEOF } from "../../src/schema/structs.ts"
+import { Errno } from "../../src/schema/errno.ts"
+import * as T from "../../src/schema/imsgTypes.ts"
+import { IMSG_FD_MARK, IMSG_HEADER_SIZE, MAX_IMSGSIZE } from "../../src/schema/imsgHeader.ts"
 
 const byName = new Map<string, AnyLayout>(ALL_LAYOUTS.map((l) => [l.name, l]))
 
@@ -102,5 +105,61 @@ describe("C layout check (gcc, test/schema/c/layout.c)", () => {
     }
     expect(mismatches).toEqual([])
     expect(lines.length).toBeGreaterThan(150)
+  })
+})
+
+describe("c/vmd_wire.h (the C programs' copy of the wire numbers)", () => {
+  const dir = mkdtempSync(join(tmpdir(), "vmd-vmm-wire-"))
+  afterAll(() => rmSync(dir, { recursive: true, force: true }))
+
+  it.skipIf(!hasGcc)("every constant equals the TypeScript tables' value", () => {
+    const header = fileURLToPath(new URL("../../c/vmd_wire.h", import.meta.url))
+    const off = (path: string) => resolvePath(VMD_VM, path)?.offset
+    const expected: Record<string, number | undefined> = {
+      X_EIO: Errno.EIO,
+      X_EBADF: Errno.EBADF,
+      X_EINVAL: Errno.EINVAL,
+      X_EAGAIN: Errno.EAGAIN,
+      SIZEOF_VMD_VM: SIZEOF.vmd_vm,
+      OFF_NAME: off("vm_params.vmc_name"),
+      OFF_NDISKS: off("vm_params.vmc_ndisks"),
+      OFF_CDROMPATH: off("vm_params.vmc_cdrom"),
+      OFF_VMID: off("vm_vmid"),
+      OFF_KERNEL: off("vm_kernel"),
+      OFF_CDROM: off("vm_cdrom"),
+      OFF_DISKS: off("vm_disks"),
+      OFF_VIF_FD: off("vm_ifs[0].vif_fd"),
+      OFF_TTY: off("vm_tty"),
+      SIZEOF_PREFIX: SIZEOF.local_prefix,
+      CTL_VERBOSE: T.IMSG_CTL_VERBOSE,
+      PAUSE_VM: T.IMSG_VMDOP_PAUSE_VM,
+      PAUSE_VM_RESPONSE: T.IMSG_VMDOP_PAUSE_VM_RESPONSE,
+      UNPAUSE_VM: T.IMSG_VMDOP_UNPAUSE_VM,
+      UNPAUSE_VM_RESPONSE: T.IMSG_VMDOP_UNPAUSE_VM_RESPONSE,
+      GET_INFO_VM_REQUEST: T.IMSG_VMDOP_GET_INFO_VM_REQUEST,
+      GET_INFO_VM_DATA: T.IMSG_VMDOP_GET_INFO_VM_DATA,
+      GET_INFO_VM_END_DATA: T.IMSG_VMDOP_GET_INFO_VM_END_DATA,
+      PRIV_GET_ADDR_RESPONSE: T.IMSG_VMDOP_PRIV_GET_ADDR_RESPONSE,
+      VM_SHUTDOWN: T.IMSG_VMDOP_VM_SHUTDOWN,
+      VM_REBOOT: T.IMSG_VMDOP_VM_REBOOT,
+      HDR: IMSG_HEADER_SIZE,
+      FD_MARK: IMSG_FD_MARK,
+      MAX_IMSGSIZE
+    }
+    const names = Object.keys(expected)
+    const source = join(dir, "wire.c")
+    const exe = join(dir, "wire")
+    writeFileSync(
+      source,
+      `#include <stdio.h>\n#include "${header}"\nint main(void) {\n${names
+        .map((n) => `\tprintf("%s %lu\\n", "${n}", (unsigned long)(${n}));`)
+        .join("\n")}\n\treturn 0;\n}\n`
+    )
+    const cc = spawnSync("gcc", ["-Wall", "-Wextra", "-o", exe, source], { encoding: "utf8" })
+    expect(cc.status, cc.stderr).toBe(0)
+    const run = spawnSync(exe, [], { encoding: "utf8" })
+    const got = Object.fromEntries(run.stdout.trim().split("\n").map((l) => [l.split(" ")[0], Number(l.split(" ")[1])]))
+    for (const n of names) expect(expected[n], `${n} in the TypeScript tables`).toBeTypeOf("number")
+    expect(got).toEqual(expected)
   })
 })
