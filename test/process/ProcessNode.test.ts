@@ -1,15 +1,14 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Chunk, Effect, Exit, Layer, Scope, Stream } from "effect"
 import { execFileSync } from "node:child_process"
-import { chmodSync, closeSync, fstatSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs"
-import { constants as osConstants, tmpdir } from "node:os"
+import { chmodSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, beforeAll } from "vitest"
-import koffi from "koffi"
+import { childrenOf, clearCloexec, fsBackend, identity, parseReport, SIGKILL, SIGTERM, tempFdIn, untilWritten } from "./kit.ts"
 import * as ProcessNode from "../../src/layers/ProcessNode.ts"
 import { Errno, fromErrorCode } from "../../src/schema/errno.ts"
 import { Fd } from "../../src/services/Fd.ts"
-import type { FdBackend } from "../../src/services/Fd.ts"
 import { Process } from "../../src/services/Process.ts"
 import type { ExitStatus } from "../../src/services/Process.ts"
 
@@ -27,48 +26,9 @@ afterAll(() => {
   expect(childrenOfThisProcess()).toEqual([])
 })
 
-/** Pids whose parent is this process, from /proc/<pid>/stat (Linux). */
-const childrenOfThisProcess = (): ReadonlyArray<number> =>
-  readdirSync("/proc")
-    .filter((name) => /^\d+$/.test(name))
-    .filter((name) => {
-      try {
-        const stat = readFileSync(`/proc/${name}/stat`, "latin1")
-        const ppid = stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]
-        return Number(ppid) === process.pid
-      } catch {
-        return false
-      }
-    })
-    .map(Number)
+const childrenOfThisProcess = (): ReadonlyArray<number> => childrenOf(process.pid)
 
-const backend: FdBackend = {
-  name: "node-fs",
-  closeNumber: (n) => {
-    try {
-      closeSync(n)
-      return 0
-    } catch {
-      return Errno.EBADF
-    }
-  },
-  onDoubleClose: () => {}
-}
-
-let files = 0
-/** A temp file opened by Node (close-on-exec), owned by the test's scope. */
-const tempFd = (label: string) =>
-  Effect.acquireRelease(
-    Effect.sync(() => {
-      const path = join(dir, `${label}-${files++}`)
-      return { path, fd: new Fd(openSync(path, "w+"), backend, label) }
-    }),
-    ({ fd }) => fd.close
-  )
-
-const signals: Readonly<Record<string, number | undefined>> = osConstants.signals
-const SIGTERM = signals["SIGTERM"] ?? 15
-const SIGKILL = signals["SIGKILL"] ?? 9
+const tempFd = tempFdIn(() => dir)
 
 const gone = (pid: number): boolean => {
   try {
@@ -79,48 +39,6 @@ const gone = (pid: number): boolean => {
   }
 }
 
-/** Wait (real time) until a file has content. */
-const untilWritten = (path: string) =>
-  Effect.gen(function* () {
-    for (let i = 0; i < 400; i++) {
-      if (statSync(path).size > 0) return
-      yield* Effect.sleep("5 millis")
-    }
-    return yield* Effect.die(new Error(`${path} never written`))
-  })
-
-interface FdReport {
-  readonly pid: number
-  readonly sid: number
-  readonly fds: ReadonlyMap<number, string>
-  readonly open: ReadonlyArray<number>
-}
-
-const parseReport = (text: string): FdReport => {
-  const fds = new Map<number, string>()
-  let pid = -1
-  let sid = -1
-  let open: Array<number> = []
-  for (const line of text.trim().split("\n")) {
-    const [key, ...rest] = line.split(" ")
-    if (key === "pid") pid = Number(rest[0])
-    else if (key === "sid") sid = Number(rest[0])
-    else if (key === "fd") fds.set(Number(rest[0]), rest.slice(1).join(" "))
-    else if (key === "open") open = rest.map(Number).sort((a, b) => a - b)
-  }
-  return { pid, sid, fds, open }
-}
-
-const identity = (fd: number): string => {
-  const st = fstatSync(fd, { bigint: true })
-  return `dev ${st.dev} ino ${st.ino}`
-}
-
-const libc = koffi.load(null)
-const fcntl = libc.func("int fcntl(int fd, int cmd, ...)")
-const clearCloexec = (fd: number): void => {
-  fcntl(fd, 2 /* F_SETFD */, "int", 0)
-}
 
 describe("ProcessNode", () => {
   it.scopedLive("each fd lands at its own number, is the parent's file, and nothing else is open", () =>
@@ -228,8 +146,8 @@ describe("ProcessNode", () => {
   it.live("the layer's end SIGKILLs and reaps every child still alive", () =>
     Effect.gen(function* () {
       const scope = yield* Scope.make()
-      const ready = join(dir, `ready-${files++}`)
-      const readyFd = new Fd(openSync(ready, "w+"), backend, "ready")
+      const ready = join(dir, "ready")
+      const readyFd = new Fd(openSync(ready, "w+"), fsBackend, "ready")
       const context = yield* Layer.buildWithScope(ProcessNode.layer, scope)
       const { pids, statuses } = yield* Effect.gen(function* () {
         const proc = yield* Process
@@ -296,7 +214,7 @@ describe("errno mapping", () => {
 
 describe("stdioFor", () => {
   it("fills every slot up to the highest fd", () => {
-    const fd = (n: number) => new Fd(n, backend, "")
+    const fd = (n: number) => new Fd(n, fsBackend, "")
     expect(ProcessNode.stdioFor({ command: "x", args: [], fds: [fd(5), fd(3)], stdio: "null" })).toEqual([
       "ignore",
       "ignore",

@@ -14,25 +14,21 @@ import { Chunk, Context, Effect, Exit, Fiber, Layer, Scope, Stream } from "effec
 import { execFileSync, spawnSync } from "node:child_process"
 import {
   chmodSync,
-  closeSync,
-  fstatSync,
   mkdtempSync,
   openSync,
-  readdirSync,
   readFileSync,
   rmSync,
   statSync,
   symlinkSync,
   writeFileSync
 } from "node:fs"
-import { constants as osConstants, tmpdir } from "node:os"
+import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, beforeAll } from "vitest"
-import koffi from "koffi"
+import { childrenOf, clearCloexec, fsBackend, identity, parseReport, SIGKILL, SIGTERM, tempFdIn, untilWritten } from "./kit.ts"
 import * as ProcessSpawner from "../../src/layers/ProcessSpawner.ts"
 import { Errno } from "../../src/schema/errno.ts"
 import { Fd } from "../../src/services/Fd.ts"
-import type { FdBackend } from "../../src/services/Fd.ts"
 import { Process } from "../../src/services/Process.ts"
 import type { ChildExit, ExitStatus } from "../../src/services/Process.ts"
 
@@ -55,15 +51,7 @@ afterAll(() => {
   expect(spawned.filter((pid) => !gone(pid))).toEqual([])
 })
 
-/** Pids whose parent is this process, from /proc/<pid>/stat (Linux). */
 const childrenOfThisProcess = (): ReadonlyArray<number> => childrenOf(process.pid)
-
-
-const childrenOf = (ppid: number): ReadonlyArray<number> =>
-  readdirSync("/proc")
-    .filter((name) => /^\d+$/.test(name))
-    .filter((name) => procStat(Number(name))?.ppid === ppid)
-    .map(Number)
 
 /** Not running: no such process, or a zombie (a reaper other than us may be slow). */
 const gone = (pid: number): boolean => {
@@ -80,79 +68,13 @@ const untilGone = (pids: ReadonlyArray<number>) =>
     return yield* Effect.die(new Error(`still alive: ${pids.filter((p) => !gone(p)).join(" ")}`))
   })
 
-const backend: FdBackend = {
-  name: "node-fs",
-  closeNumber: (n) => {
-    try {
-      closeSync(n)
-      return 0
-    } catch {
-      return Errno.EBADF
-    }
-  },
-  onDoubleClose: () => {}
-}
+const tempFd = tempFdIn(() => dir)
 
-let files = 0
-/** A temp file opened by Node (close-on-exec), owned by the test's scope. */
-const tempFd = (label: string) =>
-  Effect.acquireRelease(
-    Effect.sync(() => {
-      const path = join(dir, `${label}-${files++}`)
-      return { path, fd: new Fd(openSync(path, "w+"), backend, label) }
-    }),
-    ({ fd }) => fd.close
-  )
-
-const signals: Readonly<Record<string, number | undefined>> = osConstants.signals
-const SIGTERM = signals["SIGTERM"] ?? 15
-const SIGKILL = signals["SIGKILL"] ?? 9
-
-const untilWritten = (path: string) =>
-  Effect.gen(function* () {
-    for (let i = 0; i < 400; i++) {
-      if (statSync(path).size > 0) return
-      yield* Effect.sleep("5 millis")
-    }
-    return yield* Effect.die(new Error(`${path} never written`))
-  })
-
-interface FdReport {
-  readonly pid: number
-  readonly sid: number
-  readonly fds: ReadonlyMap<number, string>
-  readonly open: ReadonlyArray<number>
-}
-
-const parseReport = (text: string): FdReport => {
-  const fds = new Map<number, string>()
-  let pid = -1
-  let sid = -1
-  let open: Array<number> = []
-  for (const line of text.trim().split("\n")) {
-    const [key, ...rest] = line.split(" ")
-    if (key === "pid") pid = Number(rest[0])
-    else if (key === "sid") sid = Number(rest[0])
-    else if (key === "fd") fds.set(Number(rest[0]), rest.slice(1).join(" "))
-    else if (key === "open") open = rest.map(Number).sort((a, b) => a - b)
-  }
-  return { pid, sid, fds, open }
-}
-
-const identity = (fd: number): string => {
-  const st = fstatSync(fd, { bigint: true })
-  return `dev ${st.dev} ino ${st.ino}`
-}
 const devnullId = (): string => {
   const st = statSync("/dev/null", { bigint: true })
   return `dev ${st.dev} ino ${st.ino}`
 }
 
-const libc = koffi.load(null)
-const fcntl = libc.func("int fcntl(int fd, int cmd, ...)")
-const clearCloexec = (fd: number): void => {
-  fcntl(fd, 2 /* F_SETFD */, "int", 0)
-}
 
 const sorted = (xs: ReadonlyArray<number>): Array<number> => [...xs].sort((a, b) => a - b)
 
@@ -482,8 +404,8 @@ describe.each(builds)("ProcessSpawner ($name)", ({ binary }) => {
   it.live("the layer's end SIGKILLs and reaps every child still alive, and the spawner exits", () =>
     Effect.gen(function* () {
       const scope = yield* Scope.make()
-      const ready = join(dir, `ready-${files++}`)
-      const readyFd = new Fd(openSync(ready, "w+"), backend, "ready")
+      const ready = join(dir, "ready")
+      const readyFd = new Fd(openSync(ready, "w+"), fsBackend, "ready")
       const s = yield* spawnerOf(binary).pipe(Scope.extend(scope))
       const sleeper = yield* s.spawn({ command: child, args: ["sleep"], fds: [], stdio: "null" })
       const stubborn = yield* s.spawn({ command: child, args: ["ignterm", String(readyFd.num)], fds: [readyFd], stdio: "null" })

@@ -1,0 +1,95 @@
+/**
+ * What the Process layers' tests (ProcessNode, ProcessSpawner) share: temp
+ * files as owned Fds, the report test/process/c/child.c writes about its fds,
+ * and the children of a process.
+ */
+import { Effect } from "effect"
+import { closeSync, fstatSync, openSync, readdirSync, statSync } from "node:fs"
+import { constants as osConstants } from "node:os"
+import { join } from "node:path"
+import koffi from "koffi"
+import { Errno } from "../../src/schema/errno.ts"
+import { Fd } from "../../src/services/Fd.ts"
+import type { FdBackend } from "../../src/services/Fd.ts"
+import { procStat } from "../e2e/proc.ts"
+
+/** Fds opened by Node's fs in the tests. */
+export const fsBackend: FdBackend = {
+  name: "node-fs",
+  closeNumber: (n) => {
+    try {
+      closeSync(n)
+      return 0
+    } catch {
+      return Errno.EBADF
+    }
+  },
+  onDoubleClose: () => {}
+}
+
+let files = 0
+/** A temp file in dir() opened by Node (close-on-exec), owned by the test's scope. */
+export const tempFdIn = (dir: () => string) => (label: string) =>
+  Effect.acquireRelease(
+    Effect.sync(() => {
+      const path = join(dir(), `${label}-${files++}`)
+      return { path, fd: new Fd(openSync(path, "w+"), fsBackend, label) }
+    }),
+    ({ fd }) => fd.close
+  )
+
+const signals: Readonly<Record<string, number | undefined>> = osConstants.signals
+export const SIGTERM = signals["SIGTERM"] ?? 15
+export const SIGKILL = signals["SIGKILL"] ?? 9
+
+/** Wait (real time) until a file has content. */
+export const untilWritten = (path: string) =>
+  Effect.gen(function* () {
+    for (let i = 0; i < 400; i++) {
+      if (statSync(path).size > 0) return
+      yield* Effect.sleep("5 millis")
+    }
+    return yield* Effect.die(new Error(`${path} never written`))
+  })
+
+/** What child.c reports: its pid and session, each fd asked about, every fd open. */
+export interface FdReport {
+  readonly pid: number
+  readonly sid: number
+  readonly fds: ReadonlyMap<number, string>
+  readonly open: ReadonlyArray<number>
+}
+
+export const parseReport = (text: string): FdReport => {
+  const fds = new Map<number, string>()
+  let pid = -1
+  let sid = -1
+  let open: Array<number> = []
+  for (const line of text.trim().split("\n")) {
+    const [key, ...rest] = line.split(" ")
+    if (key === "pid") pid = Number(rest[0])
+    else if (key === "sid") sid = Number(rest[0])
+    else if (key === "fd") fds.set(Number(rest[0]), rest.slice(1).join(" "))
+    else if (key === "open") open = rest.map(Number).sort((a, b) => a - b)
+  }
+  return { pid, sid, fds, open }
+}
+
+/** The file behind an fd, as child.c prints it. */
+export const identity = (fd: number): string => {
+  const st = fstatSync(fd, { bigint: true })
+  return `dev ${st.dev} ino ${st.ino}`
+}
+
+const fcntl = koffi.load(null).func("int fcntl(int fd, int cmd, ...)")
+/** Let an fd be inherited (clear FD_CLOEXEC): what a test needs to plant a stray fd. */
+export const clearCloexec = (fd: number): void => {
+  fcntl(fd, 2 /* F_SETFD */, "int", 0)
+}
+
+/** Pids whose parent is ppid, from /proc/<pid>/stat (Linux). */
+export const childrenOf = (ppid: number): ReadonlyArray<number> =>
+  readdirSync("/proc")
+    .filter((name) => /^\d+$/.test(name))
+    .filter((name) => procStat(Number(name))?.ppid === ppid)
+    .map(Number)
