@@ -61,6 +61,16 @@ const drainSoon = (): void => {
     setImmediate(clearDrain)
   }
 }
+/** Poll callbacks running now (0 outside them). */
+let inCallback = 0
+
+/**
+ * True while a poll callback runs: on the event loop's own stack, outside
+ * any fiber and promise job, where a scheduler may run a fiber at once
+ * instead of queueing it behind the setImmediate above.
+ */
+export const insidePollCallback = (): boolean => inCallback > 0
+
 let callbacks: { readonly poll: unknown; readonly close: unknown } | null = null
 let loop: unknown = null
 let handleSize = 0
@@ -72,7 +82,12 @@ const registered = (): { readonly poll: unknown; readonly close: unknown } => {
     callbacks = {
       poll: koffi.register((addr: number, status: number, events: number) => {
         drainSoon()
-        live.get(addr)?.dispatch(status, events)
+        inCallback++
+        try {
+          live.get(addr)?.dispatch(status, events)
+        } finally {
+          inCallback--
+        }
       }, koffi.pointer(PollCb)),
       close: koffi.register((addr: number) => {
         drainSoon()
