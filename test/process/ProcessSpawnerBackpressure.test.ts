@@ -228,6 +228,15 @@ const execGate = (fan: number, held: Array<number>) => {
   return { nextExec, answer }
 }
 
+/** Let every held exec go on and close the fanotify fd (a test's finally). */
+const releaseExecs = (fan: number, held: ReadonlyArray<number>): void => {
+  for (const fd of held) {
+    libc.write(fan, new Uint8Array(words(fd, FAN_ALLOW)))
+    libc.close(fd)
+  }
+  libc.close(fan)
+}
+
 describe.each(builds)("the spawner with a peer that does not read ($name)", ({ binary }) => {
   it("200 children exit while nobody reads: none stays a zombie; all 400 replies come after, in order", async () => {
     const n = 200
@@ -367,11 +376,7 @@ describe.each(builds)("the spawner with a peer that does not read ($name)", ({ b
         expect(end).toContainEqual({ type: T_EXIT, a: pid2, b: 1, c: SIGTERM })
         expect(end.findIndex((r) => r.type === T_EXIT)).toBe(1) // KILLED first: the EXIT is of a later reap
       } finally {
-        for (const fd of held) {
-          libc.write(fan, new Uint8Array(words(fd, FAN_ALLOW)))
-          libc.close(fd)
-        }
-        libc.close(fan)
+        releaseExecs(fan, held)
       }
       await s.shutdown()
     },
@@ -447,11 +452,7 @@ describe.each(builds)("the spawner with a peer that does not read ($name)", ({ b
         expect(end).toContainEqual({ type: T_EXIT, a: pid1, b: 1, c: SIGTERM })
         expect(childrenOf(s.pid)).toEqual([])
       } finally {
-        for (const fd of held) {
-          libc.write(fan, new Uint8Array(words(fd, FAN_ALLOW)))
-          libc.close(fd)
-        }
-        libc.close(fan)
+        releaseExecs(fan, held)
       }
       await s.shutdown()
     },
