@@ -10,6 +10,7 @@
  */
 import { Data, Either } from "effect"
 import { compileLayout } from "./compile.ts"
+import type { Failure } from "./compile.ts"
 import type { AnyLayout, StructValue } from "./layout.ts"
 
 export class SchemaError extends Data.TaggedError("SchemaError")<{
@@ -27,6 +28,13 @@ export interface Codec<A> {
   readonly decode: (bytes: Uint8Array) => Either.Either<A, SchemaError>
   /** `sizeof` bytes; padding, pointers and opaque regions are zero. */
   readonly encode: (value: A) => Either.Either<Uint8Array, SchemaError>
+  /**
+   * `encode`'s bytes written at target[offset, offset + sizeof), for many
+   * structs in one buffer (get_info_vm's replies): undefined, or the same
+   * SchemaError as `encode` (the region's contents are then unspecified).
+   * A RangeError if the region does not fit.
+   */
+  readonly encodeInto: (value: A, target: Uint8Array, offset: number) => SchemaError | undefined
   /** The all-zero value (what decode gives for `sizeof` zero bytes). */
   readonly empty: () => A
 }
@@ -52,15 +60,21 @@ export const makeCodec = <L extends AnyLayout>(layout: L): Codec<StructValue<L>>
   // The one place the untyped decoder output meets the table's static type:
   // the compiled decoder builds exactly the keys and value kinds StructValue<L> names.
   const decodeAt = (bytes: Uint8Array) => code().decode(bytes) as StructValue<L>
+  const schemaError = (r: Failure): SchemaError =>
+    new SchemaError({ struct: name, field: r.path.startsWith(".") ? r.path.slice(1) : r.path, message: r.message })
   return {
     layout,
     sizeof,
     decode: (bytes) => (bytes.length === sizeof ? Either.right(decodeAt(bytes)) : Either.left(sizeError(name, sizeof, bytes.length))),
     encode: (value) => {
       const r = code().encode(value)
-      return r instanceof Uint8Array
-        ? Either.right(r)
-        : Either.left(new SchemaError({ struct: name, field: r.path.startsWith(".") ? r.path.slice(1) : r.path, message: r.message }))
+      return r instanceof Uint8Array ? Either.right(r) : Either.left(schemaError(r))
+    },
+    encodeInto: (value, target, offset) => {
+      if (!Number.isSafeInteger(offset) || offset < 0 || offset + sizeof > target.length)
+        throw new RangeError(`${name} at ${offset} does not fit ${target.length} bytes`)
+      const r = code().encodeInto(value, target, offset)
+      return r === undefined ? undefined : schemaError(r)
     },
     // Decoding never writes to its input and copies every byte array out, so one zero buffer serves every call.
     empty: () => decodeAt((zeros ??= new Uint8Array(sizeof)))

@@ -29,6 +29,12 @@ export interface Failure {
 export interface Compiled {
   /** The encoded bytes, or why the value does not encode. Never throws. */
   readonly encode: (value: unknown) => Uint8Array | Failure
+  /**
+   * The same bytes written at target[at, at + sizeof) (the caller checks that
+   * they fit): undefined, or why the value does not encode (the region's
+   * contents are then unspecified). Never throws.
+   */
+  readonly encodeInto: (value: unknown, target: Uint8Array, at: number) => Failure | undefined
   /** The value of exactly `sizeof` bytes (the caller checks the length). */
   readonly decode: (bytes: Uint8Array) => Record<string, unknown>
 }
@@ -332,11 +338,15 @@ class Generator {
       `"use strict";`,
       `const { describe, badInt, badBig, fail, nest, putChars, getChars, getU64, getI64, put64, get64 } = rt;`,
       ...this.functions,
-      `function encode(value) {`,
+      `function encodeInto(value, U, at) {`,
       `  if (typeof value !== "object" || value === null) return fail("", ${JSON.stringify(`expected a struct ${layout.name}, got `)} + describe(value));`,
+      `  U.fill(0, at, at + ${size});`,
+      this.bytewise ? `  const V = null;` : `  const V = new DataView(U.buffer, U.byteOffset, U.byteLength);`,
+      `  return ${enc}(value, V, U, at);`,
+      `}`,
+      `function encode(value) {`,
       `  const U = new Uint8Array(${size});`,
-      this.bytewise ? `  const V = null;` : `  const V = new DataView(U.buffer);`,
-      `  const e = ${enc}(value, V, U, 0);`,
+      `  const e = encodeInto(value, U, 0);`,
       `  return e === undefined ? U : e;`,
       `}`,
       `function decode(bytes) {`,
@@ -344,7 +354,7 @@ class Generator {
         ? `  return ${dec}(null, bytes, 0);`
         : `  return ${dec}(new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength), bytes, 0);`,
       `}`,
-      `return { encode, decode };`,
+      `return { encode, encodeInto, decode };`,
       `//# sourceURL=schema/${layout.name.replace(/\W/g, "_")}.codec.js`
     ].join("\n")
   }

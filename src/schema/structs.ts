@@ -78,6 +78,7 @@ export interface VmopInfoResult extends StructValue<typeof VMOP_INFO_RESULT> {}
 export const VmopInfoResultCodec: Codec<VmopInfoResult> = makeCodec(VMOP_INFO_RESULT)
 export const decodeVmopInfoResult = VmopInfoResultCodec.decode
 export const encodeVmopInfoResult = VmopInfoResultCodec.encode
+export const encodeVmopInfoResultInto = VmopInfoResultCodec.encodeInto
 export const emptyVmopInfoResult = VmopInfoResultCodec.empty
 
 /** PRIV_GET_ADDR payload (8). */

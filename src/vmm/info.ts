@@ -6,8 +6,7 @@
  */
 import { Effect } from "effect"
 import { Errno } from "../schema/errno.ts"
-import { emptyVmopInfoResult, type VmopInfoResult } from "../schema/structs.ts"
-import { encodeVmopInfoResultInto, VMOP_INFO_RESULT_SIZE } from "../schema/vmopInfoResultInto.ts"
+import { emptyVmopInfoResult, encodeVmopInfoResultInto, SIZEOF, type VmopInfoResult } from "../schema/structs.ts"
 import { IMSG_VMDOP_GET_INFO_VM_DATA } from "../schema/imsgTypes.ts"
 import type { VmmContext } from "./context.ts"
 import type { OutgoingImsg } from "../services/ImsgChannel.ts"
@@ -29,8 +28,9 @@ export const getInfoVm = (ctx: VmmContext, peerid: number, terminate: boolean): 
       for (const vm of yield* ctx.registry.all) if (vm.vmmid !== 0 && !vmidOf.has(vm.vmmid)) vmidOf.set(vm.vmmid, vm.vmid)
     const entries = info.right
     // Every reply's bytes in one buffer (one allocation, not one per VM), each
-    // written from one reused value (the fields vmm.c leaves zero stay zero).
-    const bytes = terminate ? null : new Uint8Array(entries.length * VMOP_INFO_RESULT_SIZE)
+    // written by the codec's encodeInto from one reused value (the fields
+    // vmm.c leaves zero stay zero).
+    const bytes = terminate ? null : new Uint8Array(entries.length * SIZEOF.vmop_info_result)
     const vir: { -readonly [K in keyof VmopInfoResult]: VmopInfoResult[K] } = emptyVmopInfoResult()
     for (const entry of entries) {
       if (terminate) {
@@ -46,11 +46,11 @@ export const getInfoVm = (ctx: VmmContext, peerid: number, terminate: boolean): 
       vir.vir_creator_pid = entry.vir_creator_pid
       vir.vir_id = vmidOf.get(entry.vir_id) ?? 0
       vir.vir_name = entry.vir_name
-      const at = replies.length * VMOP_INFO_RESULT_SIZE
+      const at = replies.length * SIZEOF.vmop_info_result
       const err = encodeVmopInfoResultInto(vir, bytes!, at)
       // Our own values: one that does not encode is a bug (a defect, as orDie makes it).
       if (err !== undefined) throw new Error(`encode ${err.struct}.${err.field}: ${err.message}`)
-      replies.push({ type: IMSG_VMDOP_GET_INFO_VM_DATA, peerid, pid: 1, data: bytes!.subarray(at, at + VMOP_INFO_RESULT_SIZE) })
+      replies.push({ type: IMSG_VMDOP_GET_INFO_VM_DATA, peerid, pid: 1, data: bytes!.subarray(at, at + SIZEOF.vmop_info_result) })
     }
     // One batch: the same bytes as one proc_compose_imsg per VM, queued at once.
     const sent = yield* Effect.either(ctx.parent.sendAll(replies))

@@ -1,15 +1,16 @@
 /**
- * encodeVmopInfoResultInto (src/schema/vmopInfoResultInto.ts) against the
- * compiled codec's encodeVmopInfoResult: on random valid values written at a
- * random offset of a buffer full of junk, the same 200 bytes and nothing
- * outside them touched; on values with junk in one field, the same
- * SchemaError (struct, field, message).
+ * The compiled codec's encodeInto (encodeVmopInfoResultInto, what
+ * get_info_vm writes its replies with) against its encode: on random valid
+ * values written at a random offset of a buffer full of junk, the same 200
+ * bytes and nothing outside them touched; on values with junk in one field,
+ * the same SchemaError (struct, field, message).
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Either } from "effect"
 import fc from "fast-check"
-import { encodeVmopInfoResult, type VmopInfoResult } from "../../src/schema/structs.ts"
-import { encodeVmopInfoResultInto, VMOP_INFO_RESULT_SIZE } from "../../src/schema/vmopInfoResultInto.ts"
+import { encodeVmopInfoResult, encodeVmopInfoResultInto, SIZEOF, type VmopInfoResult } from "../../src/schema/structs.ts"
+
+const VMOP_INFO_RESULT_SIZE = SIZEOF.vmop_info_result
 
 const latin1 = fc.integer({ min: 1, max: 0xff }).map((c) => String.fromCharCode(c))
 const chars = (size: number) =>
