@@ -112,7 +112,7 @@ export const make = (
           status = { _tag: "Exited", code: 1 }
         }
         live.delete(child.pid)
-        exits.offer({ pid: child.pid, status })
+        exits.push({ pid: child.pid, status })
         yield* Deferred.succeed(child.exit, status)
       })
 
@@ -176,7 +176,7 @@ export const make = (
         }),
       isAlive: (pid) => Effect.sync(() => live.has(pid)),
       exits: exits.stream,
-      takeExits: exits.take,
+      takeExits: exits.takeAll,
       listenExits: (l) => exits.listen(l),
       children: Effect.sync(() => [...live.keys()])
     })

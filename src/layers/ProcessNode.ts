@@ -160,7 +160,7 @@ export const make: Effect.Effect<ProcessService, never, Scope.Scope> = Effect.ge
       child.once("exit", (code, sig) => {
         if (live.get(pid) === entry) live.delete(pid)
         const status = statusOf(code, sig)
-        exits.offer({ pid, status })
+        exits.push({ pid, status })
         Deferred.unsafeDone(exit, Exit.succeed(status))
       })
       return { pid, exit: Deferred.await(exit) }
@@ -177,7 +177,7 @@ export const make: Effect.Effect<ProcessService, never, Scope.Scope> = Effect.ge
       }),
     isAlive: (pid) => Effect.sync(() => live.has(pid)),
     exits: exits.stream,
-    takeExits: exits.take,
+    takeExits: exits.takeAll,
     listenExits: (l) => exits.listen(l),
     children: Effect.sync(() => [...live.keys()])
   })

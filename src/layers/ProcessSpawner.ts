@@ -489,7 +489,7 @@ export const make = (options: SpawnerOptions = {}): Effect.Effect<SpawnerProcess
         const c = live.get(pid)
         if (c === undefined) return
         live.delete(pid)
-        exits.offer({ pid, status })
+        exits.push({ pid, status })
         Deferred.unsafeDone(c.exit, Exit.succeed(status))
       }
 
@@ -763,7 +763,7 @@ export const make = (options: SpawnerOptions = {}): Effect.Effect<SpawnerProcess
         kill,
         isAlive: (pid) => Effect.sync(() => live.has(pid)),
         exits: exits.stream,
-        takeExits: exits.take,
+        takeExits: exits.takeAll,
         listenExits: (l) => exits.listen(l),
         children: Effect.sync(() => [...live.keys()])
       }

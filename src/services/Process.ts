@@ -7,6 +7,7 @@
  */
 import { Chunk, Context, Data, Effect, Stream } from "effect"
 import type { Fd } from "./Fd.ts"
+import { Inbox } from "./Inbox.ts"
 
 export type ExitStatus =
   | { readonly _tag: "Exited"; readonly code: number }
@@ -91,49 +92,12 @@ export class Process extends Context.Tag("vmd-vmm/Process")<Process, ProcessServ
 
 /**
  * The exits a layer has reaped and not yet handed over, for its one
- * consumer: `take` (takeExits), `stream` (exits) or `listen` (listenExits).
+ * consumer: `takeAll` (takeExits), `stream` (exits) or `listen` (listenExits).
  */
-export class ExitBox {
-  #items: Array<ChildExit> = []
-  #wake: (() => void) | null = null
-  #listener: ((exit: ChildExit) => void) | null = null
-
-  offer(exit: ChildExit): void {
-    const l = this.#listener
-    if (l !== null) return l(exit)
-    this.#items.push(exit)
-    const w = this.#wake
-    if (w !== null) {
-      this.#wake = null
-      w()
-    }
+export class ExitBox extends Inbox<ChildExit> {
+  constructor() {
+    super("exits")
   }
 
-  /** At least one exit, and all that are there, in order. */
-  readonly take: Effect.Effect<ReadonlyArray<ChildExit>> = Effect.suspend(() => {
-    if (this.#listener !== null) return Effect.dieMessage("exits: taken from a box with a listener")
-    if (this.#items.length > 0) {
-      const all = this.#items
-      this.#items = []
-      return Effect.succeed(all)
-    }
-    return Effect.async<ReadonlyArray<ChildExit>>((resume) => {
-      this.#wake = () => resume(this.take)
-      return Effect.sync(() => {
-        this.#wake = null
-      })
-    })
-  })
-
-  readonly stream: Stream.Stream<ChildExit> = Stream.repeatEffectChunk(Effect.map(this.take, Chunk.unsafeFromArray))
-
-  listen(listener: (exit: ChildExit) => void): Effect.Effect<void> {
-    return Effect.sync(() => {
-      if (this.#listener !== null || this.#wake !== null) throw new Error("exits: a second consumer")
-      this.#listener = listener
-      const before = this.#items
-      this.#items = []
-      for (const e of before) listener(e)
-    })
-  }
+  readonly stream: Stream.Stream<ChildExit> = Stream.repeatEffectChunk(Effect.map(this.takeAll, Chunk.unsafeFromArray))
 }

@@ -14,6 +14,7 @@ import { Process, type ChildExit } from "../services/Process.ts"
 import { VmRegistry, type Vm } from "../services/VmRegistry.ts"
 import { VmmDevice } from "../services/VmmDevice.ts"
 import type { Fd } from "../services/Fd.ts"
+import { Inbox } from "../services/Inbox.ts"
 import type { VmmContext, VmmOptions, VmmState } from "./context.ts"
 import { insidePollCallback } from "../native/uvpoll.ts"
 import { dispatchParent } from "./dispatchParent.ts"
@@ -43,51 +44,6 @@ export interface VmmHandle {
 }
 
 const closeImsgFd = (imsg: Imsg) => imsg.fd?.closeSync()
-
-/**
- * The dispatcher's queue: many producers (the channel and exit listeners, the
- * signal handlers), one consumer. A plain array and one waiting taker: on
- * every request's path, so lighter than a general Queue.
- */
-class EventQueue {
-  #items: Array<VmmEvent> = []
-  #head = 0
-  #wake: (() => void) | null = null
-
-  push(e: VmmEvent): void {
-    this.#items.push(e)
-    const w = this.#wake
-    if (w !== null) {
-      this.#wake = null
-      w()
-    }
-  }
-
-  #next(): VmmEvent | undefined {
-    if (this.#head >= this.#items.length) return undefined
-    const e = this.#items[this.#head++]
-    if (this.#head === this.#items.length) {
-      this.#items = []
-      this.#head = 0
-    } else if (this.#head > 1024 && this.#head * 2 > this.#items.length) {
-      this.#items = this.#items.slice(this.#head)
-      this.#head = 0
-    }
-    return e
-  }
-
-  /** The next event, waiting for one. One taker at a time. */
-  readonly take: Effect.Effect<VmmEvent> = Effect.suspend(() => {
-    const e = this.#next()
-    if (e !== undefined) return Effect.succeed(e)
-    return Effect.async<VmmEvent>((resume) => {
-      this.#wake = () => resume(this.take)
-      return Effect.sync(() => {
-        this.#wake = null
-      })
-    })
-  })
-}
 
 /**
  * The dispatcher fiber's scheduler.
@@ -140,7 +96,9 @@ export const startVmmServer = (parentFd: Fd, options: VmmOptions) =>
     // /dev/psp is ours from RECEIVE_PSP_FD until we exit (vmm.c leaves it to exit(2));
     // /dev/vmm is closed by the VmmDevice it was attached to.
     yield* Effect.addFinalizer(() => Effect.sync(() => state.pspFd?.closeSync()))
-    const events = new EventQueue()
+    // The dispatcher's queue: many producers (the channel and exit listeners,
+    // the signal handlers), one consumer.
+    const events = new Inbox<VmmEvent>("vmm events")
     const offer = (e: VmmEvent) => Effect.sync(() => events.push(e))
 
     // SIGCHLD: subscribe before anything can be spawned.
@@ -239,7 +197,7 @@ export const startVmmServer = (parentFd: Fd, options: VmmOptions) =>
 
     const loop = Effect.gen(function* () {
       for (;;) {
-        const e = yield* events.take
+        const e = yield* events.takeOne
         const code = yield* handle(e).pipe(
           Effect.catchAllDefect((defect) =>
             // A bug must not take the other VMs down: log it and go on.
