@@ -151,24 +151,7 @@ const measure = (f: () => unknown): Figure => {
 // ---------------------------------------------------------------------------
 // Cases
 
-const CODECS: ReadonlyArray<Codec<unknown>> = [
-  S.VmopResultCodec,
-  S.VmopIdCodec,
-  S.VmopInfoResultCodec,
-  S.VmopAddrReqCodec,
-  S.VmopAddrResultCodec,
-  S.VmopOwnerCodec,
-  S.LocalPrefixCodec,
-  S.VmdAgentxCodec,
-  S.VmdConfigCodec,
-  S.TimevalCodec,
-  S.VmMemRangeCodec,
-  S.VmopCreateParamsCodec,
-  S.VmdVmCodec,
-  S.VmInfoResultCodec,
-  S.VmInfoParamsCodec,
-  S.VmTerminateParamsCodec
-] as ReadonlyArray<Codec<unknown>>
+const CODECS = S.ALL_CODECS
 
 const must = <A>(r: Either.Either<A, SchemaError>, what: string): A => {
   if (Either.isLeft(r)) throw new Error(`${what}: ${r.left.field}: ${r.left.message}`)

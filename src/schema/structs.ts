@@ -166,6 +166,26 @@ export const emptyVmInfoParams = VmInfoParamsCodec.empty
 /** Kernel struct vm_terminate_params (4), the VMM_IOC_TERM argument. */
 export interface VmTerminateParams extends StructValue<typeof VM_TERMINATE_PARAMS> {}
 export const VmTerminateParamsCodec: Codec<VmTerminateParams> = makeCodec(VM_TERMINATE_PARAMS)
+
+/** Every struct's codec above, for what goes over all of them (the codec tests, bench-codec). */
+export const ALL_CODECS: ReadonlyArray<Codec<unknown>> = [
+  VmopResultCodec,
+  VmopIdCodec,
+  VmopInfoResultCodec,
+  VmopAddrReqCodec,
+  VmopAddrResultCodec,
+  VmopOwnerCodec,
+  LocalPrefixCodec,
+  VmdAgentxCodec,
+  VmdConfigCodec,
+  TimevalCodec,
+  VmMemRangeCodec,
+  VmopCreateParamsCodec,
+  VmdVmCodec,
+  VmInfoResultCodec,
+  VmInfoParamsCodec,
+  VmTerminateParamsCodec
+] as ReadonlyArray<Codec<unknown>>
 export const decodeVmTerminateParams = VmTerminateParamsCodec.decode
 export const encodeVmTerminateParams = VmTerminateParamsCodec.encode
 export const emptyVmTerminateParams = VmTerminateParamsCodec.empty

@@ -11,7 +11,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Either } from "effect"
 import fc from "fast-check"
-import type { Codec, SchemaError } from "../../src/schema/codec.ts"
+import type { SchemaError } from "../../src/schema/codec.ts"
 import { makeCodec } from "../../src/schema/codec.ts"
 import { codecSource, compileLayout } from "../../src/schema/compile.ts"
 import { defineStruct, field, i32, struct, u32, VMD_VM } from "../../src/schema/layout.ts"
@@ -199,24 +199,7 @@ const setIn = (value: unknown, path: Path, x: unknown): unknown => {
   return { ...record, [k]: setIn(record[k], rest, x) }
 }
 
-const CODECS: ReadonlyArray<Codec<unknown>> = [
-  S.VmopResultCodec,
-  S.VmopIdCodec,
-  S.VmopInfoResultCodec,
-  S.VmopAddrReqCodec,
-  S.VmopAddrResultCodec,
-  S.VmopOwnerCodec,
-  S.LocalPrefixCodec,
-  S.VmdAgentxCodec,
-  S.VmdConfigCodec,
-  S.TimevalCodec,
-  S.VmMemRangeCodec,
-  S.VmopCreateParamsCodec,
-  S.VmdVmCodec,
-  S.VmInfoResultCodec,
-  S.VmInfoParamsCodec,
-  S.VmTerminateParamsCodec
-] as ReadonlyArray<Codec<unknown>>
+const CODECS = S.ALL_CODECS
 
 /** Bytes that exercise the decoder: uniform, mostly zero, or mostly high latin1 without NULs. */
 const bytesOf = (size: number): fc.Arbitrary<Uint8Array> =>
