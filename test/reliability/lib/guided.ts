@@ -21,7 +21,7 @@ import { SIZEOF } from "../../../src/schema/structs.ts"
 import { MAX_IMSG_PAYLOAD } from "../../../src/schema/imsgHeader.ts"
 import { FORGED_ID_BASE, frame, mutate, PARENT_SIZES, rawGarbage, sanitizeParent, type FuzzImsg, type ParentGenOptions, type VmFuzzImsg } from "./gen.ts"
 import type { DispatchGuide, GuideItem } from "./memory.ts"
-import { CODECS, DECODER_TARGETS, FuzzFailure, guard, randomDecoderCase, runDecoderCase, type DecoderCase, type PureStats } from "./pure.ts"
+import { CODECS, DECODER_TARGETS, FuzzFailure, guard, randomDecoderCase, randomMessages, runDecoderCase, type DecoderCase, type PureStats } from "./pure.ts"
 import type { CoverageMap, CoverageSession } from "./coverage.ts"
 import type { Rng } from "./rng.ts"
 import { ImsgParser, type ParsedImsg } from "../../../src/imsg/parser.ts"
@@ -373,16 +373,7 @@ export const streamTarget: GuidedTarget<StreamCase> = {
   name: "parser",
   fresh: (rng) => {
     // the random parser fuzzer's streams (pure.ts)
-    const msgs: Array<FuzzImsg> = []
-    for (let i = rng.int(rng.chance(0.1) ? 64 : 12); i > 0; i--) {
-      const size = rng.weighted<number>([
-        [50, rng.int(32)],
-        [30, rng.int(300)],
-        [15, rng.int(MAX_IMSGSIZE - 16 + 1)],
-        [5, MAX_IMSGSIZE - 16]
-      ])
-      msgs.push({ type: rng.u32(), peerid: rng.u32(), pid: rng.u32(), data: rng.bytes(size), withFd: rng.chance(0.3) })
-    }
+    const msgs = randomMessages(rng)
     let bytes: Uint8Array = frame(msgs)
     if (rng.chance(0.4)) {
       const g = rawGarbage(rng).bytes

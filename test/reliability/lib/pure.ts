@@ -34,24 +34,7 @@ export interface PureStats {
   crashes: number
 }
 
-export const CODECS: ReadonlyArray<readonly [string, Codec<unknown>]> = [
-  ["vmop_result", S.VmopResultCodec],
-  ["vmop_id", S.VmopIdCodec],
-  ["vmop_info_result", S.VmopInfoResultCodec],
-  ["vmop_addr_req", S.VmopAddrReqCodec],
-  ["vmop_addr_result", S.VmopAddrResultCodec],
-  ["vmop_owner", S.VmopOwnerCodec],
-  ["local_prefix", S.LocalPrefixCodec],
-  ["vmd_agentx", S.VmdAgentxCodec],
-  ["vmd_config", S.VmdConfigCodec],
-  ["timeval", S.TimevalCodec],
-  ["vm_mem_range", S.VmMemRangeCodec],
-  ["vmop_create_params", S.VmopCreateParamsCodec],
-  ["vmd_vm", S.VmdVmCodec],
-  ["vm_info_result", S.VmInfoResultCodec],
-  ["vm_info_params", S.VmInfoParamsCodec],
-  ["vm_terminate_params", S.VmTerminateParamsCodec]
-] as const as ReadonlyArray<readonly [string, Codec<unknown>]>
+export const CODECS: ReadonlyArray<readonly [string, Codec<unknown>]> = S.ALL_CODECS.map((c) => [c.layout.name, c] as const)
 
 /** Structural equality for decoded values (bigints, Uint8Arrays, nested arrays). */
 const same = (a: unknown, b: unknown): boolean => {
@@ -192,8 +175,8 @@ interface TestFd {
   closes: number
 }
 
-/** A stream of frames, maybe with garbage somewhere, split into reads with fds on some of them. */
-export const checkParserStream = (rng: Rng, stats: PureStats): void => {
+/** Up to 12 (sometimes 64) messages of random sizes, some marked as carrying an fd. */
+export const randomMessages = (rng: Rng): Array<FuzzImsg> => {
   const msgs: Array<FuzzImsg> = []
   const count = rng.int(rng.chance(0.1) ? 64 : 12)
   for (let i = 0; i < count; i++) {
@@ -205,6 +188,12 @@ export const checkParserStream = (rng: Rng, stats: PureStats): void => {
     ])
     msgs.push({ type: rng.u32(), peerid: rng.u32(), pid: rng.u32(), data: rng.bytes(size), withFd: rng.chance(0.3) })
   }
+  return msgs
+}
+
+/** A stream of frames, maybe with garbage somewhere, split into reads with fds on some of them. */
+export const checkParserStream = (rng: Rng, stats: PureStats): void => {
+  const msgs = randomMessages(rng)
   let stream = frame(msgs)
   const goodBytes = stream.length
   let garbageAt = -1
