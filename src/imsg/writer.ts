@@ -49,6 +49,19 @@ export interface Batch<F> {
   readonly fd: F | null
 }
 
+/** The bytes one sendmsg of the batch sends: its pieces, in order, in one buffer. */
+export const batchBytes = <F>(b: Batch<F>): Uint8Array => {
+  const out = new Uint8Array(b.length)
+  let o = 0
+  for (let i = b.first; i < b.count; i++) {
+    const off = b.offs[i] as number
+    const len = b.lens[i] as number
+    out.set((b.bufs[i] as Uint8Array).subarray(off, off + len), o)
+    o += len
+  }
+  return out
+}
+
 export interface WriterOptions {
   /** Written for pid 0. */
   readonly pid: number

@@ -24,6 +24,7 @@ import { makeChannel } from "../imsg/channel.ts"
 import type { ChannelOptions, DriverEvents, SocketDriver } from "../imsg/channel.ts"
 import type { RawSocket } from "../imsg/raw.ts"
 import { readExactly, writeAll } from "../imsg/raw.ts"
+import { batchBytes } from "../imsg/writer.ts"
 import { Errno } from "../schema/errno.ts"
 import type { FdBackend } from "../services/Fd.ts"
 import { Fd } from "../services/Fd.ts"
@@ -248,18 +249,8 @@ const memoryDriver = (fd: Fd, end: Endpoint, events: DriverEvents): SocketDriver
   return {
     fd: fd.num,
     recv: (into, fds) => end.read(into, fds),
-    send: (batch) => {
-      // one write of the pieces, as sendmsg with an iovec each (write copies what it takes)
-      const bytes = new Uint8Array(batch.length)
-      let o = 0
-      for (let i = batch.first; i < batch.count; i++) {
-        const off = batch.offs[i] as number
-        const len = batch.lens[i] as number
-        bytes.set((batch.bufs[i] as Uint8Array).subarray(off, off + len), o)
-        o += len
-      }
-      return end.write(bytes, batch.fd)
-    },
+    // one write of the pieces, as sendmsg with an iovec each (write copies what it takes)
+    send: (batch) => end.write(batchBytes(batch), batch.fd),
     watch: (readable, writable) => {
       end.watchRead = readable
       end.watchWrite = writable

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import fc from "fast-check"
 import type { Batch, QueuedImsg } from "../../src/imsg/writer.ts"
-import { ImsgWriter, MAX_BATCH, MAX_PIECES, OWN_IOVEC } from "../../src/imsg/writer.ts"
+import { batchBytes, ImsgWriter, MAX_BATCH, MAX_PIECES, OWN_IOVEC } from "../../src/imsg/writer.ts"
 import { MAX_IMSGSIZE } from "../../src/schema/imsgHeader.ts"
 import { encodeFrames, hex } from "./frames.ts"
 
@@ -18,16 +18,8 @@ const msgArb: fc.Arbitrary<QueuedImsg<number>> = fc.record({
 
 /** The bytes one sendmsg of the batch would send (its pieces in order). */
 const flat = <F>(b: Batch<F>): Uint8Array => {
-  const out = new Uint8Array(b.length)
-  let o = 0
-  for (let i = b.first; i < b.count; i++) {
-    const off = b.offs[i] as number
-    const len = b.lens[i] as number
-    out.set((b.bufs[i] as Uint8Array).subarray(off, off + len), o)
-    o += len
-  }
-  expect(o).toBe(b.length)
-  return out
+  expect(b.lens.slice(b.first, b.count).reduce((x, y) => x + y, 0)).toBe(b.length)
+  return batchBytes(b)
 }
 
 const shape = <F>(b: Batch<F> | null) => (b === null ? null : { length: b.length, fd: b.fd })
