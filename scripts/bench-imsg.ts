@@ -8,8 +8,9 @@
  * receiver's ACK, or the receiver's count). Best of 5 runs on each side,
  * ours and C's taking turns (so that both see the same changes of load on a
  * shared machine). MB/s counts wire bytes (16-byte header + payload). Our
- * receiver takes batches with Channel.receive, as the vmm does, and reads
- * the first payload byte of each DATA message, as the C receiver does.
+ * receiver takes batches with Channel.receive (the batches the vmm's
+ * Channel.listen hands over, one fiber wake-up each) and reads the first
+ * payload byte of each DATA message, as the C receiver does.
  *
  * Options: --quick (a tenth of the messages, best of 2); --per-message (the
  * sender queues each message with its own `send` Effect instead of one
@@ -75,7 +76,7 @@ const devNull = libc.open("/dev/null", libc.O_RDONLY)
 let checksum = 0
 
 /**
- * Take messages as the vmm does (Channel.receive, a batch at a time), counting DATA and
+ * Take messages a batch at a time (Channel.receive), counting DATA and
  * reading the first payload byte of each as the C receiver does, until `stop`.
  */
 const receiveUntil = (ch: Channel, stop: (m: Imsg, data: number) => boolean) =>
