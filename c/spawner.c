@@ -87,8 +87,6 @@
  * orphaned.
  *
  * Build: cc -O2 -o build/spawner c/spawner.c (scripts/build-spawner.mjs).
- * (-DSPAWNER_FORK, once the fork variant beside a vfork default, changes
- * nothing now: every build forks.)
  */
 #define _GNU_SOURCE
 #include <sys/types.h>

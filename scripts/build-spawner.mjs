@@ -4,13 +4,10 @@
 // exits 0: the layer is then unavailable (spawnerAvailable() is false) and
 // layerOrNode uses ProcessNode.
 //
-//   node scripts/build-spawner.mjs [--out PATH] [--fork] [--strict]
+//   node scripts/build-spawner.mjs [--out PATH] [--strict]
 //
 // $CC picks the compiler (default: cc, then gcc, then clang). --strict fails
-// (exit 1) when it cannot build. --fork is still accepted and changes
-// nothing: it used to pick fork+pipe over a vfork default, and now every
-// build forks (an asynchronous SPAWN: vfork held the spawner in the kernel
-// until the child had exec'd, unable to reap dead children meanwhile).
+// (exit 1) when it cannot build.
 import { execFileSync } from "node:child_process"
 import { mkdirSync, renameSync, rmSync } from "node:fs"
 import { dirname, join, resolve } from "node:path"

@@ -2,10 +2,8 @@
  * ProcessSpawner: the Process service on the C spawner (c/spawner.c).
  *
  * ProcessNode's tests, run against the spawner (fork, with the exec-error
- * pipe in its poll set: SPAWN is asynchronous; every build forks now, so
- * --fork, once the variant beside vfork, is not built separately), plus
- * what only the spawner has: fds moved
- * around its own numbers, the VM's full set of fds, 200 concurrent spawns,
+ * pipe in its poll set: SPAWN is asynchronous), plus what only the spawner
+ * has: early spawns, fds moved around its own numbers, the VM's full set of fds, 200 concurrent spawns,
  * an abandoned spawn, the spawner killed, and the vmm process killed.
  */
 import { procStat } from "../e2e/proc.ts"
@@ -35,14 +33,14 @@ import type { ChildExit, ExitStatus } from "../../src/services/Process.ts"
 const root = join(import.meta.dirname, "..", "..")
 const dir = mkdtempSync(join(tmpdir(), "vmd-vmm-spawner-"))
 const child = join(dir, "child")
-const builds = [{ name: "fork", binary: join(dir, "spawner"), flags: [] as Array<string> }]
+const builds = [{ name: "fork", binary: join(dir, "spawner") }]
 /** Every pid any test spawned: all must be gone at the end. */
 const spawned: Array<number> = []
 
 beforeAll(() => {
   execFileSync("gcc", ["-O1", "-Wall", "-o", child, join(import.meta.dirname, "c", "child.c")])
   for (const b of builds) {
-    execFileSync(process.execPath, [join(root, "scripts", "build-spawner.mjs"), "--strict", "--out", b.binary, ...b.flags])
+    execFileSync(process.execPath, [join(root, "scripts", "build-spawner.mjs"), "--strict", "--out", b.binary])
   }
 })
 afterAll(() => {

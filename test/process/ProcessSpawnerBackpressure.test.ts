@@ -34,15 +34,14 @@ const dir = mkdtempSync(join(tmpdir(), "vmd-vmm-spawner-bp-"))
 const child = join(dir, "child")
 /** The same program under another inode, for the fanotify mark. */
 const slowChild = join(dir, "slow-child")
-// One build: every build forks now (--fork changes nothing; it used to pick fork over vfork).
-const builds = [{ name: "fork", binary: join(dir, "spawner"), flags: [] as Array<string> }]
+const builds = [{ name: "fork", binary: join(dir, "spawner") }]
 
 beforeAll(() => {
   execFileSync("gcc", ["-O1", "-Wall", "-o", child, join(import.meta.dirname, "c", "child.c")])
   copyFileSync(child, slowChild)
   chmodSync(slowChild, 0o755)
   for (const b of builds) {
-    execFileSync(process.execPath, [join(root, "scripts", "build-spawner.mjs"), "--strict", "--out", b.binary, ...b.flags])
+    execFileSync(process.execPath, [join(root, "scripts", "build-spawner.mjs"), "--strict", "--out", b.binary])
   }
 })
 afterAll(() => {
