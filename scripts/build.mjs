@@ -81,6 +81,47 @@ export const lazyChildProcess = {
   }
 }
 
+/**
+ * effect/internal/logger.js reads `process.stdout` when it is evaluated (to
+ * pick its pretty logger's mode), and that first read makes Node build the
+ * stdout stream: for a pipe or socket it loads node:net and node:stream,
+ * ~15-20 ms of bin/vmm's start-up for a stream the vmm never writes to. The
+ * three constants become one function read when a pretty logger is made
+ * (never, in bin/vmm). The build fails if the lines are not found.
+ */
+const STDOUT_LINES = `const hasProcessStdout = typeof process === "object" && process !== null && typeof process.stdout === "object" && process.stdout !== null;
+const processStdoutIsTTY = hasProcessStdout && process.stdout.isTTY === true;
+const hasProcessStdoutOrDeno = hasProcessStdout || "Deno" in globalThis;
+`
+const LAZY_STDOUT = `let stdoutFacts;
+const processStdout = () => {
+  if (stdoutFacts === undefined) {
+    const has = typeof process === "object" && process !== null && typeof process.stdout === "object" && process.stdout !== null;
+    stdoutFacts = { has, tty: has && process.stdout.isTTY === true, hasOrDeno: has || "Deno" in globalThis };
+  }
+  return stdoutFacts;
+};
+`
+export const lazyStdout = {
+  name: "lazy-stdout",
+  setup(b) {
+    b.onLoad({ filter: /[\\/]effect[\\/]dist[\\/]esm[\\/]internal[\\/]logger\.js$/ }, async (args) => {
+      const source = await readFile(args.path, "utf8")
+      const uses = [
+        ['mode_ === "auto" ? hasProcessStdoutOrDeno ?', 'mode_ === "auto" ? processStdout().hasOrDeno ?'],
+        [": processStdoutIsTTY || isBrowser", ": processStdout().tty || isBrowser"]
+      ]
+      let contents = source
+      for (const [from, to] of [[STDOUT_LINES, LAZY_STDOUT], ...uses]) {
+        if (contents.split(from).length !== 2) throw new Error(`${args.path}: expected "${from.split("\n")[0]}" once (lazy-stdout)`)
+        contents = contents.replace(from, to)
+      }
+      if (/hasProcessStdout|processStdoutIsTTY/.test(contents)) throw new Error(`${args.path}: a use of process.stdout left (lazy-stdout)`)
+      return { contents, loader: "js" }
+    })
+  }
+}
+
 mkdirSync(dist, { recursive: true })
 rmSync(join(dist, "vmm.cache"), { force: true })
 const result = await build({
@@ -93,7 +134,7 @@ const result = await build({
   external: ["koffi"],
   sourcemap: "linked",
   minifySyntax: true,
-  plugins: [effectDirect, lazyChildProcess],
+  plugins: [effectDirect, lazyChildProcess, lazyStdout],
   // ESM's import.meta.url (ProcessSpawner finds build/spawner with it), in CommonJS.
   define: { "import.meta.url": "__vmmImportMetaUrl" },
   banner: { js: `"use strict"; var __vmmImportMetaUrl = require("node:url").pathToFileURL(__filename).href;` },
