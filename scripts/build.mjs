@@ -82,18 +82,30 @@ export const lazyChildProcess = {
 }
 
 /**
- * effect/internal/logger.js reads `process.stdout` when it is evaluated (to
- * pick its pretty logger's mode), and that first read makes Node build the
- * stdout stream: for a pipe or socket it loads node:net and node:stream,
- * ~15-20 ms of bin/vmm's start-up for a stream the vmm never writes to. The
- * three constants become one function read when a pretty logger is made
- * (never, in bin/vmm). The build fails if the lines are not found.
+ * Two of effect's modules touch Node globals when they are evaluated, and
+ * each first touch builds something bin/vmm's start-up then pays for:
+ *  - internal/logger.js reads `process.stdout` (to pick its pretty logger's
+ *    mode): Node builds the stdout stream, and for a pipe or socket loads
+ *    node:net and node:stream, ~15-20 ms, for a stream the vmm never writes
+ *    to. The three constants become one function, read when a pretty logger
+ *    is made (never, in bin/vmm).
+ *  - internal/clock.js reads `performance` (to anchor Clock's nanoseconds to
+ *    the wall clock): Node loads perf_hooks, ~4-6 ms. The anchor is now taken
+ *    at the first Clock reading, from Date.now() and process.hrtime (what the
+ *    performance-based anchor amounts to: Date.now() - performance.now() +
+ *    performance.now() - hrtime), and the performance-based fallback for
+ *    hosts without hrtime is made when first used.
+ * Each replacement must match exactly once: the build fails if effect's
+ * sources change under it.
  */
-const STDOUT_LINES = `const hasProcessStdout = typeof process === "object" && process !== null && typeof process.stdout === "object" && process.stdout !== null;
+const EFFECT_PATCHES = {
+  "internal/logger.js": [
+    [
+      `const hasProcessStdout = typeof process === "object" && process !== null && typeof process.stdout === "object" && process.stdout !== null;
 const processStdoutIsTTY = hasProcessStdout && process.stdout.isTTY === true;
 const hasProcessStdoutOrDeno = hasProcessStdout || "Deno" in globalThis;
-`
-const LAZY_STDOUT = `let stdoutFacts;
+`,
+      `let stdoutFacts;
 const processStdout = () => {
   if (stdoutFacts === undefined) {
     const has = typeof process === "object" && process !== null && typeof process.stdout === "object" && process.stdout !== null;
@@ -102,21 +114,45 @@ const processStdout = () => {
   return stdoutFacts;
 };
 `
-export const lazyStdout = {
-  name: "lazy-stdout",
+    ],
+    ['mode_ === "auto" ? hasProcessStdoutOrDeno ?', 'mode_ === "auto" ? processStdout().hasOrDeno ?'],
+    [": processStdoutIsTTY || isBrowser", ": processStdout().tty || isBrowser"]
+  ],
+  "internal/clock.js": [
+    [
+      "const performanceNowNanos = /*#__PURE__*/function () {",
+      "let performanceNowNanosMade;\nconst performanceNowNanos = () => (performanceNowNanosMade ??= function () {"
+    ],
+    [
+      `    return origin + BigInt(Math.round(performance.now() * 1000000));
+  };
+}();`,
+      `    return origin + BigInt(Math.round(performance.now() * 1000000));
+  };
+}())();`
+    ],
+    [
+      `  const origin = /*#__PURE__*/performanceNowNanos() - /*#__PURE__*/processHrtime.bigint();
+  return () => origin + processHrtime.bigint();`,
+      `  let origin;
+  return () => {
+    if (origin === undefined) origin = BigInt(Date.now()) * BigInt(1_000_000) - processHrtime.bigint();
+    return origin + processHrtime.bigint();
+  };`
+    ]
+  ]
+}
+export const effectStartupPatches = {
+  name: "effect-startup-patches",
   setup(b) {
-    b.onLoad({ filter: /[\\/]effect[\\/]dist[\\/]esm[\\/]internal[\\/]logger\.js$/ }, async (args) => {
-      const source = await readFile(args.path, "utf8")
-      const uses = [
-        ['mode_ === "auto" ? hasProcessStdoutOrDeno ?', 'mode_ === "auto" ? processStdout().hasOrDeno ?'],
-        [": processStdoutIsTTY || isBrowser", ": processStdout().tty || isBrowser"]
-      ]
-      let contents = source
-      for (const [from, to] of [[STDOUT_LINES, LAZY_STDOUT], ...uses]) {
-        if (contents.split(from).length !== 2) throw new Error(`${args.path}: expected "${from.split("\n")[0]}" once (lazy-stdout)`)
+    b.onLoad({ filter: /[\\/]effect[\\/]dist[\\/]esm[\\/]internal[\\/](logger|clock)\.js$/ }, async (args) => {
+      const name = `internal/${args.path.split(/[\\/]/).pop()}`
+      let contents = await readFile(args.path, "utf8")
+      for (const [from, to] of EFFECT_PATCHES[name]) {
+        if (contents.split(from).length !== 2) throw new Error(`${args.path}: expected "${from.split("\n")[0]}" once (effect-startup-patches)`)
         contents = contents.replace(from, to)
       }
-      if (/hasProcessStdout|processStdoutIsTTY/.test(contents)) throw new Error(`${args.path}: a use of process.stdout left (lazy-stdout)`)
+      if (/hasProcessStdout|processStdoutIsTTY/.test(contents)) throw new Error(`${args.path}: a use of process.stdout left (effect-startup-patches)`)
       return { contents, loader: "js" }
     })
   }
@@ -134,7 +170,7 @@ const result = await build({
   external: ["koffi"],
   sourcemap: "linked",
   minifySyntax: true,
-  plugins: [effectDirect, lazyChildProcess, lazyStdout],
+  plugins: [effectDirect, lazyChildProcess, effectStartupPatches],
   // ESM's import.meta.url (ProcessSpawner finds build/spawner with it), in CommonJS.
   define: { "import.meta.url": "__vmmImportMetaUrl" },
   banner: { js: `"use strict"; var __vmmImportMetaUrl = require("node:url").pathToFileURL(__filename).href;` },
