@@ -1,7 +1,8 @@
 /**
  * Spawn latency: ProcessNode vs ProcessSpawner (waiting for the exec, and
- * early: back at the fork, as src/vmm/startVm.ts spawns VMs) vs a C
- * reference (fork+exec and posix_spawn from a small C program, same run).
+ * early: back at the fork, as src/vmm/startVm.ts spawns VMs) vs
+ * ProcessDirect (posix_spawn from this process, exits from pidfds; Linux)
+ * vs a C reference (fork+exec and posix_spawn from a small C program, same run).
  *
  *   npx tsx scripts/bench-spawn.ts [ITERATIONS=300] [WARMUP=20]
  *
@@ -26,6 +27,7 @@ import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { Context, Effect, Layer } from "effect"
 import { ImsgChannelNative } from "../src/layers/ImsgChannelNative.ts"
+import * as ProcessDirect from "../src/layers/ProcessDirect.ts"
 import * as ProcessNode from "../src/layers/ProcessNode.ts"
 import * as ProcessSpawner from "../src/layers/ProcessSpawner.ts"
 import * as libc from "../src/native/libc.ts"
@@ -128,7 +130,10 @@ const main = Effect.gen(function* () {
   const node: Array<readonly [string, Layer.Layer<Process, unknown>, boolean]> = [
     ["ProcessNode", ProcessNode.layer, false],
     ["ProcessSpawner", ProcessSpawner.layerWith({ binary: spawner }), false],
-    ["ProcessSpawner (early)", ProcessSpawner.layerWith({ binary: spawner }), true]
+    ["ProcessSpawner (early)", ProcessSpawner.layerWith({ binary: spawner }), true],
+    ...(ProcessDirect.directAvailable()
+      ? [["ProcessDirect", ProcessDirect.layer, false] as const]
+      : (console.log(`ProcessDirect skipped: ${ProcessDirect.directUnavailable() ?? ""}`), []))
   ]
   const services = yield* Effect.forEach(node, ([name, layer, early]) =>
     Layer.build(layer).pipe(Effect.map((ctx) => [name, Context.get(ctx, Process), early] as const))

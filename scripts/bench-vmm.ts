@@ -23,7 +23,7 @@
  * are timed in C. Info is timed through the same driver for both sides.
  *
  *   npx tsx scripts/bench-vmm.ts [--quick] [--spread] [--vms N] [--only start,exit,info,startup]
- *                                [--spawn spawner,node] [--vmm "command args" [--label name]]
+ *                                [--spawn spawner,direct,node] [--vmm "command args" [--label name]]
  *                                [--samples start=N,exit=N,info=N,ready=N,warm=N]
  *
  * --vmm runs another build of the vmm program instead of bin/vmm (for
@@ -31,7 +31,8 @@
  * VM count (512).
  *
  * Start and exit are measured with each way bin/vmm can start VM processes
- * (--spawn spawner: ProcessSpawner, the default; --spawn node: ProcessNode);
+ * (--spawn spawner: ProcessSpawner, the default; --spawn direct:
+ * ProcessDirect; --spawn node: ProcessNode);
  * the other cases with bin/vmm's default.
  */
 import { spawn, execFile } from "node:child_process"
@@ -607,7 +608,8 @@ const main = Effect.gen(function* () {
   if (optionValue("--vmm") !== undefined) console.log(`vmm program: ${VMM_COMMAND.join(" ")}`)
   console.log("The machine is shared and noisy: compare each figure with the C reference beside it, taken in the same run.\n")
 
-  const layerName = (method: string) => (method === "spawner" ? "ProcessSpawner" : method === "node" ? "ProcessNode" : method)
+  const layerName = (method: string) =>
+    method === "spawner" ? "ProcessSpawner" : method === "direct" ? "ProcessDirect" : method === "node" ? "ProcessNode" : method
   const defaults = parseArgs(["-P", "vmm"])
   const defaultMethod = Either.isRight(defaults) && defaults.right.mode === "vmm" ? defaults.right.spawn : "?"
   const methods = SPAWN_METHODS.filter((m) => accepts(["--spawn", m]))

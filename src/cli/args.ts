@@ -7,8 +7,11 @@ import { Either } from "effect"
 
 export type Backend = "vmm" | "process" | "mock"
 
-/** How VM processes are started: a small C spawner process (fast), or Node's spawn. */
-export type SpawnMethod = "spawner" | "node"
+/**
+ * How VM processes are started: a small C spawner process (fast), posix_spawn
+ * straight from the vmm with pidfds (ProcessDirect, Linux), or Node's spawn.
+ */
+export type SpawnMethod = "spawner" | "direct" | "node"
 
 export interface VmmArgs {
   readonly mode: "vmm"
@@ -33,7 +36,7 @@ export interface VmArgs {
 export type Args = VmmArgs | VmArgs
 
 export const usage =
-  "usage: vmm -P vmm [-dv] [--backend vmm|process|mock] [--vm-exec path] [--spawn spawner|node] [--trace]\n" +
+  "usage: vmm -P vmm [-dv] [--backend vmm|process|mock] [--vm-exec path] [--spawn spawner|direct|node] [--trace]\n" +
   "       vmm -V fd -i vmmfd -j pspfd [-dv]"
 
 const WITH_ARG = new Set(["D", "P", "V", "X", "f", "i", "j", "t", "p"])
@@ -66,7 +69,7 @@ export const parseArgs = (argv: ReadonlyArray<string>): Either.Either<Args, stri
       if (v === undefined) return Either.left(`${a} needs a value\n${usage}`)
       if (a === "--vm-exec") vmExec = v
       else if (a === "--spawn") {
-        if (v !== "spawner" && v !== "node") return Either.left(`unknown spawn method ${v}\n${usage}`)
+        if (v !== "spawner" && v !== "direct" && v !== "node") return Either.left(`unknown spawn method ${v}\n${usage}`)
         spawn = v
       }
       else if (v === "vmm" || v === "process" || v === "mock") backend = v

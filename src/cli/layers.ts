@@ -6,6 +6,7 @@
  */
 import { Effect, Layer } from "effect"
 import type { Backend, SpawnMethod } from "./args.ts"
+import * as ProcessDirect from "../layers/ProcessDirect.ts"
 import * as ProcessNode from "../layers/ProcessNode.ts"
 import * as ProcessSpawner from "../layers/ProcessSpawner.ts"
 import * as IoctlNative from "../layers/IoctlNative.ts"
@@ -43,8 +44,16 @@ export const deviceLayer = (backend: Backend) => {
   }
 }
 
-export const processLayer = (spawn: SpawnMethod) =>
-  spawn === "spawner" ? ProcessSpawner.layerOrNode : ProcessNode.layer
+export const processLayer = (spawn: SpawnMethod) => {
+  switch (spawn) {
+    case "spawner":
+      return ProcessSpawner.layerOrNode
+    case "direct":
+      return ProcessDirect.layerOrNode
+    case "node":
+      return ProcessNode.layer
+  }
+}
 
 export const vmmServiceLayers = (backend: Backend, spawn: SpawnMethod) =>
   Layer.provideMerge(deviceLayer(backend), Layer.mergeAll(processLayer(spawn), VmRegistryLive.layer))

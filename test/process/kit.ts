@@ -1,10 +1,10 @@
 /**
- * What the Process layers' tests (ProcessNode, ProcessSpawner) share: temp
+ * What the Process layers' tests (ProcessNode, ProcessSpawner, ProcessDirect) share: temp
  * files as owned Fds, the report test/process/c/child.c writes about its fds,
  * and the children of a process.
  */
 import { Effect } from "effect"
-import { closeSync, fstatSync, openSync, readdirSync, statSync } from "node:fs"
+import { closeSync, fstatSync, openSync, readdirSync, readFileSync, readlinkSync, statSync } from "node:fs"
 import { constants as osConstants } from "node:os"
 import { join } from "node:path"
 import koffi from "koffi"
@@ -93,3 +93,32 @@ export const childrenOf = (ppid: number): ReadonlyArray<number> =>
     .filter((name) => /^\d+$/.test(name))
     .filter((name) => procStat(Number(name))?.ppid === ppid)
     .map(Number)
+
+export const sorted = (xs: ReadonlyArray<number>): Array<number> => [...xs].sort((a, b) => a - b)
+
+/** "dev D ino I" of /dev/null, as child.c prints an fd on it. */
+export const devnullId = (): string => {
+  const st = statSync("/dev/null", { bigint: true })
+  return `dev ${st.dev} ino ${st.ino}`
+}
+
+/** This process's fds that are pidfds (Linux: /proc/self/fd links to anon_inode:[pidfd]). */
+export const openPidfds = (): ReadonlyArray<number> =>
+  readdirSync("/proc/self/fd").flatMap((name: string) => {
+    try {
+      return readlinkSync(`/proc/self/fd/${name}`) === "anon_inode:[pidfd]" ? [Number(name)] : []
+    } catch {
+      return [] // the directory's own fd, gone
+    }
+  })
+
+/** SigBlk, SigIgn and SigCgt of a process, from /proc/<pid>/status (bit n-1 is signal n). */
+export const signalMasks = (pid: number): { readonly blocked: bigint; readonly ignored: bigint; readonly caught: bigint } => {
+  const text = readFileSync(`/proc/${pid}/status`, "utf8")
+  const field = (name: string): bigint => {
+    const hex = new RegExp(`^${name}:\\s*([0-9a-f]+)$`, "m").exec(text)?.[1]
+    if (hex === undefined) throw new Error(`no ${name} in /proc/${pid}/status`)
+    return BigInt(`0x${hex}`)
+  }
+  return { blocked: field("SigBlk"), ignored: field("SigIgn"), caught: field("SigCgt") }
+}

@@ -1,0 +1,362 @@
+/**
+ * Real processes started straight from this process with glibc's
+ * posix_spawn (src/native/spawn.ts), their exits learnt from pidfds watched
+ * on Node's own loop: vmm.c vmm_start_vm's fork+exec and vmm_sighdlr's
+ * waitpid loop without a helper process. glibc's posix_spawn runs the
+ * child on clone(CLONE_VM|CLONE_VFORK): nothing of Node's address space is
+ * copied (Node's own spawn forks all of it), and it is safe in a
+ * multi-threaded process. Linux (>= 5.3, for pidfd_open) with glibc >= 2.29
+ * only; `directUnavailable()` says why not, and `layerOrNode` falls back to
+ * ProcessNode.
+ *
+ * Same semantics as ProcessNode and ProcessSpawner
+ * (test/process/ProcessDirect.test.ts runs their tests against it):
+ *  - the child (posix_spawnattr_t built once, posix_spawn_file_actions_t
+ *    built for each spawn in memory allocated once): its own session (POSIX_SPAWN_SETSID); no signal blocked
+ *    (SETSIGMASK, an empty set) and every signal at its default disposition
+ *    (SETSIGDEF with every signal: Node ignores SIGPIPE, and exec keeps an
+ *    ignored signal ignored); 0, 1, 2 on /dev/null (one fd, opened
+ *    close-on-exec when the layer is built, dup2'ed onto each) or this
+ *    process's own ("inherit": dup2(n, n)); each of `req.fds` at its own
+ *    number by dup2(fd, fd), which clears close-on-exec on the child's copy
+ *    (glibc >= 2.29), and which wins over stdio for an fd numbered 0-2;
+ *  - nothing else reaches the child: every fd this process makes is
+ *    close-on-exec, and before each spawn the fds it inherited without the
+ *    flag get it (`sealInheritedFds`), as in ProcessNode;
+ *  - argv[0] is `command`, searched in PATH when it has no '/'
+ *    (posix_spawnp); the environment is this process's (libc's `environ`
+ *    itself, which process.env writes through to), or a copy of it with
+ *    `req.env` laid over when that is given;
+ *  - spawn fails with SpawnError and the OpenBSD errno: the fork's (EAGAIN,
+ *    ENOMEM) or the child's execve's (ENOENT, EACCES), which posix_spawn
+ *    returns itself, having waited for the exec;
+ *  - `SpawnRequest.early` is ignored: posix_spawn returns only once the
+ *    child has exec'd (the CLONE_VFORK), so there is no moment between fork
+ *    and exec to return at; an exec failure stays a SpawnError (and glibc
+ *    has reaped that child: it is never in `exits`).
+ *
+ * Reaping: right after posix_spawn returns, pidfd_open(pid) (close-on-exec
+ * by birth; the child cannot have been reaped yet, so it is this child even
+ * if it has already exited) and a libuv poll handle on it. The pidfd polls
+ * readable once the child has exited; the callback then waitpid(pid,
+ * WNOHANG)s it (a zombie until then, so the pid is not reused), takes the
+ * pid out of the table, closes the poll handle (and the pidfd in uv_close's
+ * callback: each exactly once), pushes the exit to the ExitBox and
+ * completes `Child.exit`. Node's libuv waitpids only the pids of its own
+ * ChildProcess handles, never ours. Each exit is reported once, in the
+ * order reaped. (Should libuv report a poll error, that child is looked at
+ * every 50 ms instead. Should something else in the process reap one of
+ * ours, ECHILD, its status is lost: it is reported as Exited 255.)
+ *
+ * `kill` signals only a pid in the table, through its pidfd
+ * (pidfd_send_signal: the process itself, never a reused pid); a pid not
+ * in the table is ESRCH.
+ *
+ * The scope's end: spawns fail with EIO from then on; every child still in
+ * the table gets SIGKILL, and the finalizer waits (up to `reapTimeout`,
+ * 10 s) until each has been reaped and reported, then until every poll
+ * handle is closed and every pidfd with it; then the /dev/null fd and the
+ * spawn attributes go. A child not reaped in time is logged, its handle
+ * and pidfd released all the same.
+ *
+ * If this process dies without its scope ending (SIGKILL, a crash), the
+ * children are not told: unlike ProcessSpawner (its helper sees EOF, and
+ * PR_SET_PDEATHSIG, which posix_spawn cannot set), they are left running,
+ * in their own sessions, reparented to init, as with ProcessNode; a VM
+ * process notices the vmm's end as EOF on its imsg channel, as in vmd.
+ */
+import { constants as osConstants } from "node:os"
+import { Deferred, Duration, Effect, Exit, FiberId, Layer } from "effect"
+import type { Scope } from "effect"
+import * as libc from "../native/libc.ts"
+import * as native from "../native/spawn.ts"
+import { sealInheritedFds } from "../native/sys.ts"
+import { UV_READABLE, UvPoll } from "../native/uvpoll.ts"
+import { Errno, errnoName, fromErrorCode, fromHostErrno } from "../schema/errno.ts"
+import { ExitBox, Process, SpawnError } from "../services/Process.ts"
+import type { Child, ExitStatus, ProcessService, SignalName, SpawnRequest } from "../services/Process.ts"
+import * as ProcessNode from "./ProcessNode.ts"
+
+/** How long the layer's finalizer waits for SIGKILLed children to be reaped. */
+const REAP_TIMEOUT = Duration.seconds(10)
+/** How often a child is looked at when libuv could not poll its pidfd. */
+const FALLBACK_POLL_MS = 50
+/** What a child reaped by someone else (ECHILD) is reported as: its status is lost. */
+const LOST: ExitStatus = { _tag: "Exited", code: 255 }
+
+const signals: Readonly<Record<string, number | undefined>> = osConstants.signals
+const signalNumber = (name: SignalName): number => signals[name] ?? 0
+const SIGKILL = signalNumber("SIGKILL")
+
+const spawnError = (errno: number, message: string): SpawnError =>
+  new SpawnError({ reason: ProcessNode.reasonOf(errno), errno, message })
+
+/**
+ * Why this layer cannot run here (not Linux x86_64/aarch64, not glibc >=
+ * 2.29, no pidfd_open), or null if it can.
+ */
+export const directUnavailable = (): string | null => native.spawnUnavailable()
+
+export const directAvailable = (): boolean => directUnavailable() === null
+
+export interface DirectOptions {
+  /** How long the finalizer waits for SIGKILLed children to be reaped (10 s). */
+  readonly reapTimeout?: Duration.DurationInput
+  /** Tests: behave as if unavailable for this reason (null: ask the host). */
+  readonly unavailable?: string | null
+}
+
+interface LiveChild {
+  readonly pid: number
+  readonly pidfd: number
+  readonly exit: Deferred.Deferred<ExitStatus>
+  watch: UvPoll | null
+  timer: ReturnType<typeof setInterval> | null
+  done: boolean
+  released: boolean
+}
+
+const hasNul = (s: string): boolean => s.includes("\0")
+
+export const make = (options: DirectOptions = {}): Effect.Effect<ProcessService, SpawnError, Scope.Scope> =>
+  Effect.gen(function* () {
+    const why = options.unavailable ?? directUnavailable()
+    if (why !== null) return yield* Effect.fail(spawnError(Errno.ENOSYS, `posix_spawn with pidfds unavailable: ${why}`))
+    const reapTimeout = options.reapTimeout ?? REAP_TIMEOUT
+
+    // What every spawn uses: /dev/null for stdio "null", the attributes. Released by the finalizer below.
+    const { devnull, attr } = yield* Effect.acquireRelease(
+      Effect.suspend(() => {
+        const fd = libc.open("/dev/null", libc.O_RDWR)
+        if (fd < 0) {
+          const errno = fromHostErrno(-fd)
+          return Effect.fail(spawnError(errno, `/dev/null: ${errnoName(errno)}`))
+        }
+        const a = new native.SpawnAttr()
+        const r = a.init()
+        if (r < 0) {
+          a.destroy()
+          libc.close(fd)
+          const errno = fromHostErrno(-r)
+          return Effect.fail(spawnError(errno, `posix_spawnattr: ${errnoName(errno)}`))
+        }
+        return Effect.succeed({ devnull: fd, attr: a })
+      }),
+      ({ devnull: fd, attr: a }) =>
+        Effect.sync(() => {
+          a.destroy()
+          libc.close(fd)
+        })
+    )
+
+    const live = new Map<number, LiveChild>()
+    const exits = new ExitBox()
+    /** The file actions' memory, init'ed and destroyed around each spawn (spawns are synchronous: one at a time). */
+    const fa = new native.FileActions()
+    let closing = false
+    /** Poll handles closing whose pidfd is not closed yet, and who waits for none to be left. */
+    let releasing = 0
+    let onReleased: Array<() => void> = []
+
+    const pidfdClosed = (c: LiveChild): void => {
+      libc.close(c.pidfd)
+      if (--releasing === 0) for (const f of onReleased.splice(0)) f()
+    }
+
+    /** The child's poll handle, timer and pidfd go (the pidfd once uv_close is done with it). Once. */
+    const release = (c: LiveChild): void => {
+      if (c.released) return
+      c.released = true
+      if (c.timer !== null) clearInterval(c.timer)
+      c.timer = null
+      releasing++
+      const w = c.watch
+      c.watch = null
+      if (w !== null) w.close(() => pidfdClosed(c))
+      else pidfdClosed(c)
+    }
+
+    const finish = (c: LiveChild, status: ExitStatus): void => {
+      if (c.done) return
+      c.done = true
+      if (live.get(c.pid) === c) live.delete(c.pid)
+      release(c)
+      exits.push({ pid: c.pid, status })
+      Deferred.unsafeDone(c.exit, Exit.succeed(status))
+    }
+
+    /** waitpid(WNOHANG): true once the child is reaped and reported. */
+    const reap = (c: LiveChild): boolean => {
+      if (c.done) return true
+      const r = native.waitpid(c.pid)
+      if (r === 0) return false
+      if (r === c.pid) {
+        const status = native.decodeWaitStatus(native.waitStatus())
+        if (status === null) return false // stopped or continued: not an exit
+        finish(c, status)
+      } else {
+        finish(c, LOST)
+      }
+      return true
+    }
+
+    const onPoll = (c: LiveChild) => (status: number) => {
+      if (reap(c) || status >= 0) return
+      // libuv gave up on this pidfd: look every FALLBACK_POLL_MS instead.
+      c.watch?.stop()
+      if (c.timer === null) c.timer = setInterval(() => void reap(c), FALLBACK_POLL_MS)
+    }
+
+    /** SIGKILL and a blocking reap: for a child we cannot watch (it never enters the table). */
+    const abandon = (pid: number): void => {
+      try {
+        process.kill(pid, "SIGKILL")
+      } catch {
+        // gone already
+      }
+      native.waitpid(pid, true)
+    }
+
+    /** Signal a child in the table: 0 or an OpenBSD errno. */
+    const signal = (c: LiveChild, signo: number): number => {
+      const r = native.pidfdSendSignal(c.pidfd, signo)
+      if (r !== -native.HOST_ENOSYS) return r < 0 ? fromHostErrno(-r) : 0
+      try {
+        process.kill(c.pid, signo)
+        return 0
+      } catch (e) {
+        return fromErrorCode(typeof e === "object" && e !== null && "code" in e ? String(e.code) : undefined)
+      }
+    }
+
+    // Nothing orphaned: SIGKILL every child still alive, wait until each is reaped and its pidfd closed.
+    yield* Effect.addFinalizer(() =>
+      Effect.suspend(() => {
+        closing = true
+        const children = [...live.values()]
+        for (const c of children) signal(c, SIGKILL)
+        return Effect.forEach(children, (c) => Deferred.await(c.exit), { discard: true }).pipe(
+          Effect.timeout(reapTimeout),
+          Effect.catchAll(() =>
+            Effect.suspend(() => {
+              const left = [...live.values()]
+              for (const c of left) {
+                live.delete(c.pid)
+                release(c)
+              }
+              return Effect.logWarning(`children not reaped after SIGKILL: ${left.map((c) => c.pid).join(" ")}`)
+            })
+          ),
+          Effect.zipRight(
+            Effect.async<void>((resume) => {
+              if (releasing === 0) return resume(Effect.void)
+              const done = () => resume(Effect.void)
+              onReleased.push(done)
+              return Effect.sync(() => {
+                onReleased = onReleased.filter((f) => f !== done)
+              })
+            })
+          )
+        )
+      })
+    )
+
+    /** The spawn itself, synchronous from the checks to the table: nothing can come between. */
+    const spawnNow = (req: SpawnRequest): Child | SpawnError => {
+      const fail = (errno: number, why: string = errnoName(errno)) =>
+        spawnError(errno, `spawn ${req.command}: ${why}`)
+      if (closing) return fail(Errno.EIO, "the Process layer is closed")
+      const closed = req.fds.find((fd) => !fd.isOpen)
+      if (closed !== undefined) return fail(Errno.EBADF, `${closed.toString()} is closed`)
+      const env =
+        req.env === undefined
+          ? null
+          : Object.entries({ ...process.env, ...req.env }).flatMap(([k, v]) => (v === undefined ? [] : [`${k}=${v}`]))
+      if (hasNul(req.command) || req.args.some(hasNul) || (env !== null && env.some(hasNul))) {
+        return fail(Errno.EINVAL, "a NUL byte in the command, an argument or the environment")
+      }
+
+      sealInheritedFds()
+      const init = fa.init()
+      if (init < 0) return fail(fromHostErrno(-init))
+      let pid: number
+      try {
+        const mine = new Set(req.fds.map((fd) => fd.num))
+        let r = 0
+        for (const n of [0, 1, 2]) {
+          if (mine.has(n) || r < 0) continue
+          if (req.stdio === "null") r = fa.dup2(devnull, n)
+          else if (libc.fcntl(n, libc.F_GETFD) >= 0) r = fa.dup2(n, n)
+        }
+        for (const n of mine) if (r >= 0) r = fa.dup2(n, n)
+        if (r < 0) return fail(fromHostErrno(-r), `posix_spawn_file_actions_adddup2: ${errnoName(fromHostErrno(-r))}`)
+        pid = native.posixSpawnp(req.command, fa, attr, [req.command, ...req.args], env)
+      } finally {
+        fa.destroy()
+      }
+      if (pid < 0) return fail(fromHostErrno(-pid))
+
+      const pidfd = native.pidfdOpen(pid)
+      if (pidfd < 0) {
+        abandon(pid)
+        return fail(fromHostErrno(-pidfd), `pidfd_open: ${errnoName(fromHostErrno(-pidfd))}`)
+      }
+      const c: LiveChild = {
+        pid,
+        pidfd,
+        exit: Deferred.unsafeMake<ExitStatus>(FiberId.none),
+        watch: null,
+        timer: null,
+        done: false,
+        released: false
+      }
+      const watch = UvPoll.open(pidfd, onPoll(c))
+      const started = typeof watch === "number" ? watch : watch.start(UV_READABLE)
+      if (typeof watch !== "number") c.watch = watch
+      if (started < 0) {
+        release(c)
+        abandon(pid)
+        return fail(fromHostErrno(-started), `uv_poll on its pidfd: ${errnoName(fromHostErrno(-started))}`)
+      }
+      live.set(pid, c)
+      return { pid, exit: Deferred.await(c.exit) }
+    }
+
+    const service: ProcessService = {
+      spawn: (req) =>
+        Effect.suspend(() => {
+          const r = spawnNow(req)
+          return r instanceof SpawnError ? Effect.fail(r) : Effect.succeed(r)
+        }),
+      kill: (pid, sig) =>
+        Effect.suspend(() => {
+          const c = live.get(pid)
+          const errno = c === undefined ? Errno.ESRCH : signal(c, signalNumber(sig))
+          return errno === 0 ? Effect.void : Effect.fail(spawnError(errno, `kill ${pid} ${sig}: ${errnoName(errno)}`))
+        }),
+      isAlive: (pid) => Effect.sync(() => live.has(pid)),
+      exits: exits.stream,
+      takeExits: exits.takeAll,
+      listenExits: (l) => exits.listen(l),
+      children: Effect.sync(() => [...live.keys()])
+    }
+    return service
+  })
+
+/** The Process service on posix_spawn; fails (ENOSYS) where that cannot run (see `layerOrNode`). */
+export const layerWith = (options: DirectOptions = {}): Layer.Layer<Process, SpawnError> =>
+  Layer.scoped(Process, Effect.map(make(options), (s) => Process.of(s)))
+
+export const layer: Layer.Layer<Process, SpawnError> = layerWith()
+
+/** This layer where it can run, else ProcessNode (with a warning). */
+export const layerOrNodeWith = (options: DirectOptions = {}): Layer.Layer<Process> =>
+  layerWith(options).pipe(
+    Layer.catchAll((e) =>
+      Layer.unwrapEffect(
+        Effect.logWarning(`${e.message}; using Node's spawn`).pipe(Effect.as(ProcessNode.layer))
+      )
+    )
+  )
+
+export const layerOrNode: Layer.Layer<Process> = layerOrNodeWith()

@@ -1,0 +1,452 @@
+/**
+ * ProcessDirect: the Process service on posix_spawn from this process, exits
+ * from pidfds on Node's loop (src/layers/ProcessDirect.ts).
+ *
+ * ProcessNode's and ProcessSpawner's tests, run against it, plus what only
+ * it has to get right: signal dispositions and mask (the vfork child
+ * starts from this process's), pidfds and poll handles released (none left
+ * in /proc/self/fd), the fallback, and the CLI's --spawn direct.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Chunk, Context, Effect, Exit, Fiber, Layer, Scope, Stream } from "effect"
+import { execFileSync } from "node:child_process"
+import { chmodSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { constants as osConstants, tmpdir } from "node:os"
+import { join } from "node:path"
+import koffi from "koffi"
+import { afterAll, beforeAll } from "vitest"
+import {
+  childrenOf,
+  clearCloexec,
+  devnullId,
+  fsBackend,
+  identity,
+  openPidfds,
+  parseReport,
+  SIGKILL,
+  SIGTERM,
+  signalMasks,
+  sorted,
+  tempFdIn,
+  untilWritten
+} from "./kit.ts"
+import { procStat } from "../e2e/proc.ts"
+import { Either } from "effect"
+import { parseArgs } from "../../src/cli/args.ts"
+import { processLayer } from "../../src/cli/layers.ts"
+import * as ProcessDirect from "../../src/layers/ProcessDirect.ts"
+import { Errno } from "../../src/schema/errno.ts"
+import { Fd } from "../../src/services/Fd.ts"
+import { Process } from "../../src/services/Process.ts"
+import type { ChildExit, ExitStatus } from "../../src/services/Process.ts"
+
+const dir = mkdtempSync(join(tmpdir(), "vmd-vmm-direct-"))
+const child = join(dir, "child")
+/** Every pid any test spawned: all must be gone (reaped, not zombies) at the end. */
+const spawned: Array<number> = []
+
+beforeAll(() => {
+  execFileSync("gcc", ["-O1", "-Wall", "-o", child, join(import.meta.dirname, "c", "child.c")])
+})
+afterAll(() => {
+  rmSync(dir, { recursive: true, force: true })
+  expect(childrenOf(process.pid)).toEqual([])
+  expect(spawned.filter((pid) => procStat(pid) !== null)).toEqual([])
+  expect(openPidfds()).toEqual([])
+})
+
+const tempFd = tempFdIn(() => dir)
+const layer = ProcessDirect.layer
+
+const signals: Readonly<Record<string, number | undefined>> = osConstants.signals
+const SIGPIPE = signals["SIGPIPE"] ?? 13
+const SIGUSR2 = signals["SIGUSR2"] ?? 12
+const bit = (signo: number): bigint => 1n << BigInt(signo - 1)
+
+/** Until `n` pidfds are open (uv_close's callback closes a child's, a loop turn after its exit); those open then. */
+const untilPidfds = (n: number) =>
+  Effect.gen(function* () {
+    for (let i = 0; i < 400 && openPidfds().length > n; i++) yield* Effect.sleep("5 millis")
+    return openPidfds()
+  })
+const untilNoPidfds = untilPidfds(0)
+
+describe("ProcessDirect", () => {
+  it("is available on this host (Linux, glibc >= 2.29, pidfd_open)", () => {
+    expect(ProcessDirect.directUnavailable()).toBe(null)
+  })
+
+  it.scopedLive("each fd lands at its own number, is the parent's file, and nothing else is open", () =>
+    Effect.gen(function* () {
+      const proc = yield* Process
+      const out = yield* tempFd("out")
+      const a = yield* tempFd("a")
+      const b = yield* tempFd("b")
+      // An fd this process holds without close-on-exec must still not reach the child.
+      const stray = yield* tempFd("stray")
+      clearCloexec(stray.fd.num)
+      const given = [out.fd, a.fd, b.fd]
+      const nums = [0, 1, 2, a.fd.num, b.fd.num].map(String)
+      const c = yield* proc.spawn({ command: child, args: ["fdinfo", String(out.fd.num), ...nums], fds: given, stdio: "null" })
+      spawned.push(c.pid)
+      expect(yield* c.exit).toEqual({ _tag: "Exited", code: 0 })
+      const report = parseReport(readFileSync(out.path, "utf8"))
+      expect(report.pid).toBe(c.pid)
+      expect(report.sid).toBe(c.pid) // own session
+      expect(report.fds.get(a.fd.num)).toBe(identity(a.fd.num))
+      expect(report.fds.get(b.fd.num)).toBe(identity(b.fd.num))
+      for (const n of [0, 1, 2]) expect(report.fds.get(n)).toBe(devnullId())
+      expect(report.open).toEqual(sorted([0, 1, 2, ...given.map((fd) => fd.num)]))
+      expect(report.open).not.toContain(stray.fd.num)
+    }).pipe(Effect.provide(layer))
+  )
+
+  it.scopedLive("stdio inherit gives the child this process's 0, 1, 2", () =>
+    Effect.gen(function* () {
+      const proc = yield* Process
+      const out = yield* tempFd("out")
+      const c = yield* proc.spawn({ command: child, args: ["fdinfo", String(out.fd.num), "0", "1", "2"], fds: [out.fd], stdio: "inherit" })
+      spawned.push(c.pid)
+      yield* c.exit
+      const report = parseReport(readFileSync(out.path, "utf8"))
+      for (const n of [0, 1, 2]) expect(report.fds.get(n)).toBe(identity(n))
+      expect(report.open).toEqual(sorted([0, 1, 2, out.fd.num]))
+    }).pipe(Effect.provide(layer))
+  )
+
+  it.scopedLive("the child starts with no signal blocked or ignored, though this process ignores SIGPIPE and blocks SIGUSR2", () =>
+    Effect.gen(function* () {
+      const proc = yield* Process
+      const libc = koffi.load(null)
+      const pthreadSigmask = libc.func("int pthread_sigmask(int how, const void *set, void *old)")
+      const sigemptyset = libc.func("int sigemptyset(void *set)")
+      const sigaddset = libc.func("int sigaddset(void *set, int signo)")
+      // What would leak without SETSIGDEF/SETSIGMASK: Node ignores SIGPIPE, and we block SIGUSR2 on this thread.
+      expect(signalMasks(process.pid).ignored & bit(SIGPIPE)).toBe(bit(SIGPIPE))
+      const set = Buffer.alloc(128)
+      const old = Buffer.alloc(128)
+      sigemptyset(set)
+      sigaddset(set, SIGUSR2)
+      expect(pthreadSigmask(0 /* SIG_BLOCK */, set, old)).toBe(0)
+      const c = yield* proc
+        .spawn({ command: child, args: ["sleep"], fds: [], stdio: "null" })
+        .pipe(Effect.ensuring(Effect.sync(() => pthreadSigmask(2 /* SIG_SETMASK */, old, null))))
+      spawned.push(c.pid)
+      const masks = signalMasks(c.pid)
+      expect(masks.blocked).toBe(0n)
+      expect(masks.ignored).toBe(0n) // SIGPIPE, and glibc's internal 32 and 33, at their defaults
+      yield* proc.kill(c.pid, "SIGTERM")
+      expect(yield* c.exit).toEqual({ _tag: "Signaled", signal: SIGTERM })
+    }).pipe(Effect.provide(layer))
+  )
+
+  it.scopedLive("PATH search, and the environment: this process's (as changed since start) with env laid over", () =>
+    Effect.gen(function* () {
+      const proc = yield* Process
+      const out = yield* tempFd("env")
+      process.env["VMD_VMM_DIRECT_RUNTIME"] = "set at run time"
+      const script = `printf "%s|%s|%s\\n" "$VMD_VMM_TEST" "$HOME" "$VMD_VMM_DIRECT_RUNTIME" >> /dev/fd/${out.fd.num}`
+      try {
+        const plain = yield* proc.spawn({ command: "sh", args: ["-c", script], fds: [out.fd], stdio: "null" })
+        spawned.push(plain.pid)
+        expect(yield* plain.exit).toEqual({ _tag: "Exited", code: 0 })
+        const withEnv = yield* proc.spawn({
+          command: "sh",
+          args: ["-c", script],
+          fds: [out.fd],
+          stdio: "null",
+          env: { VMD_VMM_TEST: "hello world", HOME: "/elsewhere" }
+        })
+        spawned.push(withEnv.pid)
+        expect(yield* withEnv.exit).toEqual({ _tag: "Exited", code: 0 })
+      } finally {
+        delete process.env["VMD_VMM_DIRECT_RUNTIME"]
+      }
+      expect(readFileSync(out.path, "utf8")).toBe(
+        `|${process.env["HOME"] ?? ""}|set at run time\nhello world|/elsewhere|set at run time\n`
+      )
+    }).pipe(Effect.provide(layer))
+  )
+
+  it.scopedLive("exit codes and signals reach exit and the exits stream, in order", () =>
+    Effect.gen(function* () {
+      const proc = yield* Process
+      const seven = yield* proc.spawn({ command: child, args: ["exit", "7"], fds: [], stdio: "null" })
+      expect(yield* seven.exit).toEqual({ _tag: "Exited", code: 7 })
+      const sleeper = yield* proc.spawn({ command: child, args: ["sleep"], fds: [], stdio: "null" })
+      spawned.push(seven.pid, sleeper.pid)
+      expect(yield* proc.isAlive(sleeper.pid)).toBe(true)
+      expect(yield* proc.children).toEqual([sleeper.pid])
+      expect((yield* untilPidfds(1)).length).toBe(1) // the sleeper's; the first child's is closed with its handle
+      yield* proc.kill(sleeper.pid, "SIGTERM")
+      expect(yield* sleeper.exit).toEqual({ _tag: "Signaled", signal: SIGTERM })
+      const zero = yield* proc.spawn({ command: child, args: ["exit", "0"], fds: [], stdio: "null" })
+      spawned.push(zero.pid)
+      yield* zero.exit
+      const exits = yield* proc.exits.pipe(Stream.take(3), Stream.runCollect)
+      expect(Chunk.toReadonlyArray(exits)).toEqual([
+        { pid: seven.pid, status: { _tag: "Exited", code: 7 } },
+        { pid: sleeper.pid, status: { _tag: "Signaled", signal: SIGTERM } },
+        { pid: zero.pid, status: { _tag: "Exited", code: 0 } }
+      ])
+      expect(yield* proc.isAlive(sleeper.pid)).toBe(false)
+      expect(yield* proc.children).toEqual([])
+      for (const pid of [seven.pid, sleeper.pid, zero.pid]) expect(procStat(pid)).toBe(null) // reaped
+      expect(yield* untilNoPidfds).toEqual([])
+    }).pipe(Effect.provide(layer))
+  )
+
+  it.scopedLive("kill of a reaped or foreign pid is ESRCH and signals nothing", () =>
+    Effect.gen(function* () {
+      const proc = yield* Process
+      const c = yield* proc.spawn({ command: child, args: ["exit", "0"], fds: [], stdio: "null" })
+      spawned.push(c.pid)
+      yield* c.exit
+      const err = yield* Effect.flip(proc.kill(c.pid, "SIGKILL"))
+      expect(err.errno).toBe(Errno.ESRCH)
+      const self = yield* Effect.flip(proc.kill(process.pid, "SIGTERM"))
+      expect(self.errno).toBe(Errno.ESRCH)
+    }).pipe(Effect.provide(layer))
+  )
+
+  it.scopedLive("a child that exited but is not reaped yet is still ours to signal (the pidfd, not the pid)", () =>
+    Effect.gen(function* () {
+      const proc = yield* Process
+      const c = yield* proc.spawn({ command: child, args: ["sleep"], fds: [], stdio: "null" })
+      spawned.push(c.pid)
+      // Behind the layer's back, and with this loop blocked until it is a zombie: not reaped yet.
+      process.kill(c.pid, "SIGTERM")
+      const until = Date.now() + 5000
+      while (procStat(c.pid)?.state !== "Z" && Date.now() < until) {
+        // spin
+      }
+      expect(procStat(c.pid)?.state).toBe("Z")
+      expect(yield* proc.isAlive(c.pid)).toBe(true)
+      yield* proc.kill(c.pid, "SIGKILL") // a zombie takes a signal (as kill(2) on it would)
+      expect(yield* c.exit).toEqual({ _tag: "Signaled", signal: SIGTERM })
+      const after = yield* Effect.flip(proc.kill(c.pid, "SIGKILL"))
+      expect(after.errno).toBe(Errno.ESRCH)
+    }).pipe(Effect.provide(layer))
+  )
+
+  it.scopedLive("spawn failures are SpawnError with the OpenBSD errno, and leave nothing behind", () =>
+    Effect.gen(function* () {
+      const proc = yield* Process
+      const missing = yield* Effect.flip(proc.spawn({ command: join(dir, "no-such-program"), args: [], fds: [], stdio: "null" }))
+      expect(missing).toMatchObject({ _tag: "SpawnError", reason: "NotFound", errno: Errno.ENOENT })
+      const notInPath = yield* Effect.flip(proc.spawn({ command: "vmd-vmm-no-such-program", args: [], fds: [], stdio: "null" }))
+      expect(notInPath).toMatchObject({ reason: "NotFound", errno: Errno.ENOENT })
+      // early is ignored: the exec's failure is still the spawn's.
+      const early = yield* Effect.flip(
+        proc.spawn({ command: join(dir, "no-such-program"), args: [], fds: [], stdio: "null", early: true })
+      )
+      expect(early).toMatchObject({ reason: "NotFound", errno: Errno.ENOENT })
+      const notExec = join(dir, "not-executable")
+      writeFileSync(notExec, "#!/bin/sh\n")
+      chmodSync(notExec, 0o644)
+      const denied = yield* Effect.flip(proc.spawn({ command: notExec, args: [], fds: [], stdio: "null" }))
+      expect(denied).toMatchObject({ reason: "Other", errno: Errno.EACCES })
+      const huge = yield* Effect.flip(proc.spawn({ command: child, args: ["x".repeat(256 * 1024)], fds: [], stdio: "null" }))
+      expect(huge.errno).toBe(Errno.E2BIG) // execve's, through posix_spawn
+      const f = yield* tempFd("closed")
+      yield* f.fd.close
+      const badf = yield* Effect.flip(proc.spawn({ command: child, args: ["exit", "0"], fds: [f.fd], stdio: "null" }))
+      expect(badf.errno).toBe(Errno.EBADF)
+      const nul = yield* Effect.flip(proc.spawn({ command: child, args: ["a\0b"], fds: [], stdio: "null" }))
+      expect(nul.errno).toBe(Errno.EINVAL)
+      expect(yield* proc.children).toEqual([])
+      // The failed children were reaped by posix_spawn: no zombie, no pidfd, no exit reported.
+      expect(childrenOf(process.pid)).toEqual([])
+      expect(openPidfds()).toEqual([])
+      const ok = yield* proc.spawn({ command: child, args: ["exit", "3"], fds: [], stdio: "null" })
+      spawned.push(ok.pid)
+      expect(yield* ok.exit).toEqual({ _tag: "Exited", code: 3 })
+      const exits = yield* proc.takeExits
+      expect(exits).toEqual([{ pid: ok.pid, status: { _tag: "Exited", code: 3 } }])
+    }).pipe(Effect.provide(layer))
+  )
+
+  it.live("the layer's end SIGKILLs and reaps every child still alive, and releases every pidfd", () =>
+    Effect.gen(function* () {
+      const scope = yield* Scope.make()
+      const ready = join(dir, "ready")
+      const readyFd = new Fd(openSync(ready, "w+"), fsBackend, "ready")
+      const proc = Context.get(yield* Layer.buildWithScope(layer, scope), Process)
+      const sleeper = yield* proc.spawn({ command: child, args: ["sleep"], fds: [], stdio: "null" })
+      const stubborn = yield* proc.spawn({ command: child, args: ["ignterm", String(readyFd.num)], fds: [readyFd], stdio: "null" })
+      const pids = [sleeper.pid, stubborn.pid]
+      spawned.push(...pids)
+      yield* untilWritten(ready)
+      readyFd.closeSync()
+      for (const pid of pids) expect(procStat(pid)?.state).not.toBe("Z")
+      expect(openPidfds().length).toBe(2)
+      yield* Scope.close(scope, Exit.void)
+      for (const pid of pids) expect(procStat(pid)).toBe(null) // reaped, not zombies
+      expect(openPidfds()).toEqual([]) // closed before the scope's end returned
+      const done: Array<ExitStatus> = yield* Effect.all([sleeper.exit, stubborn.exit])
+      expect(done).toEqual([
+        { _tag: "Signaled", signal: SIGKILL },
+        { _tag: "Signaled", signal: SIGKILL }
+      ])
+      const exits = yield* proc.exits.pipe(Stream.take(2), Stream.runCollect)
+      expect(sorted(Chunk.toReadonlyArray(exits).map((e) => e.pid))).toEqual(sorted(pids))
+      const after = yield* Effect.flip(proc.spawn({ command: child, args: ["exit", "0"], fds: [], stdio: "null" }))
+      expect(after.errno).toBe(Errno.EIO)
+      expect(childrenOf(process.pid)).toEqual([])
+    })
+  )
+
+  it.scopedLive("fds above holes keep their numbers", () =>
+    Effect.gen(function* () {
+      const proc = yield* Process
+      const out = yield* tempFd("out")
+      const opened = yield* Effect.forEach(Array.from({ length: 6 }, (_, i) => i), (i) => tempFd(`f${i}`))
+      const kept = opened.filter((_, i) => i % 2 === 0)
+      for (const [i, f] of opened.entries()) if (i % 2 === 1) f.fd.closeSync()
+      const c = yield* proc.spawn({
+        command: child,
+        args: ["fdinfo", String(out.fd.num), ...kept.map((f) => String(f.fd.num))],
+        fds: [out.fd, ...kept.map((f) => f.fd)],
+        stdio: "null"
+      })
+      spawned.push(c.pid)
+      yield* c.exit
+      const report = parseReport(readFileSync(out.path, "utf8"))
+      for (const f of kept) expect(report.fds.get(f.fd.num)).toBe(identity(f.fd.num))
+      expect(report.open).toEqual(sorted([0, 1, 2, out.fd.num, ...kept.map((f) => f.fd.num)]))
+    }).pipe(Effect.provide(layer))
+  )
+
+  it.scopedLive("a VM's worth of fds (24) all land, and nothing else", () =>
+    Effect.gen(function* () {
+      const proc = yield* Process
+      const out = yield* tempFd("out")
+      const many = yield* Effect.forEach(Array.from({ length: 23 }, (_, i) => i), (i) => tempFd(`vm${i}`))
+      const c = yield* proc.spawn({
+        command: child,
+        args: ["fdinfo", String(out.fd.num), ...many.map((f) => String(f.fd.num))],
+        fds: [out.fd, ...many.map((f) => f.fd)],
+        stdio: "inherit"
+      })
+      spawned.push(c.pid)
+      yield* c.exit
+      const report = parseReport(readFileSync(out.path, "utf8"))
+      for (const f of many) expect(report.fds.get(f.fd.num)).toBe(identity(f.fd.num))
+      expect(report.open).toEqual(sorted([0, 1, 2, out.fd.num, ...many.map((f) => f.fd.num)]))
+    }).pipe(Effect.provide(layer))
+  )
+
+  it.scopedLive("200 concurrent children: every exit reported exactly once, every pidfd released", () =>
+    Effect.gen(function* () {
+      const proc = yield* Process
+      const n = 200
+      const out = yield* tempFd("shared")
+      // Half exit at once, half wait for SIGTERM: many pidfds open together, exits interleaved with spawns.
+      const kids = yield* Effect.forEach(
+        Array.from({ length: n }, (_, i) => i),
+        (i) =>
+          proc.spawn({
+            command: child,
+            args: i % 2 === 0 ? ["exit", String(i % 100)] : ["sleep"],
+            fds: [out.fd],
+            stdio: "null"
+          }),
+        { concurrency: "unbounded" }
+      )
+      spawned.push(...kids.map((k) => k.pid))
+      expect(new Set(kids.map((k) => k.pid)).size).toBe(n)
+      const sleepers = kids.filter((_, i) => i % 2 === 1)
+      yield* Effect.forEach(sleepers, (k) => proc.kill(k.pid, "SIGTERM"), { concurrency: "unbounded" })
+      const statuses = yield* Effect.forEach(kids, (k) => k.exit)
+      expect(statuses).toEqual(
+        Array.from({ length: n }, (_, i) =>
+          i % 2 === 0 ? { _tag: "Exited", code: i % 100 } : { _tag: "Signaled", signal: SIGTERM }
+        )
+      )
+      const exits = Chunk.toReadonlyArray(yield* proc.exits.pipe(Stream.take(n), Stream.runCollect))
+      expect(sorted(exits.map((e) => e.pid))).toEqual(sorted(kids.map((k) => k.pid)))
+      const byPid = new Map(kids.map((k, i) => [k.pid, statuses[i]]))
+      for (const e of exits) expect(e.status).toEqual(byPid.get(e.pid))
+      const extra = yield* proc.exits.pipe(Stream.take(1), Stream.runCollect, Effect.timeout("100 millis"), Effect.option)
+      expect(extra._tag).toBe("None")
+      expect(yield* proc.children).toEqual([])
+      expect(childrenOf(process.pid)).toEqual([])
+      expect(yield* untilNoPidfds).toEqual([])
+    }).pipe(Effect.provide(layer))
+  )
+
+  it.scopedLive("listenExits gets each exit as it is reaped, those before it at once", () =>
+    Effect.gen(function* () {
+      const proc = yield* Process
+      const first = yield* proc.spawn({ command: child, args: ["exit", "1"], fds: [], stdio: "null" })
+      spawned.push(first.pid)
+      yield* first.exit
+      const heard: Array<ChildExit> = []
+      yield* proc.listenExits((e) => heard.push(e))
+      expect(heard).toEqual([{ pid: first.pid, status: { _tag: "Exited", code: 1 } }])
+      const second = yield* proc.spawn({ command: child, args: ["exit", "2"], fds: [], stdio: "null" })
+      spawned.push(second.pid)
+      yield* second.exit
+      expect(heard).toEqual([
+        { pid: first.pid, status: { _tag: "Exited", code: 1 } },
+        { pid: second.pid, status: { _tag: "Exited", code: 2 } }
+      ])
+    }).pipe(Effect.provide(layer))
+  )
+
+  it.scopedLive("spawns from many fibers while children exit: takeExits sees each exactly once", () =>
+    Effect.gen(function* () {
+      const proc = yield* Process
+      const n = 120
+      const seen: Array<ChildExit> = []
+      const collector = yield* Effect.fork(
+        Effect.gen(function* () {
+          while (seen.length < n) seen.push(...(yield* proc.takeExits))
+        })
+      )
+      const kids = yield* Effect.forEach(
+        Array.from({ length: n }, (_, i) => i),
+        (i) => proc.spawn({ command: child, args: ["exit", String(i % 7)], fds: [], stdio: "null" }),
+        { concurrency: 8 }
+      )
+      spawned.push(...kids.map((k) => k.pid))
+      yield* Fiber.join(collector)
+      expect(seen.length).toBe(n)
+      expect(sorted(seen.map((e) => e.pid))).toEqual(sorted(kids.map((k) => k.pid)))
+      const extra = yield* proc.takeExits.pipe(Effect.timeout("100 millis"), Effect.option)
+      expect(extra._tag).toBe("None")
+    }).pipe(Effect.provide(layer))
+  )
+})
+
+describe("availability and wiring", () => {
+  it.scopedLive("unavailable: the layer fails with ENOSYS, layerOrNode falls back to Node's spawn", () =>
+    Effect.gen(function* () {
+      const failed = yield* Effect.flip(Layer.build(ProcessDirect.layerWith({ unavailable: "testing" })))
+      expect(failed.errno).toBe(Errno.ENOSYS)
+      expect(failed.message).toContain("testing")
+      const ctx = yield* Layer.build(ProcessDirect.layerOrNodeWith({ unavailable: "testing" }))
+      const proc = Context.get(ctx, Process)
+      const c = yield* proc.spawn({ command: child, args: ["sleep"], fds: [], stdio: "null" })
+      spawned.push(c.pid)
+      // ProcessNode's child: libuv's, so no pidfd of ours watches it.
+      expect(openPidfds()).toEqual([])
+      yield* proc.kill(c.pid, "SIGKILL")
+      expect(yield* c.exit).toEqual({ _tag: "Signaled", signal: SIGKILL })
+    })
+  )
+
+  it.scopedLive("--spawn direct: bin/vmm's parser takes it and its Process layer is this one", () =>
+    Effect.gen(function* () {
+      const args = parseArgs(["-P", "vmm", "--spawn", "direct"])
+      expect(Either.getOrThrow(args)).toMatchObject({ mode: "vmm", spawn: "direct" })
+      expect(Either.isLeft(parseArgs(["-P", "vmm", "--spawn", "directly"]))).toBe(true)
+      const proc = Context.get(yield* Layer.build(processLayer("direct")), Process)
+      const c = yield* proc.spawn({ command: child, args: ["sleep"], fds: [], stdio: "null" })
+      spawned.push(c.pid)
+      expect(openPidfds().length).toBe(1) // watched by a pidfd: ProcessDirect
+      yield* proc.kill(c.pid, "SIGKILL")
+      yield* c.exit
+    })
+  )
+})
