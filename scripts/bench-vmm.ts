@@ -72,7 +72,7 @@ const MAX_VMS = Number(optionValue("--vms") ?? 512)
 /** --only start,exit,info,startup: run some of the cases. */
 const ONLY = new Set((optionValue("--only") ?? "start,exit,info,startup").split(","))
 const VMM_COMMAND = (optionValue("--vmm") ?? binVmm.command).split(" ").filter((s) => s !== "")
-const SPAWN_METHODS = (optionValue("--spawn") ?? "spawner,node").split(",")
+const SPAWN_METHODS = (optionValue("--spawn") ?? "spawner,direct").split(",")
 const N = {
   start: quick ? 30 : 100,
   exit: quick ? 20 : 60,

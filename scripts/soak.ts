@@ -6,7 +6,7 @@
  * 5 ms (scripts/c/procwatch.c). Prints the samples' summary and PASS/FAIL
  * per goal; exits 1 if a goal fails.
  *
- *   tsx scripts/soak.ts [--cycles 10000] [--concurrent 256] [--lanes 4] [--spawn spawner|node] [--fresh]
+ *   tsx scripts/soak.ts [--cycles 10000] [--concurrent 256] [--lanes 4] [--spawn direct|spawner|node] [--fresh]
  *
  * --fresh runs the current sources (bundled) instead of bin/vmm's dist/.
  * Goals: fd and child counts back to baseline; no zombie outlives 100 ms;
@@ -28,7 +28,8 @@ const main = async (): Promise<number> => {
   const concurrent = numberFlag(argv, "concurrent", 256)
   const lanes = numberFlag(argv, "lanes", 4)
   const spawnAt = argv.indexOf("--spawn")
-  const spawn = spawnAt < 0 ? undefined : argv[spawnAt + 1] === "node" ? "node" : "spawner"
+  const spawnArg = spawnAt < 0 ? undefined : argv[spawnAt + 1]
+  const spawn = spawnArg === "node" || spawnArg === "spawner" || spawnArg === "direct" ? spawnArg : undefined
   const programs = await buildPrograms("soak")
   try {
     const program = await vmmProgram(argv, programs.dir, say)

@@ -8,8 +8,10 @@ import { Either } from "effect"
 export type Backend = "vmm" | "process" | "mock"
 
 /**
- * How VM processes are started: a small C spawner process (fast), posix_spawn
- * straight from the vmm with pidfds (ProcessDirect, Linux), or Node's spawn.
+ * How VM processes are started: a small C spawner process that forks them
+ * (the default), posix_spawn straight from the vmm with pidfds
+ * (ProcessDirect, Linux: faster, but its vfork holds the whole vmm until
+ * each child has exec'd; see ProcessDirect.ts), or Node's spawn.
  */
 export type SpawnMethod = "spawner" | "direct" | "node"
 

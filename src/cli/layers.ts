@@ -49,7 +49,8 @@ export const processLayer = (spawn: SpawnMethod) => {
     case "spawner":
       return ProcessSpawner.layerOrNode
     case "direct":
-      return ProcessDirect.layerOrNode
+      // where posix_spawn with pidfds cannot run, the spawner (or Node's spawn)
+      return ProcessDirect.layerOrWith(ProcessSpawner.layerOrNode, "the spawner")
     case "node":
       return ProcessNode.layer
   }

@@ -9,6 +9,16 @@
  * only; `directUnavailable()` says why not, and `layerOrNode` falls back to
  * ProcessNode.
  *
+ * Why it is not bin/vmm's default (`--spawn direct` chooses it): the
+ * CLONE_VFORK holds this whole process, its event loop included, until the
+ * child has exec'd. That is ~0.1-0.2 ms on an idle machine (bench-vmm's
+ * start latency: ~0.2-0.4 ms less than through the spawner), but the child
+ * needs a CPU to get there: in the soak under load the vmm sat in
+ * kernel_clone for up to 0.5 s, every VM's messages and exits waiting, and
+ * zombies left unreaped (test/reliability/soak.test.ts's 100 ms check
+ * failed). An exec that stalls (a hung filesystem) would stall the vmm.
+ * vmm.c's fork returns at once; so does the spawner's.
+ *
  * Same semantics as ProcessNode and ProcessSpawner
  * (test/process/ProcessDirect.test.ts runs their tests against it):
  *  - the child (posix_spawnattr_t built once, posix_spawn_file_actions_t
@@ -21,8 +31,13 @@
  *    number by dup2(fd, fd), which clears close-on-exec on the child's copy
  *    (glibc >= 2.29), and which wins over stdio for an fd numbered 0-2;
  *  - nothing else reaches the child: every fd this process makes is
- *    close-on-exec, and before each spawn the fds it inherited without the
- *    flag get it (`sealInheritedFds`), as in ProcessNode;
+ *    close-on-exec, the fds it inherited without the flag get it when the
+ *    layer is built (`sealInheritedFds`), and the child closes every fd
+ *    above the highest it is given (posix_spawn_file_actions_addclosefrom_np,
+ *    glibc >= 2.34; without it, the seal is done before every spawn, as in
+ *    ProcessNode). So an fd made without the flag after the layer is built
+ *    reaches a child only if its number is below that child's highest fd:
+ *    no fd of the vmm's is made so (test/reliability/hygiene.test.ts);
  *  - argv[0] is `command`, searched in PATH when it has no '/'
  *    (posix_spawnp); the environment is this process's (libc's `environ`
  *    itself, which process.env writes through to), or a copy of it with
@@ -153,6 +168,16 @@ export const make = (options: DirectOptions = {}): Effect.Effect<ProcessService,
     const exits = new ExitBox()
     /** The file actions' memory, init'ed and destroyed around each spawn (spawns are synchronous: one at a time). */
     const fa = new native.FileActions()
+    // The fds this process inherited without close-on-exec (vmd's parent
+    // socket at fd 3, a harness's pipes) get the flag now, once: everything
+    // opened from here on is close-on-exec from birth, and each child also
+    // closes every fd above its highest one (addclosefrom_np). Sealing before
+    // every spawn instead, as ProcessNode does, reads /proc/self/fd and
+    // fcntls each fd: ~0.1 ms per spawn, and growing with the VMs (each
+    // holds several fds). Without addclosefrom_np (glibc < 2.34) it still
+    // seals before every spawn.
+    sealInheritedFds()
+    const sealEachSpawn = !native.closefromAvailable()
     let closing = false
     /** Poll handles closing whose pidfd is not closed yet, and who waits for none to be left. */
     let releasing = 0
@@ -276,7 +301,7 @@ export const make = (options: DirectOptions = {}): Effect.Effect<ProcessService,
         return fail(Errno.EINVAL, "a NUL byte in the command, an argument or the environment")
       }
 
-      sealInheritedFds()
+      if (sealEachSpawn) sealInheritedFds()
       const init = fa.init()
       if (init < 0) return fail(fromHostErrno(-init))
       let pid: number
@@ -289,7 +314,8 @@ export const make = (options: DirectOptions = {}): Effect.Effect<ProcessService,
           else if (libc.fcntl(n, libc.F_GETFD) >= 0) r = fa.dup2(n, n)
         }
         for (const n of mine) if (r >= 0) r = fa.dup2(n, n)
-        if (r < 0) return fail(fromHostErrno(-r), `posix_spawn_file_actions_adddup2: ${errnoName(fromHostErrno(-r))}`)
+        if (r >= 0 && !sealEachSpawn) r = fa.closefrom(Math.max(2, ...mine) + 1)
+        if (r < 0) return fail(fromHostErrno(-r), `posix_spawn_file_actions: ${errnoName(fromHostErrno(-r))}`)
         pid = native.posixSpawnp(req.command, fa, attr, [req.command, ...req.args], env)
       } finally {
         fa.destroy()
@@ -349,14 +375,20 @@ export const layerWith = (options: DirectOptions = {}): Layer.Layer<Process, Spa
 
 export const layer: Layer.Layer<Process, SpawnError> = layerWith()
 
-/** This layer where it can run, else ProcessNode (with a warning). */
-export const layerOrNodeWith = (options: DirectOptions = {}): Layer.Layer<Process> =>
+/** This layer where it can run, else `fallback` (`name` in the warning). */
+export const layerOrWith = (
+  fallback: Layer.Layer<Process>,
+  name: string,
+  options: DirectOptions = {}
+): Layer.Layer<Process> =>
   layerWith(options).pipe(
     Layer.catchAll((e) =>
-      Layer.unwrapEffect(
-        Effect.logWarning(`${e.message}; using Node's spawn`).pipe(Effect.as(ProcessNode.layer))
-      )
+      Layer.unwrapEffect(Effect.logWarning(`${e.message}; using ${name}`).pipe(Effect.as(fallback)))
     )
   )
+
+/** This layer where it can run, else ProcessNode (with a warning). */
+export const layerOrNodeWith = (options: DirectOptions = {}): Layer.Layer<Process> =>
+  layerOrWith(ProcessNode.layer, "Node's spawn", options)
 
 export const layerOrNode: Layer.Layer<Process> = layerOrNodeWith()

@@ -57,6 +57,7 @@ interface Bindings {
   readonly sigfillset: CFunction
   readonly syscall: CFunction
   readonly waitpid: CFunction
+  readonly faClosefrom: CFunction | null
   /** The address of libc's `environ` variable (char **environ). */
   readonly environ: unknown
 }
@@ -69,6 +70,14 @@ const bind = (): Bindings | null => {
   bindings = null
   try {
     const f = (proto: string) => self.func(proto)
+    // glibc >= 2.34; null before (the layer then seals every fd before each spawn).
+    const optional = (proto: string) => {
+      try {
+        return self.func(proto)
+      } catch {
+        return null
+      }
+    }
     bindings = {
       spawnp: f("int posix_spawnp(int *pid, const char *file, void *fa, void *attr, const char **argv, const char **envp)"),
       // The same function, handed this process's environ itself (no copy of it per spawn).
@@ -76,6 +85,7 @@ const bind = (): Bindings | null => {
       faInit: f("int posix_spawn_file_actions_init(void *fa)"),
       faDup2: f("int posix_spawn_file_actions_adddup2(void *fa, int fd, int newfd)"),
       faDestroy: f("int posix_spawn_file_actions_destroy(void *fa)"),
+      faClosefrom: optional("int posix_spawn_file_actions_addclosefrom_np(void *fa, int from)"),
       attrInit: f("int posix_spawnattr_init(void *attr)"),
       attrSetflags: f("int posix_spawnattr_setflags(void *attr, short flags)"),
       attrSetsigmask: f("int posix_spawnattr_setsigmask(void *attr, const void *set)"),
@@ -100,6 +110,9 @@ const gnuGetLibcVersion = (): string | null => {
     return null // not glibc
   }
 }
+
+/** Whether posix_spawn_file_actions_addclosefrom_np is there (glibc >= 2.34). */
+export const closefromAvailable = (): boolean => (bind()?.faClosefrom ?? null) !== null
 
 let unavailable: string | null | undefined
 
@@ -248,6 +261,14 @@ export class FileActions {
   /** The child gets `fd` at `target`. 0 or -error (EBADF for a number out of range, ENOMEM). */
   dup2(fd: number, target: number): number {
     const r = b().faDup2(this.buf, fd, target) as number
+    return r === 0 ? 0 : -r
+  }
+
+  /** The child closes every fd from `from` up, after the dup2s. -ENOSYS without glibc 2.34's addclosefrom_np. */
+  closefrom(from: number): number {
+    const f = b().faClosefrom
+    if (f === null) return -ENOSYS
+    const r = f(this.buf, from) as number
     return r === 0 ? 0 : -r
   }
 

@@ -84,9 +84,9 @@ export const useFixture = (name: string): (() => Fixture) => {
   }
 }
 
-/** bin/vmm starting its VM processes with the C spawner helper (its default) or Node's spawn. */
-export type SpawnMethod = "spawner" | "node"
-export const SPAWN_METHODS: ReadonlyArray<SpawnMethod> = ["spawner", "node"]
+/** bin/vmm starting its VM processes with posix_spawn and pidfds, the C spawner helper (its default), or Node's spawn. */
+export type SpawnMethod = "direct" | "spawner" | "node"
+export const SPAWN_METHODS: ReadonlyArray<SpawnMethod> = ["direct", "spawner", "node"]
 export const withSpawn = (method: SpawnMethod): Partial<VmdParentOptions> => ({
   command: { command: binVmmPath, args: ["--spawn", method] }
 })

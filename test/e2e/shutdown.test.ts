@@ -101,10 +101,13 @@ describe("end to end: how bin/vmm ends", () => {
   const killed = [
     { vm: "node", spawn: "spawner" },
     { vm: "vmprog", spawn: "spawner" },
+    { vm: "vmprog", spawn: "direct" },
+    { vm: "node", spawn: "direct" },
     { vm: "vmprog", spawn: "node" }
   ] as const
   for (const { vm: kind, spawn } of killed) {
-    // with the spawner, the helper sees the vmm's end close and kills them; with Node's spawn, each VM reads EOF and exits
+    // with the spawner, the helper sees the vmm's end close and kills them; with posix_spawn (direct)
+    // or Node's spawn, each VM reads EOF and exits
     e2e(fixture, `bin/vmm --spawn ${spawn} is killed with SIGKILL: none of its ${kind} VMs outlives it`, (run) =>
       Effect.gen(function* () {
         const f = fixture()

@@ -101,6 +101,27 @@ describe("ProcessDirect", () => {
     }).pipe(Effect.provide(layer))
   )
 
+  it.scopedLive("an fd inherited without close-on-exec before the layer was built reaches no child, even below the child's highest fd", () =>
+    Effect.gen(function* () {
+      // Planted before the layer exists (as vmd's parent socket or a harness's pipe
+      // is inherited): the layer seals it once when it is built. The child's own fds
+      // are opened after it, so they are higher and the child's closefrom spares it.
+      const stray = yield* tempFd("inherited")
+      clearCloexec(stray.fd.num)
+      yield* Effect.gen(function* () {
+        const proc = yield* Process
+        const out = yield* tempFd("out")
+        const a = yield* tempFd("a")
+        expect(a.fd.num).toBeGreaterThan(stray.fd.num)
+        const c = yield* proc.spawn({ command: child, args: ["fdinfo", String(out.fd.num), String(a.fd.num)], fds: [out.fd, a.fd], stdio: "null" })
+        spawned.push(c.pid)
+        expect(yield* c.exit).toEqual({ _tag: "Exited", code: 0 })
+        const report = parseReport(readFileSync(out.path, "utf8"))
+        expect(report.open).toEqual(sorted([0, 1, 2, out.fd.num, a.fd.num]))
+      }).pipe(Effect.provide(layer))
+    })
+  )
+
   it.scopedLive("stdio inherit gives the child this process's 0, 1, 2", () =>
     Effect.gen(function* () {
       const proc = yield* Process

@@ -41,8 +41,8 @@ export interface RealVmmOptions {
   readonly vmExec: string
   readonly env?: Readonly<Record<string, string>>
   readonly verbose?: number
-  /** bin/vmm --spawn: the C spawner helper (its default) or Node's spawn. */
-  readonly spawn?: "spawner" | "node"
+  /** bin/vmm --spawn: posix_spawn with pidfds, the C spawner helper (its default), or Node's spawn. */
+  readonly spawn?: "direct" | "spawner" | "node"
 }
 
 const countLine = (c: LogCounts, line: string): void => {

@@ -39,7 +39,7 @@ export interface SoakOptions {
   readonly concurrent: number
   /** Cycles in flight at once. */
   readonly lanes?: number
-  readonly spawn?: "spawner" | "node"
+  readonly spawn?: "direct" | "spawner" | "node"
   readonly progress?: (line: string) => void
 }
 
