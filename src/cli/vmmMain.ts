@@ -11,7 +11,7 @@ import { nativeFd } from "../native/libc.ts"
 import { openSyslog } from "../native/syslog.ts"
 import { PROC_PARENT_SOCK_FILENO } from "../schema/imsgTypes.ts"
 import * as ImsgChannelNative from "../layers/ImsgChannelNative.ts"
-import { logDebug, logState, logWarnx, VmdLoggerLayer } from "../vmm/log.ts"
+import { logDebug, logState, logWarnx, withVmdLogger } from "../vmm/log.ts"
 import { applyPrivsep } from "../native/privsep.ts"
 import { startVmmServer } from "../vmm/server.ts"
 import { withTrace } from "../vmm/trace.ts"
@@ -43,7 +43,7 @@ export const runVmm = async (args: VmmArgs): Promise<number> => {
   }
 
   const imsg = args.trace ? withTrace.pipe(Layer.provide(ImsgChannelNative.layer)) : ImsgChannelNative.layer
-  const layers = Layer.provideMerge(vmmServiceLayers(args.backend, args.spawn), Layer.mergeAll(imsg, VmdLoggerLayer))
+  const layers = Layer.provideMerge(vmmServiceLayers(args.backend, args.spawn), imsg)
 
   const program = Effect.gen(function* () {
     const runtime = yield* Effect.runtime<never>()
@@ -62,7 +62,8 @@ export const runVmm = async (args: VmmArgs): Promise<number> => {
 
   // The layers' scope closes when the program ends: ProcessNode's finalizer
   // kills and reaps every VM process still alive, channels close.
-  const exit = await Effect.runPromiseExit(program.pipe(Effect.scoped, Effect.provide(layers)))
+  // vmd's log format for everything, the layers' construction included.
+  const exit = await Effect.runPromiseExit(program.pipe(Effect.scoped, Effect.provide(layers), withVmdLogger))
   if (Exit.isFailure(exit)) {
     await Effect.runPromise(logWarnx(`fatal: ${String(exit.cause)}`))
     return 1
