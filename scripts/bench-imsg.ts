@@ -10,11 +10,16 @@
  * shared machine). MB/s counts wire bytes (16-byte header + payload). Our
  * receiver takes batches with Channel.receive (the batches the vmm's
  * Channel.listen hands over, one fiber wake-up each) and reads the first
- * payload byte of each DATA message, as the C receiver does.
+ * payload byte of each DATA message, as the C receiver does. The last column
+ * is the CPU time (user + system, all threads) of our process per message in
+ * its least costly run: a figure that the machine's other load disturbs less
+ * than msg/s (and that counts what our GC and helper threads take from the
+ * core the C peer needs).
  *
  * Options: --quick (a tenth of the messages, best of 2); --per-message (the
  * sender queues each message with its own `send` Effect instead of one
- * `sendAll` per batch); --only=LABEL|LABEL (only these cases, e.g. "100 B|16 KiB").
+ * `sendAll` per batch); --only=LABEL|LABEL (only these cases, e.g. "100 B|16 KiB");
+ * --dir=send|recv (only ours sending to C, or only C sending to ours).
  *
  * --idle-memory[=ROUNDS]: instead, what an idle open channel costs (the vmm
  * keeps one per VM): open 512 channels on socketpairs, each exchanging ROUNDS
@@ -51,6 +56,8 @@ interface Case {
 const quick = process.argv.includes("--quick")
 const perMessage = process.argv.includes("--per-message")
 const only = process.argv.find((a) => a.startsWith("--only="))?.slice("--only=".length)
+/** --dir=send (ours sending to C) or --dir=recv (C sending to ours): one direction only. */
+const onlyDir = process.argv.find((a) => a.startsWith("--dir="))?.slice("--dir=".length)
 /** Best of RUNS on each side: the machine may be shared, and the best run is the least disturbed. */
 const RUNS = quick ? 2 : 5
 const scale = quick ? 0.1 : 1
@@ -126,6 +133,9 @@ const sendData = (ch: Channel, c: Case) =>
     }
   })
 
+/** Least CPU time (user + system, s) of our process over the runs of the current row. */
+let oursCpu = Infinity
+
 /** One run of ours: seconds. */
 const ours = (dir: Direction, c: Case) =>
   Effect.scoped(
@@ -138,6 +148,7 @@ const ours = (dir: Direction, c: Case) =>
       theirs.closeSync()
       const ch = yield* svc.open(mine)
       yield* receiveUntil(ch, (m) => m.type === T_READY)
+      const cpu0 = process.cpuUsage()
       const t0 = performance.now()
       if (dir === "TS → C") {
         yield* sendData(ch, c)
@@ -147,6 +158,8 @@ const ours = (dir: Direction, c: Case) =>
         yield* receiveUntil(ch, (_, data) => data === c.n)
       }
       const t1 = performance.now()
+      const cpu = process.cpuUsage(cpu0)
+      oursCpu = Math.min(oursCpu, (cpu.user + cpu.system) / 1e6)
       yield* ch.close
       const code = yield* Effect.promise(() => exited)
       if (code !== 0) return yield* Effect.die(new Error(`C peer exited with ${code}`))
@@ -177,10 +190,12 @@ const fmt = (x: number, digits = 0) => x.toLocaleString("en-US", { maximumFracti
 
 const main = Effect.gen(function* () {
   const rows: Array<ReadonlyArray<string>> = [
-    ["case", "ours msg/s", "ours MB/s", "C msg/s", "C MB/s", "ratio", "goal", "met?"]
+    ["case", "ours msg/s", "ours MB/s", "C msg/s", "C MB/s", "ratio", "goal", "met?", "ours CPU ns/msg"]
   ]
   for (const c of cases) {
     for (const dir of ["TS → C", "C → TS"] as const) {
+      if (onlyDir !== undefined && onlyDir !== (dir === "TS → C" ? "send" : "recv")) continue
+      oursCpu = Infinity
       const [oursS, cS] = yield* bestOfTurns(RUNS, () => ours(dir, c), () => reference(dir, c))
       const bytes = c.n * (c.size + 16)
       const ratio = cS / oursS
@@ -192,7 +207,8 @@ const main = Effect.gen(function* () {
         fmt(bytes / cS / 1e6),
         fmt(ratio, 2),
         `≥ ${c.goal}`,
-        ratio >= c.goal ? "yes" : "NO"
+        ratio >= c.goal ? "yes" : "NO",
+        fmt((oursCpu * 1e9) / c.n)
       ]
       rows.push(row)
       console.error(row.join("  "))
