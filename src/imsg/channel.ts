@@ -356,6 +356,11 @@ class ImsgConnection {
     if (!this.#writing) this.#guard(() => this.#writeNow())
   }
 
+  /** The scheduled write, now (its microtask then finds nothing to do). */
+  readonly writePending: Effect.Effect<void> = Effect.sync(() => {
+    if (this.#writeScheduled && !this.#writing && !this.#closed) this.#writeSoon()
+  })
+
   /** msgbuf_write until the queue is empty or the socket is full. */
   #writeNow(): void {
     if (this.#closed) return
@@ -447,6 +452,7 @@ export const makeChannel = (
     receive: c.receive,
     listen: (l) => c.listen(l),
     flush: c.flush,
+    writePending: c.writePending,
     close: c.close,
     queued: c.queued
   }

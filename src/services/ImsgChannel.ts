@@ -94,6 +94,14 @@ export interface Channel {
   readonly listen: (listener: ChannelListener) => Effect.Effect<void>
   /** Wait until every queued message has been written (or the channel died). */
   readonly flush: Effect.Effect<void>
+  /**
+   * Write what is queued now, as far as the socket takes it (the rest goes
+   * when it is writable), instead of at the end of this turn of the event
+   * loop: for a dispatcher that has finished handling an event (libevent
+   * writes vmm.c's replies on its next turn; nothing comes between).
+   * Never waits; a no-op when nothing is queued or a write is under way.
+   */
+  readonly writePending: Effect.Effect<void>
   /** Close the socket (idempotent); the message stream ends; unsent messages are dropped and their fds closed. */
   readonly close: Effect.Effect<void>
   /** Messages queued and not yet written (imsgbuf_queuelen). */

@@ -205,6 +205,9 @@ export const startVmmServer = (parentFd: Fd, options: VmmOptions) =>
           )
         )
         if (code !== null) return code
+        // What the handler queued for the parent goes now, not after the
+        // loop has gone back to wait (~0.07 ms on TERMINATE_VM_EVENT's path).
+        yield* parent.writePending
       }
     })
 

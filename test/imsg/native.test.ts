@@ -94,6 +94,34 @@ describe("ImsgChannelNative over real socketpairs", () => {
     )
   )
 
+  it.live("writePending writes what send queued at once, before this turn ends; without it the write waits for the turn's end", () =>
+    native(
+      Effect.gen(function* () {
+        const svc = yield* ImsgChannel
+        const [a, b] = yield* svc.socketpair("pending")
+        const ch = yield* svc.open(a)
+        const peek = () => {
+          const buf = new libc.ScmBuffer()
+          try {
+            return buf.recv(b.num, new Uint8Array(64))
+          } finally {
+            buf.free()
+          }
+        }
+        // Right after send, in the same run of this fiber: the write is still scheduled (EAGAIN here).
+        yield* ch.send({ type: 7, peerid: 0, pid: 0, data: Uint8Array.of(1) })
+        expect(peek()).toBe(-11)
+        yield* ch.writePending
+        expect(peek()).toBe(17) // the message, written by writePending
+        // Nothing queued: a no-op.
+        yield* ch.writePending
+        expect(peek()).toBe(-11)
+        yield* ch.close
+        b.closeSync()
+      })
+    )
+  )
+
   it.live("passes an fd: the receiver's fd is the same file (st_dev, st_ino), close-on-exec", () =>
     native(
       Effect.gen(function* () {
