@@ -104,29 +104,38 @@ const bin = (c: Context.Context<any>): Context.Context<Process | VmRegistry | Vm
  * the mock), built by each service's own constructor in one scoped effect:
  * the services and their lifetimes are `vmmServiceLayersComposed`'s (the
  * device ends first, the Process service last), but the composition costs
- * ~7 ms less of bin/vmm's start-up (Layer's memo map, a fiber per merged
+ * less of bin/vmm's start-up (~7 ms: Layer's memo map, a fiber per merged
  * layer and a scope per layer, all run once and cold at start-up).
  * test/cli/layers.test.ts checks both give the same services.
  */
-export const vmmServiceLayers = (backend: Backend, spawn: SpawnMethod): Layer.Layer<Process | VmRegistry | VmmDevice> =>
-  Layer.scopedContext(
-    Effect.gen(function* () {
-      const proc = yield* processService(spawn)
-      const registry = yield* makeVmRegistry()
-      const services = Context.make(Process, proc).pipe(Context.add(VmRegistry, registry))
-      switch (backend) {
-        case "process": {
-          const device = yield* inOwnScope(VmmDeviceProcess.make()).pipe(
-            Effect.provideService(VmmDeviceProcess.VmSource, registryVms(registry)),
-            Effect.provideService(Process, proc)
-          )
-          return bin(Context.add(services, VmmDevice, device))
-        }
-        case "vmm":
-          return bin(Context.merge(services, yield* Layer.build(VmmDeviceVmm.layer.pipe(Layer.provide(IoctlNative.layer)))))
-        case "mock":
-          // VmmKernel and Ioctl come along (the mock kernel), untyped here
-          return bin(Context.merge(services, yield* Layer.build(VmmDeviceMock.layer)))
+export const vmmServices = (
+  backend: Backend,
+  spawn: SpawnMethod
+): Effect.Effect<Context.Context<Process | VmRegistry | VmmDevice>, never, Scope.Scope> =>
+  Effect.gen(function* () {
+    const proc = yield* processService(spawn)
+    const registry = yield* makeVmRegistry()
+    const services = Context.make(Process, proc).pipe(Context.add(VmRegistry, registry))
+    switch (backend) {
+      case "process": {
+        const device = yield* inOwnScope(VmmDeviceProcess.make()).pipe(
+          Effect.provideService(VmmDeviceProcess.VmSource, registryVms(registry)),
+          Effect.provideService(Process, proc)
+        )
+        return bin(Context.add(services, VmmDevice, device))
       }
-    })
-  )
+      case "vmm":
+        return bin(Context.merge(services, yield* Layer.build(VmmDeviceVmm.layer.pipe(Layer.provide(IoctlNative.layer)))))
+      case "mock":
+        // VmmKernel and Ioctl come along (the mock kernel), untyped here
+        return bin(Context.merge(services, yield* Layer.build(VmmDeviceMock.layer)))
+    }
+  })
+
+/**
+ * `vmmServices` as a layer. bin/vmm itself runs `vmmServices` and provides
+ * the context it returns, without building a layer: Layer's build
+ * machinery, run once and cold, was another ~3 ms of start-up.
+ */
+export const vmmServiceLayers = (backend: Backend, spawn: SpawnMethod): Layer.Layer<Process | VmRegistry | VmmDevice> =>
+  Layer.scopedContext(vmmServices(backend, spawn))

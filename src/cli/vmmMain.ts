@@ -4,7 +4,7 @@
  * the event loop until the parent goes away or a signal asks us to stop;
  * every VM process is ended before we exit.
  */
-import { Effect, Exit, Layer, Runtime } from "effect"
+import { Context, Effect, Exit, Layer, Runtime } from "effect"
 import { isAbsolute, resolve } from "node:path"
 import type { VmmArgs } from "./args.ts"
 import { nativeFd } from "../native/libc.ts"
@@ -15,7 +15,8 @@ import { logDebug, logState, logWarnx, withVmdLogger } from "../vmm/log.ts"
 import { applyPrivsep } from "../native/privsep.ts"
 import { startVmmServer } from "../vmm/server.ts"
 import { withTrace } from "../vmm/trace.ts"
-import { vmmServiceLayers } from "./layers.ts"
+import { vmmServices } from "./layers.ts"
+import { ImsgChannel } from "../services/ImsgChannel.ts"
 import type { VmmOptions } from "../vmm/context.ts"
 
 /** The program exec'd for each VM: --vm-exec, or this program itself (vmd execs its own argv0). */
@@ -42,10 +43,8 @@ export const runVmm = async (args: VmmArgs): Promise<number> => {
     handshakeTimeoutMs: 30_000
   }
 
-  const imsg = args.trace ? withTrace.pipe(Layer.provide(ImsgChannelNative.layer)) : ImsgChannelNative.layer
-  const layers = Layer.provideMerge(vmmServiceLayers(args.backend, args.spawn), imsg)
 
-  const program = Effect.gen(function* () {
+  const serve = Effect.gen(function* () {
     const runtime = yield* Effect.runtime<never>()
     const privsep = applyPrivsep(options.vmExec)
     yield* logDebug(`privsep: ${privsep.note}`)
@@ -60,10 +59,19 @@ export const runVmm = async (args: VmmArgs): Promise<number> => {
     return yield* handle.done
   })
 
-  // The layers' scope closes when the program ends: ProcessNode's finalizer
-  // kills and reaps every VM process still alive, channels close.
-  // vmd's log format for everything, the layers' construction included.
-  const exit = await Effect.runPromiseExit(program.pipe(Effect.scoped, Effect.provide(layers), withVmdLogger))
+  // The services' context, built and provided without a layer (see vmmServices).
+  const program = Effect.gen(function* () {
+    const services = yield* vmmServices(args.backend, args.spawn)
+    const imsg = args.trace
+      ? yield* Layer.build(withTrace.pipe(Layer.provide(ImsgChannelNative.layer)))
+      : Context.make(ImsgChannel, ImsgChannelNative.ImsgChannelNative.service)
+    return yield* serve.pipe(Effect.provide(Context.merge(services, imsg)))
+  })
+
+  // The services' scope closes when the program ends: the Process service's
+  // finalizer kills and reaps every VM process still alive, channels close.
+  // vmd's log format for everything, the services' construction included.
+  const exit = await Effect.runPromiseExit(program.pipe(Effect.scoped, withVmdLogger))
   if (Exit.isFailure(exit)) {
     await Effect.runPromise(logWarnx(`fatal: ${String(exit.cause)}`))
     return 1
