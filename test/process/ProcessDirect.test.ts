@@ -15,12 +15,11 @@ import { constants as osConstants, tmpdir } from "node:os"
 import { join } from "node:path"
 import koffi from "koffi"
 import { afterAll, beforeAll } from "vitest"
+import { sharedProcessTests } from "./shared.ts"
 import {
   childrenOf,
   clearCloexec,
-  devnullId,
   fsBackend,
-  identity,
   openPidfds,
   parseReport,
   SIGKILL,
@@ -76,30 +75,15 @@ describe("ProcessDirect", () => {
     expect(ProcessDirect.directUnavailable()).toBe(null)
   })
 
-  it.scopedLive("each fd lands at its own number, is the parent's file, and nothing else is open", () =>
-    Effect.gen(function* () {
-      const proc = yield* Process
-      const out = yield* tempFd("out")
-      const a = yield* tempFd("a")
-      const b = yield* tempFd("b")
-      // An fd this process holds without close-on-exec must still not reach the child.
-      const stray = yield* tempFd("stray")
-      clearCloexec(stray.fd.num)
-      const given = [out.fd, a.fd, b.fd]
-      const nums = [0, 1, 2, a.fd.num, b.fd.num].map(String)
-      const c = yield* proc.spawn({ command: child, args: ["fdinfo", String(out.fd.num), ...nums], fds: given, stdio: "null" })
-      spawned.push(c.pid)
-      expect(yield* c.exit).toEqual({ _tag: "Exited", code: 0 })
-      const report = parseReport(readFileSync(out.path, "utf8"))
-      expect(report.pid).toBe(c.pid)
-      expect(report.sid).toBe(c.pid) // own session
-      expect(report.fds.get(a.fd.num)).toBe(identity(a.fd.num))
-      expect(report.fds.get(b.fd.num)).toBe(identity(b.fd.num))
-      for (const n of [0, 1, 2]) expect(report.fds.get(n)).toBe(devnullId())
-      expect(report.open).toEqual(sorted([0, 1, 2, ...given.map((fd) => fd.num)]))
-      expect(report.open).not.toContain(stray.fd.num)
-    }).pipe(Effect.provide(layer))
-  )
+  sharedProcessTests({
+    layer,
+    child: () => child,
+    tempFd,
+    spawned,
+    // one pidfd per live child, closed with its poll handle once it is reaped
+    whileAlive: Effect.map(untilPidfds(1), (open) => expect(open.length).toBe(1)),
+    whenReaped: Effect.map(untilNoPidfds, (open) => expect(open).toEqual([]))
+  })
 
   it.scopedLive("an fd inherited without close-on-exec before the layer was built reaches no child, even below the child's highest fd", () =>
     Effect.gen(function* () {
@@ -120,19 +104,6 @@ describe("ProcessDirect", () => {
         expect(report.open).toEqual(sorted([0, 1, 2, out.fd.num, a.fd.num]))
       }).pipe(Effect.provide(layer))
     })
-  )
-
-  it.scopedLive("stdio inherit gives the child this process's 0, 1, 2", () =>
-    Effect.gen(function* () {
-      const proc = yield* Process
-      const out = yield* tempFd("out")
-      const c = yield* proc.spawn({ command: child, args: ["fdinfo", String(out.fd.num), "0", "1", "2"], fds: [out.fd], stdio: "inherit" })
-      spawned.push(c.pid)
-      yield* c.exit
-      const report = parseReport(readFileSync(out.path, "utf8"))
-      for (const n of [0, 1, 2]) expect(report.fds.get(n)).toBe(identity(n))
-      expect(report.open).toEqual(sorted([0, 1, 2, out.fd.num]))
-    }).pipe(Effect.provide(layer))
   )
 
   it.scopedLive("the child starts with no signal blocked or ignored, though this process ignores SIGPIPE and blocks SIGUSR2", () =>
@@ -186,47 +157,6 @@ describe("ProcessDirect", () => {
       expect(readFileSync(out.path, "utf8")).toBe(
         `|${process.env["HOME"] ?? ""}|set at run time\nhello world|/elsewhere|set at run time\n`
       )
-    }).pipe(Effect.provide(layer))
-  )
-
-  it.scopedLive("exit codes and signals reach exit and the exits stream, in order", () =>
-    Effect.gen(function* () {
-      const proc = yield* Process
-      const seven = yield* proc.spawn({ command: child, args: ["exit", "7"], fds: [], stdio: "null" })
-      expect(yield* seven.exit).toEqual({ _tag: "Exited", code: 7 })
-      const sleeper = yield* proc.spawn({ command: child, args: ["sleep"], fds: [], stdio: "null" })
-      spawned.push(seven.pid, sleeper.pid)
-      expect(yield* proc.isAlive(sleeper.pid)).toBe(true)
-      expect(yield* proc.children).toEqual([sleeper.pid])
-      expect((yield* untilPidfds(1)).length).toBe(1) // the sleeper's; the first child's is closed with its handle
-      yield* proc.kill(sleeper.pid, "SIGTERM")
-      expect(yield* sleeper.exit).toEqual({ _tag: "Signaled", signal: SIGTERM })
-      const zero = yield* proc.spawn({ command: child, args: ["exit", "0"], fds: [], stdio: "null" })
-      spawned.push(zero.pid)
-      yield* zero.exit
-      const exits = yield* proc.exits.pipe(Stream.take(3), Stream.runCollect)
-      expect(Chunk.toReadonlyArray(exits)).toEqual([
-        { pid: seven.pid, status: { _tag: "Exited", code: 7 } },
-        { pid: sleeper.pid, status: { _tag: "Signaled", signal: SIGTERM } },
-        { pid: zero.pid, status: { _tag: "Exited", code: 0 } }
-      ])
-      expect(yield* proc.isAlive(sleeper.pid)).toBe(false)
-      expect(yield* proc.children).toEqual([])
-      for (const pid of [seven.pid, sleeper.pid, zero.pid]) expect(procStat(pid)).toBe(null) // reaped
-      expect(yield* untilNoPidfds).toEqual([])
-    }).pipe(Effect.provide(layer))
-  )
-
-  it.scopedLive("kill of a reaped or foreign pid is ESRCH and signals nothing", () =>
-    Effect.gen(function* () {
-      const proc = yield* Process
-      const c = yield* proc.spawn({ command: child, args: ["exit", "0"], fds: [], stdio: "null" })
-      spawned.push(c.pid)
-      yield* c.exit
-      const err = yield* Effect.flip(proc.kill(c.pid, "SIGKILL"))
-      expect(err.errno).toBe(Errno.ESRCH)
-      const self = yield* Effect.flip(proc.kill(process.pid, "SIGTERM"))
-      expect(self.errno).toBe(Errno.ESRCH)
     }).pipe(Effect.provide(layer))
   )
 
@@ -315,46 +245,6 @@ describe("ProcessDirect", () => {
       expect(after.errno).toBe(Errno.EIO)
       expect(childrenOf(process.pid)).toEqual([])
     })
-  )
-
-  it.scopedLive("fds above holes keep their numbers", () =>
-    Effect.gen(function* () {
-      const proc = yield* Process
-      const out = yield* tempFd("out")
-      const opened = yield* Effect.forEach(Array.from({ length: 6 }, (_, i) => i), (i) => tempFd(`f${i}`))
-      const kept = opened.filter((_, i) => i % 2 === 0)
-      for (const [i, f] of opened.entries()) if (i % 2 === 1) f.fd.closeSync()
-      const c = yield* proc.spawn({
-        command: child,
-        args: ["fdinfo", String(out.fd.num), ...kept.map((f) => String(f.fd.num))],
-        fds: [out.fd, ...kept.map((f) => f.fd)],
-        stdio: "null"
-      })
-      spawned.push(c.pid)
-      yield* c.exit
-      const report = parseReport(readFileSync(out.path, "utf8"))
-      for (const f of kept) expect(report.fds.get(f.fd.num)).toBe(identity(f.fd.num))
-      expect(report.open).toEqual(sorted([0, 1, 2, out.fd.num, ...kept.map((f) => f.fd.num)]))
-    }).pipe(Effect.provide(layer))
-  )
-
-  it.scopedLive("a VM's worth of fds (24) all land, and nothing else", () =>
-    Effect.gen(function* () {
-      const proc = yield* Process
-      const out = yield* tempFd("out")
-      const many = yield* Effect.forEach(Array.from({ length: 23 }, (_, i) => i), (i) => tempFd(`vm${i}`))
-      const c = yield* proc.spawn({
-        command: child,
-        args: ["fdinfo", String(out.fd.num), ...many.map((f) => String(f.fd.num))],
-        fds: [out.fd, ...many.map((f) => f.fd)],
-        stdio: "inherit"
-      })
-      spawned.push(c.pid)
-      yield* c.exit
-      const report = parseReport(readFileSync(out.path, "utf8"))
-      for (const f of many) expect(report.fds.get(f.fd.num)).toBe(identity(f.fd.num))
-      expect(report.open).toEqual(sorted([0, 1, 2, out.fd.num, ...many.map((f) => f.fd.num)]))
-    }).pipe(Effect.provide(layer))
   )
 
   it.scopedLive("200 concurrent children: every exit reported exactly once, every pidfd released", () =>

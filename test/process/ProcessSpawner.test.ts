@@ -16,14 +16,14 @@ import {
   openSync,
   readFileSync,
   rmSync,
-  statSync,
   symlinkSync,
   writeFileSync
 } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, beforeAll } from "vitest"
-import { childrenOf, clearCloexec, fsBackend, identity, parseReport, SIGKILL, SIGTERM, tempFdIn, untilWritten } from "./kit.ts"
+import { childrenOf, devnullId, fsBackend, identity, parseReport, SIGKILL, SIGTERM, sorted, tempFdIn, untilWritten } from "./kit.ts"
+import { sharedProcessTests } from "./shared.ts"
 import * as ProcessSpawner from "../../src/layers/ProcessSpawner.ts"
 import { Errno } from "../../src/schema/errno.ts"
 import { Fd } from "../../src/services/Fd.ts"
@@ -68,13 +68,6 @@ const untilGone = (pids: ReadonlyArray<number>) =>
 
 const tempFd = tempFdIn(() => dir)
 
-const devnullId = (): string => {
-  const st = statSync("/dev/null", { bigint: true })
-  return `dev ${st.dev} ino ${st.ino}`
-}
-
-
-const sorted = (xs: ReadonlyArray<number>): Array<number> => [...xs].sort((a, b) => a - b)
 
 /** The service itself (with spawnAt and spawnerPid) on a given build. */
 const spawnerOf = (binary: string) => ProcessSpawner.make({ binary })
@@ -82,90 +75,18 @@ const spawnerOf = (binary: string) => ProcessSpawner.make({ binary })
 describe.each(builds)("ProcessSpawner ($name)", ({ binary }) => {
   const layer = ProcessSpawner.layerWith({ binary })
 
-  it.scopedLive("each fd lands at its own number, is the parent's file, and nothing else is open", () =>
-    Effect.gen(function* () {
-      const proc = yield* Process
-      const out = yield* tempFd("out")
-      const a = yield* tempFd("a")
-      const b = yield* tempFd("b")
-      // An fd this process holds without close-on-exec must still not reach the child.
-      const stray = yield* tempFd("stray")
-      clearCloexec(stray.fd.num)
-      const given = [out.fd, a.fd, b.fd]
-      const nums = [0, 1, 2, a.fd.num, b.fd.num].map(String)
-      const c = yield* proc.spawn({ command: child, args: ["fdinfo", String(out.fd.num), ...nums], fds: given, stdio: "null" })
-      spawned.push(c.pid)
-      expect(yield* c.exit).toEqual({ _tag: "Exited", code: 0 })
-      const report = parseReport(readFileSync(out.path, "utf8"))
-      expect(report.pid).toBe(c.pid)
-      expect(report.sid).toBe(c.pid) // own session
-      expect(report.fds.get(a.fd.num)).toBe(identity(a.fd.num))
-      expect(report.fds.get(b.fd.num)).toBe(identity(b.fd.num))
-      for (const n of [0, 1, 2]) expect(report.fds.get(n)).toBe(devnullId())
-      expect(report.open).toEqual(sorted([0, 1, 2, ...given.map((fd) => fd.num)]))
-      expect(report.open).not.toContain(stray.fd.num)
-    }).pipe(Effect.provide(layer))
-  )
-
-  it.scopedLive("stdio inherit gives the child this process's 0, 1, 2", () =>
-    Effect.gen(function* () {
-      const proc = yield* Process
-      const out = yield* tempFd("out")
-      const c = yield* proc.spawn({
-        command: child,
-        args: ["fdinfo", String(out.fd.num), "0", "1", "2"],
-        fds: [out.fd],
-        stdio: "inherit"
-      })
-      spawned.push(c.pid)
-      yield* c.exit
-      const report = parseReport(readFileSync(out.path, "utf8"))
-      for (const n of [0, 1, 2]) expect(report.fds.get(n)).toBe(identity(n))
-      expect(report.open).toEqual(sorted([0, 1, 2, out.fd.num]))
-    }).pipe(Effect.provide(layer))
-  )
-
-  it.scopedLive("exit codes and signals reach exit and the exits stream, in order", () =>
-    Effect.gen(function* () {
-      const proc = yield* Process
-      const seven = yield* proc.spawn({ command: child, args: ["exit", "7"], fds: [], stdio: "null" })
-      expect(yield* seven.exit).toEqual({ _tag: "Exited", code: 7 })
-      const sleeper = yield* proc.spawn({ command: child, args: ["sleep"], fds: [], stdio: "null" })
-      spawned.push(seven.pid, sleeper.pid)
-      expect(yield* proc.isAlive(sleeper.pid)).toBe(true)
-      expect(yield* proc.children).toEqual([sleeper.pid])
-      yield* proc.kill(sleeper.pid, "SIGTERM")
-      expect(yield* sleeper.exit).toEqual({ _tag: "Signaled", signal: SIGTERM })
-      const zero = yield* proc.spawn({ command: child, args: ["exit", "0"], fds: [], stdio: "null" })
-      spawned.push(zero.pid)
-      yield* zero.exit
-      const exits = yield* proc.exits.pipe(Stream.take(3), Stream.runCollect)
-      expect(Chunk.toReadonlyArray(exits)).toEqual([
-        { pid: seven.pid, status: { _tag: "Exited", code: 7 } },
-        { pid: sleeper.pid, status: { _tag: "Signaled", signal: SIGTERM } },
-        { pid: zero.pid, status: { _tag: "Exited", code: 0 } }
-      ])
-      expect(yield* proc.isAlive(sleeper.pid)).toBe(false)
-      expect(yield* proc.children).toEqual([])
-    }).pipe(Effect.provide(layer))
-  )
-
-  it.scopedLive("kill of a reaped or foreign pid is ESRCH and signals nothing", () =>
-    Effect.gen(function* () {
-      const proc = yield* Process
-      const c = yield* proc.spawn({ command: child, args: ["exit", "0"], fds: [], stdio: "null" })
-      spawned.push(c.pid)
-      yield* c.exit
-      const err = yield* Effect.flip(proc.kill(c.pid, "SIGKILL"))
-      expect(err.errno).toBe(Errno.ESRCH)
-      const self = yield* Effect.flip(proc.kill(process.pid, "SIGTERM"))
-      expect(self.errno).toBe(Errno.ESRCH)
-      // The spawner's own check, past ours: its pid is no child of its own.
+  sharedProcessTests({
+    layer,
+    child: () => child,
+    tempFd,
+    spawned,
+    // The spawner's own check, past ours: its pid is no child of its own.
+    afterKill: Effect.gen(function* () {
       const s = yield* spawnerOf(binary)
       const direct = yield* Effect.flip(s.kill(s.spawnerPid, "SIGTERM"))
       expect(direct.errno).toBe(Errno.ESRCH)
-    }).pipe(Effect.provide(layer))
-  )
+    })
+  })
 
   it.scopedLive("spawn failures are SpawnError with the OpenBSD errno", () =>
     Effect.gen(function* () {
@@ -428,27 +349,6 @@ describe.each(builds)("ProcessSpawner ($name)", ({ binary }) => {
     })
   )
 
-  it.scopedLive("fds above holes keep their numbers", () =>
-    Effect.gen(function* () {
-      const proc = yield* Process
-      const out = yield* tempFd("out")
-      const opened = yield* Effect.forEach(Array.from({ length: 6 }, (_, i) => i), (i) => tempFd(`f${i}`))
-      const kept = opened.filter((_, i) => i % 2 === 0)
-      for (const [i, f] of opened.entries()) if (i % 2 === 1) f.fd.closeSync()
-      const c = yield* proc.spawn({
-        command: child,
-        args: ["fdinfo", String(out.fd.num), ...kept.map((f) => String(f.fd.num))],
-        fds: [out.fd, ...kept.map((f) => f.fd)],
-        stdio: "null"
-      })
-      spawned.push(c.pid)
-      yield* c.exit
-      const report = parseReport(readFileSync(out.path, "utf8"))
-      for (const f of kept) expect(report.fds.get(f.fd.num)).toBe(identity(f.fd.num))
-      expect(report.open).toEqual(sorted([0, 1, 2, out.fd.num, ...kept.map((f) => f.fd.num)]))
-    }).pipe(Effect.provide(layer))
-  )
-
   it.scopedLive("targets on the spawner's own numbers, on 0-2, and swapped with each other", () =>
     Effect.gen(function* () {
       const s = yield* spawnerOf(binary)
@@ -475,25 +375,6 @@ describe.each(builds)("ProcessSpawner ($name)", ({ binary }) => {
       expect(report.fds.get(c.num)).toBe(identity(d.num))
       expect(report.open).toEqual(sorted([...new Set([0, 1, 2, ...targets])]))
     })
-  )
-
-  it.scopedLive("a VM's worth of fds (24) all land, and nothing else", () =>
-    Effect.gen(function* () {
-      const proc = yield* Process
-      const out = yield* tempFd("out")
-      const many = yield* Effect.forEach(Array.from({ length: 23 }, (_, i) => i), (i) => tempFd(`vm${i}`))
-      const c = yield* proc.spawn({
-        command: child,
-        args: ["fdinfo", String(out.fd.num), ...many.map((f) => String(f.fd.num))],
-        fds: [out.fd, ...many.map((f) => f.fd)],
-        stdio: "null"
-      })
-      spawned.push(c.pid)
-      yield* c.exit
-      const report = parseReport(readFileSync(out.path, "utf8"))
-      for (const f of many) expect(report.fds.get(f.fd.num)).toBe(identity(f.fd.num))
-      expect(report.open).toEqual(sorted([0, 1, 2, out.fd.num, ...many.map((f) => f.fd.num)]))
-    }).pipe(Effect.provide(layer))
   )
 
   it.scopedLive("200 concurrent spawns: every exit reported exactly once", () =>
