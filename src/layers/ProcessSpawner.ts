@@ -58,6 +58,7 @@ import { Deferred, Duration, Effect, Exit, FiberId, Layer, Option } from "effect
 import type { Scope } from "effect"
 import koffi from "koffi"
 import * as libc from "../native/libc.ts"
+import * as spawn from "../native/spawn.ts"
 import { closePoll, UV_DISCONNECT, UV_READABLE, UV_WRITABLE, UvPoll } from "../native/uvpoll.ts"
 import { Errno, errnoName, fromErrorCode, fromHostErrno } from "../schema/errno.ts"
 import { ExitBox, Process, SpawnError } from "../services/Process.ts"
@@ -277,91 +278,17 @@ const codeOf = (e: unknown): string | undefined =>
 
 // ---- starting the spawner ----
 //
-// With posix_spawn (vfork+exec: ~1 ms) rather than Node's spawn, which forks
-// the whole Node process and loads child_process (~10-20 ms of bin/vmm's
+// With posix_spawn (vfork+exec: ~1 ms; src/native/spawn.ts, the bindings and
+// attributes ProcessDirect uses) rather than Node's spawn, which forks the
+// whole Node process and loads child_process (~10-20 ms of bin/vmm's
 // start-up). Node's libuv does not know this child, so we reap it: a pidfd
-// (Linux 5.3) becomes readable when it exits, and then waitpid. Without
-// pidfd_open, Node's spawn (libuv reaps). Either way the child gets what
-// Node's spawn gave it: stdio inherited, our end at fd 3, its own session,
-// every signal at its default and none blocked, process.env.
+// (Linux 5.3) becomes readable when it exits, and then waitpid. Where those
+// cannot be used (spawnUnavailable), Node's spawn (libuv reaps). Either way
+// the child gets what Node's spawn gave it: stdio inherited, our end at fd 3,
+// its own session, every signal at its default and none blocked, process.env.
 
-const POSIX_SPAWN_SETSIGDEF = 0x04
-const POSIX_SPAWN_SETSIGMASK = 0x08
-const POSIX_SPAWN_SETSID = 0x80 // glibc 2.26
-const SYS_PIDFD_OPEN = process.arch === "x64" || process.arch === "arm64" ? 434 : -1
-const WNOHANG = 1
-/** sizeof posix_spawnattr_t (336), posix_spawn_file_actions_t (80), sigset_t (128) on glibc LP64, rounded up. */
-const SPAWN_STRUCT_BYTES = 512
-
-type CFunction = ReturnType<typeof libc.self.func>
-
-interface PosixSpawnFns {
-  readonly spawn: CFunction
-  readonly faInit: CFunction
-  readonly faDup2: CFunction
-  readonly faDestroy: CFunction
-  readonly attrInit: CFunction
-  readonly attrSetflags: CFunction
-  readonly attrSetsigmask: CFunction
-  readonly attrSetsigdefault: CFunction
-  readonly attrDestroy: CFunction
-  readonly sigemptyset: CFunction
-  readonly sigfillset: CFunction
-  readonly pidfdOpen: (pid: number) => number
-  readonly waitpid: (pid: number) => number
-}
-
-let posixSpawnFns: PosixSpawnFns | null | undefined
-
-/** The libc functions, or null if posix_spawn + pidfd cannot be used here (then Node's spawn). */
-const posixSpawn = (): PosixSpawnFns | null => {
-  if (posixSpawnFns !== undefined) return posixSpawnFns
-  posixSpawnFns = null
-  if (process.platform !== "linux" || SYS_PIDFD_OPEN < 0) return null
-  try {
-    const f = (proto: string) => libc.self.func(proto)
-    const syscall = f("long syscall(long nr, ...)")
-    const waitpid = f("int waitpid(int pid, _Out_ int *status, int options)")
-    const fns: PosixSpawnFns = {
-      spawn: f("int posix_spawn(_Out_ int *pid, const char *path, void *fa, void *attr, const char **argv, const char **envp)"),
-      faInit: f("int posix_spawn_file_actions_init(void *fa)"),
-      faDup2: f("int posix_spawn_file_actions_adddup2(void *fa, int fd, int newfd)"),
-      faDestroy: f("int posix_spawn_file_actions_destroy(void *fa)"),
-      attrInit: f("int posix_spawnattr_init(void *attr)"),
-      attrSetflags: f("int posix_spawnattr_setflags(void *attr, short flags)"),
-      attrSetsigmask: f("int posix_spawnattr_setsigmask(void *attr, void *set)"),
-      attrSetsigdefault: f("int posix_spawnattr_setsigdefault(void *attr, void *set)"),
-      attrDestroy: f("int posix_spawnattr_destroy(void *attr)"),
-      sigemptyset: f("int sigemptyset(void *set)"),
-      sigfillset: f("int sigfillset(void *set)"),
-      pidfdOpen: (pid) => {
-        const r = Number(syscall(SYS_PIDFD_OPEN, "int", pid, "unsigned int", 0))
-        return r < 0 ? -koffi.errno() : r
-      },
-      waitpid: (pid) => {
-        const r = Number(waitpid(pid, [0], WNOHANG))
-        return r < 0 ? -koffi.errno() : r
-      }
-    }
-    // pidfd_open needs Linux 5.3: without it we could not learn of the exit.
-    const probe = fns.pidfdOpen(process.pid)
-    if (probe < 0) return null
-    libc.close(probe)
-    posixSpawnFns = fns
-  } catch {
-    // a libc without these symbols
-  }
-  return posixSpawnFns
-}
-
-/**
- * Start `binary` with `theirs` at its fd 3; `onExit` runs once it has exited
- * and been reaped. Its pid, or the host errno negated (-ENOENT...); throws
- * what Node's spawn throws on the fallback path.
- */
 const startSpawnerProcess = (binary: string, theirs: number, onExit: () => void): number => {
-  const ps = posixSpawn()
-  if (ps === null) {
+  if (spawn.spawnUnavailable() !== null) {
     // Own session: a terminal's ^C reaches the vmm, which decides; the spawner only follows its socket.
     const proc = nodeSpawn(binary, [], { stdio: ["inherit", "inherit", "inherit", theirs], detached: true })
     proc.on("error", () => {})
@@ -369,42 +296,34 @@ const startSpawnerProcess = (binary: string, theirs: number, onExit: () => void)
     proc.unref()
     return proc.pid ?? -2 // ENOENT (the host's; 'error' says why)
   }
-  const fa = Buffer.alloc(SPAWN_STRUCT_BYTES)
-  const attr = Buffer.alloc(SPAWN_STRUCT_BYTES)
-  const sigs = Buffer.alloc(SPAWN_STRUCT_BYTES)
-  ps.faInit(fa)
-  ps.attrInit(attr)
-  const pid = [0]
-  let r: number
+  // The attributes ProcessDirect's children get (own session, signals default and unblocked).
+  const fa = new spawn.FileActions()
+  const attr = new spawn.SpawnAttr()
+  let r = attr.init()
+  if (r === 0) r = fa.init()
+  let spawnedOrErr: number
   try {
     // Inherited stdio, as Node's "inherit": dup2(n, n) clears close-on-exec (glibc 2.29), as libuv does.
-    for (const n of [0, 1, 2]) if (libc.fcntl(n, libc.F_GETFD) >= 0) ps.faDup2(fa, n, n)
+    for (const n of [0, 1, 2]) if (r === 0 && libc.fcntl(n, libc.F_GETFD) >= 0) r = fa.dup2(n, n)
     // Onto 3 (if theirs is 3 already, dup2 only clears close-on-exec).
-    ps.faDup2(fa, theirs, 3)
-    ps.attrSetflags(attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK)
-    ps.sigfillset(sigs)
-    ps.attrSetsigdefault(attr, sigs)
-    ps.sigemptyset(sigs)
-    ps.attrSetsigmask(attr, sigs)
-    const env: Array<string | null> = Object.entries(process.env).flatMap(([k, v]) => (v === undefined ? [] : [`${k}=${v}`]))
-    env.push(null)
-    r = Number(ps.spawn(pid, binary, fa, attr, [binary, null], env))
+    if (r === 0) r = fa.dup2(theirs, 3)
+    spawnedOrErr = r < 0 ? r : spawn.posixSpawnp(binary, fa, attr, [binary], null)
   } finally {
-    ps.faDestroy(fa)
-    ps.attrDestroy(attr)
+    fa.destroy()
+    attr.destroy()
   }
-  if (r !== 0) return -r // posix_spawn returns the error number
-  const spawned = pid[0] ?? 0
+  if (spawnedOrErr < 0) return spawnedOrErr
+  const spawned = spawnedOrErr
   let reaped = false
   const reap = (): boolean => {
     if (reaped) return true
-    const w = ps.waitpid(spawned)
+    const w = spawn.waitpid(spawned)
     if (w === 0) return false // still running
     reaped = true // reaped, or -ECHILD: not ours to wait for any more
     onExit()
     return true
   }
-  const pidfd = ps.pidfdOpen(spawned)
+  const pidfd = spawn.pidfdOpen(spawned)
   const watch = pidfd < 0 ? -1 : UvPoll.open(pidfd, (status) => {
     if (typeof watch === "number") return
     if (reap()) return watch.close(() => libc.close(pidfd))
