@@ -5,13 +5,13 @@
  * The vmm sends the parent no fds; one that came anyway is closed.
  */
 import { Effect, Either } from "effect"
-import { VM_STATE_WAITING } from "../schema/constants.ts"
+import { VM_STATE_SHUTDOWN, VM_STATE_WAITING } from "../schema/constants.ts"
 import { Errno } from "../schema/errno.ts"
 import * as T from "../schema/imsgTypes.ts"
 import { decodeInt, decodeVmopInfoResult, decodeVmopResult } from "../schema/structs.ts"
 import type { Imsg } from "../services/ImsgChannel.ts"
 import type { EventLog } from "./events.ts"
-import { stopRecord, type VmRecord } from "./records.ts"
+import { isRunning, stopRecord, type VmRecord } from "./records.ts"
 import type { Requests } from "./requests.ts"
 
 export interface DispatchContext {
@@ -58,8 +58,15 @@ export const dispatchVmm = (ctx: DispatchContext, m: Imsg): Effect.Effect<void> 
         return yield* reply(ctx, m, (r) => `pause:${r.vmr_id}`)
       case T.IMSG_VMDOP_UNPAUSE_VM_RESPONSE:
         return yield* reply(ctx, m, (r) => `unpause:${r.vmr_id}`)
-      case T.IMSG_VMDOP_TERMINATE_VM_RESPONSE:
+      case T.IMSG_VMDOP_TERMINATE_VM_RESPONSE: {
+        // vmd.c marks the VM as stopping here, in the order the vmm's messages
+        // come: its TERMINATE_VM_EVENT (which clears the state) may be in the
+        // same read, and must not be undone by a stopVm that resumes after it.
+        const r = resultOf(m)
+        const vm = r === undefined || r.vmr_result !== 0 ? undefined : ctx.records.get(r.vmr_id)
+        if (vm !== undefined && isRunning(vm)) vm.state |= VM_STATE_SHUTDOWN
         return yield* reply(ctx, m, () => `stop:${m.peerid}`)
+      }
       case T.IMSG_VMDOP_TERMINATE_VM_EVENT:
         return yield* terminated(ctx, m)
       case T.IMSG_VMDOP_GET_INFO_VM_DATA: {

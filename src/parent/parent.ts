@@ -213,8 +213,8 @@ export const makeVmdParent = (o: VmdParentOptions): Effect.Effect<VmdParent, Par
             if (!isRunning(vm)) return yield* Effect.fail(parentError("stop", Errno.EINVAL, `${vm.spec.name} is not running`))
             const peerid = requests.peerid()
             const r = yield* requests.request("stop", `stop:${peerid}`, [M.terminateVm(peerid, id, force)])
+            // (VM_STATE_SHUTDOWN was set by dispatchVmm when the response came, in message order)
             if (r.result !== 0) return yield* Effect.fail(parentError("stop", r.result, vm.spec.name))
-            vm.state |= VM_STATE_SHUTDOWN
           })
         )
         if (options.wait === true) yield* log.waitFor("wait", (e) => e._tag === "Stopped" && e.id === id, mark, timeoutMs)
