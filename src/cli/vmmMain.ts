@@ -43,7 +43,6 @@ export const runVmm = async (args: VmmArgs): Promise<number> => {
     handshakeTimeoutMs: 30_000
   }
 
-
   const serve = Effect.gen(function* () {
     const runtime = yield* Effect.runtime<never>()
     const privsep = applyPrivsep(options.vmExec)
