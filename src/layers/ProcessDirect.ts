@@ -55,8 +55,8 @@
  * if it has already exited) and a libuv poll handle on it. The pidfd polls
  * readable once the child has exited; the callback then waitpid(pid,
  * WNOHANG)s it (a zombie until then, so the pid is not reused), takes the
- * pid out of the table, closes the poll handle (and the pidfd in uv_close's
- * callback: each exactly once), pushes the exit to the ExitBox and
+ * pid out of the table, stops the poll handle, closes the pidfd and then the
+ * handle (each exactly once), pushes the exit to the ExitBox and
  * completes `Child.exit`. Node's libuv waitpids only the pids of its own
  * ChildProcess handles, never ours. Each exit is reported once, in the
  * order reaped. (Should libuv report a poll error, that child is looked at
@@ -69,8 +69,8 @@
  *
  * The scope's end: spawns fail with EIO from then on; every child still in
  * the table gets SIGKILL, and the finalizer waits (up to `reapTimeout`,
- * 10 s) until each has been reaped and reported, then until every poll
- * handle is closed and every pidfd with it; then the /dev/null fd and the
+ * 10 s) until each has been reaped and reported (its pidfd closed with it),
+ * then until every poll handle is closed; then the /dev/null fd and the
  * spawn attributes go. A child not reaped in time is logged, its handle
  * and pidfd released all the same.
  *
@@ -179,26 +179,35 @@ export const make = (options: DirectOptions = {}): Effect.Effect<ProcessService,
     sealInheritedFds()
     const sealEachSpawn = !native.closefromAvailable()
     let closing = false
-    /** Poll handles closing whose pidfd is not closed yet, and who waits for none to be left. */
+    /** Poll handles closing (uv_close's callback not run yet), and who waits for none to be left. */
     let releasing = 0
     let onReleased: Array<() => void> = []
 
-    const pidfdClosed = (c: LiveChild): void => {
-      libc.close(c.pidfd)
+    const handleClosed = (): void => {
       if (--releasing === 0) for (const f of onReleased.splice(0)) f()
     }
 
-    /** The child's poll handle, timer and pidfd go (the pidfd once uv_close is done with it). Once. */
+    /**
+     * The child's poll handle, timer and pidfd go, once. As ImsgChannelNative
+     * does with a socket: stop watching, close(2) the pidfd at once (a stopped
+     * handle never calls back), then uv_close, whose callback only frees the
+     * handle's memory. So the pidfd is closed before the exit is reported: the
+     * vmm holds nothing of a VM once its TERMINATE_VM_EVENT is out (closing it
+     * in uv_close's callback, a loop turn later, lost that race; test/e2e/wire).
+     */
     const release = (c: LiveChild): void => {
       if (c.released) return
       c.released = true
       if (c.timer !== null) clearInterval(c.timer)
       c.timer = null
-      releasing++
       const w = c.watch
       c.watch = null
-      if (w !== null) w.close(() => pidfdClosed(c))
-      else pidfdClosed(c)
+      w?.stop()
+      libc.close(c.pidfd)
+      if (w !== null) {
+        releasing++
+        w.close(handleClosed)
+      }
     }
 
     const finish = (c: LiveChild, status: ExitStatus): void => {

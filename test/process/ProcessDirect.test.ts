@@ -62,7 +62,7 @@ const SIGPIPE = signals["SIGPIPE"] ?? 13
 const SIGUSR2 = signals["SIGUSR2"] ?? 12
 const bit = (signo: number): bigint => 1n << BigInt(signo - 1)
 
-/** Until `n` pidfds are open (uv_close's callback closes a child's, a loop turn after its exit); those open then. */
+/** Until `n` pidfds are open; those open then. */
 const untilPidfds = (n: number) =>
   Effect.gen(function* () {
     for (let i = 0; i < 400 && openPidfds().length > n; i++) yield* Effect.sleep("5 millis")
@@ -157,6 +157,20 @@ describe("ProcessDirect", () => {
       expect(readFileSync(out.path, "utf8")).toBe(
         `|${process.env["HOME"] ?? ""}|set at run time\nhello world|/elsewhere|set at run time\n`
       )
+    }).pipe(Effect.provide(layer))
+  )
+
+  it.scopedLive("a child's pidfd is closed by the time its exit is reported (nothing of it is left then)", () =>
+    Effect.gen(function* () {
+      const proc = yield* Process
+      const c = yield* proc.spawn({ command: child, args: ["exit", "3"], fds: [], stdio: "null" })
+      spawned.push(c.pid)
+      expect(openPidfds().length).toBe(1)
+      // listenExits hands the exit over in the same callback that reaped it: no loop turn in between
+      const seen: Array<number> = []
+      yield* proc.listenExits(() => seen.push(openPidfds().length))
+      expect(yield* c.exit).toEqual({ _tag: "Exited", code: 3 })
+      expect(seen).toEqual([0])
     }).pipe(Effect.provide(layer))
   )
 
