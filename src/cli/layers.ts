@@ -4,7 +4,7 @@
  * imsg layer and the logger; tests that run the server in process use the
  * same wiring with their own imsg layer.
  */
-import { Context, Effect, ExecutionStrategy, Exit, Layer, Scope } from "effect"
+import { Context, Effect, Layer, type Scope } from "effect"
 import type { Backend, SpawnMethod } from "./args.ts"
 import * as ProcessDirect from "../layers/ProcessDirect.ts"
 import * as ProcessNode from "../layers/ProcessNode.ts"
@@ -46,53 +46,26 @@ export const deviceLayer = (backend: Backend) => {
   }
 }
 
-export const processLayer = (spawn: SpawnMethod) => {
+/**
+ * The Process service for a spawn method, with its fallbacks (each with a
+ * warning): direct -> the spawner -> Node's spawn, spawner -> Node's spawn.
+ */
+export const processService = (spawn: SpawnMethod): Effect.Effect<ProcessService, never, Scope.Scope> => {
   switch (spawn) {
     case "spawner":
-      return ProcessSpawner.layerOrNode
+      return ProcessSpawner.makeOrNode
     case "direct":
-      // where posix_spawn with pidfds cannot run, the spawner (or Node's spawn)
-      return ProcessDirect.layerOrWith(ProcessSpawner.layerOrNode, "the spawner")
+      return ProcessDirect.makeOrWith(ProcessSpawner.makeOrNode, "the spawner")
     case "node":
-      return ProcessNode.layer
+      return ProcessNode.make
   }
 }
+
+export const processLayer = (spawn: SpawnMethod): Layer.Layer<Process> => Layer.scoped(Process, processService(spawn))
 
 /** The same services composed with Layer's combinators (the reference for `vmmServiceLayers`). */
 export const vmmServiceLayersComposed = (backend: Backend, spawn: SpawnMethod) =>
   Layer.provideMerge(deviceLayer(backend), Layer.mergeAll(processLayer(spawn), VmRegistryLive.layer))
-
-/**
- * `make` in a scope of its own, closed at once if it fails (as Layer does for
- * a layer that fails), else kept until the enclosing scope ends.
- */
-const inOwnScope = <A, E, R>(make: Effect.Effect<A, E, R>): Effect.Effect<A, E, Exclude<R, Scope.Scope> | Scope.Scope> =>
-  Effect.gen(function* () {
-    const scope = yield* Scope.fork(yield* Effect.scope, ExecutionStrategy.sequential)
-    const exit = yield* Effect.exit(Scope.extend(make, scope))
-    if (Exit.isFailure(exit)) yield* Scope.close(scope, exit)
-    return yield* exit
-  })
-
-/** A Process layer's service, falling back as `processLayer`'s layers do (with the same warnings). */
-const processService = (spawn: SpawnMethod): Effect.Effect<ProcessService, never, Scope.Scope> => {
-  const node = inOwnScope(ProcessNode.make)
-  const spawner = inOwnScope(Effect.map(ProcessSpawner.make(), (s): ProcessService => s)).pipe(
-    Effect.catchAll((e) =>
-      Effect.zipRight(Effect.logWarning(`process spawner unavailable (${e.message}); using Node's spawn`), node)
-    )
-  )
-  switch (spawn) {
-    case "spawner":
-      return spawner
-    case "direct":
-      return inOwnScope(ProcessDirect.make()).pipe(
-        Effect.catchAll((e) => Effect.zipRight(Effect.logWarning(`${e.message}; using the spawner`), spawner))
-      )
-    case "node":
-      return node
-  }
-}
 
 /** What bin/vmm's program needs of a services context (a context may hold more). */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -118,7 +91,7 @@ export const vmmServices = (
     const services = Context.make(Process, proc).pipe(Context.add(VmRegistry, registry))
     switch (backend) {
       case "process": {
-        const device = yield* inOwnScope(VmmDeviceProcess.make()).pipe(
+        const device = yield* VmmDeviceProcess.make().pipe(
           Effect.provideService(VmmDeviceProcess.VmSource, registryVms(registry)),
           Effect.provideService(Process, proc)
         )

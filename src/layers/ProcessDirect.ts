@@ -88,7 +88,7 @@ import * as native from "../native/spawn.ts"
 import { sealInheritedFds } from "../native/sys.ts"
 import { UV_READABLE, UvPoll } from "../native/uvpoll.ts"
 import { Errno, errnoName, fromErrorCode, fromHostErrno } from "../schema/errno.ts"
-import { ExitBox, Process, SpawnError } from "../services/Process.ts"
+import { ExitBox, makeOr, Process, SpawnError } from "../services/Process.ts"
 import type { Child, ExitStatus, ProcessService, SignalName, SpawnRequest } from "../services/Process.ts"
 import * as ProcessNode from "./ProcessNode.ts"
 
@@ -384,20 +384,20 @@ export const layerWith = (options: DirectOptions = {}): Layer.Layer<Process, Spa
 
 export const layer: Layer.Layer<Process, SpawnError> = layerWith()
 
-/** This layer where it can run, else `fallback` (`name` in the warning). */
-export const layerOrWith = (
-  fallback: Layer.Layer<Process>,
+/** This service where it can run, else `fallback`'s (`name` in the warning). */
+export const makeOrWith = (
+  fallback: Effect.Effect<ProcessService, never, Scope.Scope>,
   name: string,
   options: DirectOptions = {}
-): Layer.Layer<Process> =>
-  layerWith(options).pipe(
-    Layer.catchAll((e) =>
-      Layer.unwrapEffect(Effect.logWarning(`${e.message}; using ${name}`).pipe(Effect.as(fallback)))
-    )
+): Effect.Effect<ProcessService, never, Scope.Scope> =>
+  makeOr(
+    Effect.suspend(() => make(options)),
+    fallback,
+    (e) => `${e.message}; using ${name}`
   )
 
 /** This layer where it can run, else ProcessNode (with a warning). */
 export const layerOrNodeWith = (options: DirectOptions = {}): Layer.Layer<Process> =>
-  layerOrWith(ProcessNode.layer, "Node's spawn", options)
+  Layer.scoped(Process, makeOrWith(ProcessNode.make, "Node's spawn", options))
 
 export const layerOrNode: Layer.Layer<Process> = layerOrNodeWith()

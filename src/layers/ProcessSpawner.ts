@@ -61,7 +61,7 @@ import * as libc from "../native/libc.ts"
 import * as spawn from "../native/spawn.ts"
 import { closePoll, UV_DISCONNECT, UV_READABLE, UV_WRITABLE, UvPoll } from "../native/uvpoll.ts"
 import { Errno, errnoName, fromErrorCode, fromHostErrno } from "../schema/errno.ts"
-import { ExitBox, Process, SpawnError } from "../services/Process.ts"
+import { ExitBox, makeOr, Process, SpawnError } from "../services/Process.ts"
 import type { Child, ExitStatus, ProcessService, SignalName, SpawnRequest } from "../services/Process.ts"
 import * as ProcessNode from "./ProcessNode.ts"
 
@@ -696,13 +696,12 @@ export const layerWith = (options: SpawnerOptions = {}): Layer.Layer<Process, Sp
 
 export const layer: Layer.Layer<Process, SpawnError> = layerWith()
 
-/** The spawner when it is available and starts, else ProcessNode (with a warning). */
-export const layerOrNode: Layer.Layer<Process> = layer.pipe(
-  Layer.catchAll((e) =>
-    Layer.unwrapEffect(
-      Effect.logWarning(`process spawner unavailable (${e.message}); using Node's spawn`).pipe(
-        Effect.as(ProcessNode.layer)
-      )
-    )
-  )
+/** The spawner's service when it is available and starts, else ProcessNode's (with a warning). */
+export const makeOrNode: Effect.Effect<ProcessService, never, Scope.Scope> = makeOr(
+  Effect.suspend(() => make()),
+  ProcessNode.make,
+  (e) => `process spawner unavailable (${e.message}); using Node's spawn`
 )
+
+/** The spawner when it is available and starts, else ProcessNode (with a warning). */
+export const layerOrNode: Layer.Layer<Process> = Layer.scoped(Process, makeOrNode)

@@ -5,7 +5,7 @@
  * own number, own session) and `ProcessMock` (each "process" is a fiber
  * running a simulated program, for the property tests).
  */
-import { Chunk, Context, Data, Effect, Stream } from "effect"
+import { Chunk, Context, Data, Effect, ExecutionStrategy, Exit, Scope, Stream } from "effect"
 import type { Fd } from "./Fd.ts"
 import { Inbox } from "./Inbox.ts"
 
@@ -101,3 +101,23 @@ export class ExitBox extends Inbox<ChildExit> {
 
   readonly stream: Stream.Stream<ChildExit> = Stream.repeatEffectChunk(Effect.map(this.takeAll, Chunk.unsafeFromArray))
 }
+
+/**
+ * The service `make` builds, or, if it fails, `fallback`'s with a warning
+ * (`why`): what each Process layer's `...Or...` variant offers, as an effect
+ * (bin/vmm builds its services without layers). A `make` that fails has its
+ * own scope closed at once, as Layer.catchAll does for a failed layer; one
+ * that succeeds keeps what it acquired until the enclosing scope ends.
+ */
+export const makeOr = <E>(
+  make: Effect.Effect<ProcessService, E, Scope.Scope>,
+  fallback: Effect.Effect<ProcessService, never, Scope.Scope>,
+  why: (e: E) => string
+): Effect.Effect<ProcessService, never, Scope.Scope> =>
+  Effect.gen(function* () {
+    const scope = yield* Scope.fork(yield* Effect.scope, ExecutionStrategy.sequential)
+    return yield* Scope.extend(make, scope).pipe(
+      Effect.onExit((exit) => (Exit.isFailure(exit) ? Scope.close(scope, exit) : Effect.void)),
+      Effect.catchAll((e) => Effect.zipRight(Effect.logWarning(why(e)), fallback))
+    )
+  })
