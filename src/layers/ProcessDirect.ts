@@ -88,7 +88,7 @@ import * as native from "../native/spawn.ts"
 import { sealInheritedFds } from "../native/sys.ts"
 import { UV_READABLE, UvPoll } from "../native/uvpoll.ts"
 import { Errno, errnoName, fromErrorCode, fromHostErrno } from "../schema/errno.ts"
-import { ExitBox, makeOr, Process, SpawnError } from "../services/Process.ts"
+import { ExitBox, makeOr, Process, SpawnError, tableService } from "../services/Process.ts"
 import type { Child, ExitStatus, ProcessService, SignalName, SpawnRequest } from "../services/Process.ts"
 import * as ProcessNode from "./ProcessNode.ts"
 
@@ -369,11 +369,7 @@ export const make = (options: DirectOptions = {}): Effect.Effect<ProcessService,
           const errno = c === undefined ? Errno.ESRCH : signal(c, signalNumber(sig))
           return errno === 0 ? Effect.void : Effect.fail(spawnError(errno, `kill ${pid} ${sig}: ${errnoName(errno)}`))
         }),
-      isAlive: (pid) => Effect.sync(() => live.has(pid)),
-      exits: exits.stream,
-      takeExits: exits.takeAll,
-      listenExits: (l) => exits.listen(l),
-      children: Effect.sync(() => [...live.keys()])
+      ...tableService(live, exits)
     }
     return service
   })

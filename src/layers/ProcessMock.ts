@@ -29,7 +29,7 @@ import { Clock, Context, Deferred, Effect, Exit, Fiber, Layer, Queue } from "eff
 import type { Scope } from "effect"
 import { constants as osConstants } from "node:os"
 import { Errno, errnoName } from "../schema/errno.ts"
-import { ExitBox, Process, SpawnError } from "../services/Process.ts"
+import { ExitBox, Process, SpawnError, tableService } from "../services/Process.ts"
 import type { ExitStatus, ProcessService, SignalName, SpawnRequest } from "../services/Process.ts"
 import { reasonOf } from "./ProcessNode.ts"
 
@@ -174,11 +174,7 @@ export const make = (
           const child = live.get(pid)
           return child === undefined ? fail(Errno.ESRCH, `kill ${pid} ${sig}`) : deliver(child, sig)
         }),
-      isAlive: (pid) => Effect.sync(() => live.has(pid)),
-      exits: exits.stream,
-      takeExits: exits.takeAll,
-      listenExits: (l) => exits.listen(l),
-      children: Effect.sync(() => [...live.keys()])
+      ...tableService(live, exits)
     })
     const control: ProcessMockControlService = {
       failNextSpawn: (errno) => Effect.sync(() => void failures.push(errno)),

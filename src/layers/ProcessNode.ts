@@ -45,7 +45,7 @@ import { Deferred, Duration, Effect, Exit, Layer } from "effect"
 import type { Scope } from "effect"
 import { sealInheritedFds } from "../native/sys.ts"
 import { Errno, errnoName, fromErrorCode } from "../schema/errno.ts"
-import { ExitBox, Process, SpawnError } from "../services/Process.ts"
+import { ExitBox, Process, SpawnError, tableService } from "../services/Process.ts"
 import type {
   ExitStatus,
   ProcessService,
@@ -175,11 +175,7 @@ export const make: Effect.Effect<ProcessService, never, Scope.Scope> = Effect.ge
           ? Effect.void
           : Effect.fail(spawnError(errno, `kill ${pid} ${sig}: ${errnoName(errno)}`))
       }),
-    isAlive: (pid) => Effect.sync(() => live.has(pid)),
-    exits: exits.stream,
-    takeExits: exits.takeAll,
-    listenExits: (l) => exits.listen(l),
-    children: Effect.sync(() => [...live.keys()])
+    ...tableService(live, exits)
   })
 })
 

@@ -61,7 +61,7 @@ import * as libc from "../native/libc.ts"
 import * as spawn from "../native/spawn.ts"
 import { closePoll, UV_DISCONNECT, UV_READABLE, UV_WRITABLE, UvPoll } from "../native/uvpoll.ts"
 import { Errno, errnoName, fromErrorCode, fromHostErrno } from "../schema/errno.ts"
-import { ExitBox, makeOr, Process, SpawnError } from "../services/Process.ts"
+import { ExitBox, makeOr, Process, SpawnError, tableService } from "../services/Process.ts"
 import type { Child, ExitStatus, ProcessService, SignalName, SpawnRequest } from "../services/Process.ts"
 import * as ProcessNode from "./ProcessNode.ts"
 
@@ -680,11 +680,7 @@ export const make = (options: SpawnerOptions = {}): Effect.Effect<SpawnerProcess
         spawnAt,
         spawn: (req) => spawnAt(req, req.fds.map((fd) => fd.num)),
         kill,
-        isAlive: (pid) => Effect.sync(() => live.has(pid)),
-        exits: exits.stream,
-        takeExits: exits.takeAll,
-        listenExits: (l) => exits.listen(l),
-        children: Effect.sync(() => [...live.keys()])
+        ...tableService(live, exits)
       }
       return service
     })

@@ -121,3 +121,18 @@ export const makeOr = <E>(
       Effect.catchAll((e) => Effect.zipRight(Effect.logWarning(why(e)), fallback))
     )
   })
+
+/**
+ * What every Process layer derives the same way from its table of live
+ * children (pid -> anything) and its ExitBox.
+ */
+export const tableService = (
+  live: ReadonlyMap<number, unknown>,
+  exits: ExitBox
+): Pick<ProcessService, "isAlive" | "exits" | "takeExits" | "listenExits" | "children"> => ({
+  isAlive: (pid) => Effect.sync(() => live.has(pid)),
+  exits: exits.stream,
+  takeExits: exits.takeAll,
+  listenExits: (l) => exits.listen(l),
+  children: Effect.sync(() => [...live.keys()])
+})
