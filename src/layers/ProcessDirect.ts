@@ -50,18 +50,13 @@
  *    and exec to return at; an exec failure stays a SpawnError (and glibc
  *    has reaped that child: it is never in `exits`).
  *
- * Reaping: right after posix_spawn returns, pidfd_open(pid) (close-on-exec
- * by birth; the child cannot have been reaped yet, so it is this child even
- * if it has already exited) and a libuv poll handle on it. The pidfd polls
- * readable once the child has exited; the callback then waitpid(pid,
- * WNOHANG)s it (a zombie until then, so the pid is not reused), takes the
- * pid out of the table, stops the poll handle, closes the pidfd and then the
- * handle (each exactly once), pushes the exit to the ExitBox and
- * completes `Child.exit`. Node's libuv waitpids only the pids of its own
- * ChildProcess handles, never ours. Each exit is reported once, in the
- * order reaped. (Should libuv report a poll error, that child is looked at
- * every 50 ms instead. Should something else in the process reap one of
- * ours, ECHILD, its status is lost: it is reported as Exited 255.)
+ * Reaping: right after posix_spawn returns, a ChildWatch (native/childWatch.ts:
+ * the child's pidfd, opened before it can have been reaped, polled on Node's
+ * loop, then waitpid(WNOHANG), with its pidfd closed before the exit is
+ * reported); the exit then leaves the table, goes to the ExitBox and
+ * completes `Child.exit`. Each exit is reported once, in the order reaped.
+ * (Should something else in the process reap one of ours, ECHILD, its
+ * status is lost: it is reported as Exited 255.)
  *
  * `kill` signals only a pid in the table, through its pidfd
  * (pidfd_send_signal: the process itself, never a reused pid); a pid not
@@ -86,7 +81,7 @@ import type { Scope } from "effect"
 import * as libc from "../native/libc.ts"
 import * as native from "../native/spawn.ts"
 import { sealInheritedFds } from "../native/sys.ts"
-import { UV_READABLE, UvPoll } from "../native/uvpoll.ts"
+import { ChildWatch } from "../native/childWatch.ts"
 import { Errno, errnoName, fromErrorCode, fromHostErrno } from "../schema/errno.ts"
 import { ExitBox, makeOr, Process, SpawnError, tableService } from "../services/Process.ts"
 import type { Child, ExitStatus, ProcessService, SignalName, SpawnRequest } from "../services/Process.ts"
@@ -94,8 +89,6 @@ import * as ProcessNode from "./ProcessNode.ts"
 
 /** How long the layer's finalizer waits for SIGKILLed children to be reaped. */
 const REAP_TIMEOUT = Duration.seconds(10)
-/** How often a child is looked at when libuv could not poll its pidfd. */
-const FALLBACK_POLL_MS = 50
 /** What a child reaped by someone else (ECHILD) is reported as: its status is lost. */
 const LOST: ExitStatus = { _tag: "Exited", code: 255 }
 
@@ -123,12 +116,9 @@ export interface DirectOptions {
 
 interface LiveChild {
   readonly pid: number
-  readonly pidfd: number
+  readonly watch: ChildWatch
   readonly exit: Deferred.Deferred<ExitStatus>
-  watch: UvPoll | null
-  timer: ReturnType<typeof setInterval> | null
   done: boolean
-  released: boolean
 }
 
 const hasNul = (s: string): boolean => s.includes("\0")
@@ -179,66 +169,21 @@ export const make = (options: DirectOptions = {}): Effect.Effect<ProcessService,
     sealInheritedFds()
     const sealEachSpawn = !native.closefromAvailable()
     let closing = false
-    /** Poll handles closing (uv_close's callback not run yet), and who waits for none to be left. */
+    /** Watches whose poll handle libuv has not let go of yet, and who waits for none to be left. */
     let releasing = 0
     let onReleased: Array<() => void> = []
 
-    const handleClosed = (): void => {
+    const handleReleased = (): void => {
       if (--releasing === 0) for (const f of onReleased.splice(0)) f()
     }
 
-    /**
-     * The child's poll handle, timer and pidfd go, once. As ImsgChannelNative
-     * does with a socket: stop watching, close(2) the pidfd at once (a stopped
-     * handle never calls back), then uv_close, whose callback only frees the
-     * handle's memory. So the pidfd is closed before the exit is reported: the
-     * vmm holds nothing of a VM once its TERMINATE_VM_EVENT is out (closing it
-     * in uv_close's callback, a loop turn later, lost that race; test/e2e/wire).
-     */
-    const release = (c: LiveChild): void => {
-      if (c.released) return
-      c.released = true
-      if (c.timer !== null) clearInterval(c.timer)
-      c.timer = null
-      const w = c.watch
-      c.watch = null
-      w?.stop()
-      libc.close(c.pidfd)
-      if (w !== null) {
-        releasing++
-        w.close(handleClosed)
-      }
-    }
-
+    /** Reported once; the watch has closed the pidfd by then (the vmm holds nothing of a VM whose exit is out). */
     const finish = (c: LiveChild, status: ExitStatus): void => {
       if (c.done) return
       c.done = true
       if (live.get(c.pid) === c) live.delete(c.pid)
-      release(c)
       exits.push({ pid: c.pid, status })
       Deferred.unsafeDone(c.exit, Exit.succeed(status))
-    }
-
-    /** waitpid(WNOHANG): true once the child is reaped and reported. */
-    const reap = (c: LiveChild): boolean => {
-      if (c.done) return true
-      const r = native.waitpid(c.pid)
-      if (r === 0) return false
-      if (r === c.pid) {
-        const status = native.decodeWaitStatus(native.waitStatus())
-        if (status === null) return false // stopped or continued: not an exit
-        finish(c, status)
-      } else {
-        finish(c, LOST)
-      }
-      return true
-    }
-
-    const onPoll = (c: LiveChild) => (status: number) => {
-      if (reap(c) || status >= 0) return
-      // libuv gave up on this pidfd: look every FALLBACK_POLL_MS instead.
-      c.watch?.stop()
-      if (c.timer === null) c.timer = setInterval(() => void reap(c), FALLBACK_POLL_MS)
     }
 
     /** SIGKILL and a blocking reap: for a child we cannot watch (it never enters the table). */
@@ -253,7 +198,7 @@ export const make = (options: DirectOptions = {}): Effect.Effect<ProcessService,
 
     /** Signal a child in the table: 0 or an OpenBSD errno. */
     const signal = (c: LiveChild, signo: number): number => {
-      const r = native.pidfdSendSignal(c.pidfd, signo)
+      const r = native.pidfdSendSignal(c.watch.pidfd, signo)
       if (r !== -native.HOST_ENOSYS) return r < 0 ? fromHostErrno(-r) : 0
       try {
         process.kill(c.pid, signo)
@@ -276,7 +221,7 @@ export const make = (options: DirectOptions = {}): Effect.Effect<ProcessService,
               const left = [...live.values()]
               for (const c of left) {
                 live.delete(c.pid)
-                release(c)
+                c.watch.release()
               }
               return Effect.logWarning(`children not reaped after SIGKILL: ${left.map((c) => c.pid).join(" ")}`)
             })
@@ -331,30 +276,17 @@ export const make = (options: DirectOptions = {}): Effect.Effect<ProcessService,
       }
       if (pid < 0) return fail(fromHostErrno(-pid))
 
-      const pidfd = native.pidfdOpen(pid)
-      if (pidfd < 0) {
+      const exit = Deferred.unsafeMake<ExitStatus>(FiberId.none)
+      let c: LiveChild | null = null
+      const watch = ChildWatch.open(pid, (status) => c !== null && finish(c, status ?? LOST), handleReleased)
+      if (typeof watch === "number") {
         abandon(pid)
-        return fail(fromHostErrno(-pidfd), `pidfd_open: ${errnoName(fromHostErrno(-pidfd))}`)
+        return fail(fromHostErrno(-watch), `watching it (pidfd_open, uv_poll): ${errnoName(fromHostErrno(-watch))}`)
       }
-      const c: LiveChild = {
-        pid,
-        pidfd,
-        exit: Deferred.unsafeMake<ExitStatus>(FiberId.none),
-        watch: null,
-        timer: null,
-        done: false,
-        released: false
-      }
-      const watch = UvPoll.open(pidfd, onPoll(c))
-      const started = typeof watch === "number" ? watch : watch.start(UV_READABLE)
-      if (typeof watch !== "number") c.watch = watch
-      if (started < 0) {
-        release(c)
-        abandon(pid)
-        return fail(fromHostErrno(-started), `uv_poll on its pidfd: ${errnoName(fromHostErrno(-started))}`)
-      }
+      releasing++
+      c = { pid, watch, exit, done: false }
       live.set(pid, c)
-      return { pid, exit: Deferred.await(c.exit) }
+      return { pid, exit: Deferred.await(exit) }
     }
 
     const service: ProcessService = {

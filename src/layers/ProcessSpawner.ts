@@ -59,6 +59,7 @@ import type { Scope } from "effect"
 import koffi from "koffi"
 import * as libc from "../native/libc.ts"
 import * as spawn from "../native/spawn.ts"
+import { ChildWatch } from "../native/childWatch.ts"
 import { closePoll, UV_DISCONNECT, UV_READABLE, UV_WRITABLE, UvPoll } from "../native/uvpoll.ts"
 import { Errno, errnoName, fromErrorCode, fromHostErrno } from "../schema/errno.ts"
 import { ExitBox, makeOr, Process, SpawnError, tableService } from "../services/Process.ts"
@@ -314,38 +315,18 @@ const startSpawnerProcess = (binary: string, theirs: number, onExit: () => void)
   }
   if (spawnedOrErr < 0) return spawnedOrErr
   const spawned = spawnedOrErr
-  let reaped = false
-  const reap = (): boolean => {
-    if (reaped) return true
-    const w = spawn.waitpid(spawned)
-    if (w === 0) return false // still running
-    reaped = true // reaped, or -ECHILD: not ours to wait for any more
-    onExit()
-    return true
-  }
-  const pidfd = spawn.pidfdOpen(spawned)
-  const watch = pidfd < 0 ? -1 : UvPoll.open(pidfd, (status) => {
-    if (typeof watch === "number") return
-    if (reap()) return watch.close(() => libc.close(pidfd))
-    if (status < 0) {
-      // libuv stopped watching: look every 50 ms instead.
-      watch.close(() => libc.close(pidfd))
-      const timer = setInterval(() => reap() && clearInterval(timer), 50)
-      timer.unref()
-    }
-  })
+  const watch = ChildWatch.open(spawned, () => onExit())
   if (typeof watch === "number") {
     // Cannot watch it (no fd left?): end it now rather than leave a zombie behind.
-    if (pidfd >= 0) libc.close(pidfd)
     try {
       process.kill(spawned, "SIGKILL")
     } catch {
       // gone
     }
-    while (!reap()) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1)
+    spawn.waitpid(spawned, true)
+    onExit()
     return -24 // EMFILE (the host's)
   }
-  watch.start(UV_READABLE)
   return spawned
 }
 

@@ -1,0 +1,96 @@
+/**
+ * A child of this process watched until it exits, without SIGCHLD: its
+ * pidfd (readable once the child has exited; Linux >= 5.3) polled on Node's
+ * own loop, then waitpid(WNOHANG), which also keeps the pid from being
+ * reused until then. Should libuv stop polling the pidfd, the child is
+ * looked at every 50 ms instead. Node's libuv waitpids only the pids of its
+ * own ChildProcess handles, never these.
+ *
+ * Used by ProcessDirect for every VM process and by ProcessSpawner for the
+ * spawner itself.
+ */
+import * as libc from "./libc.ts"
+import { decodeWaitStatus, pidfdOpen, waitpid, waitStatus, type WaitStatus } from "./spawn.ts"
+import { UV_READABLE, UvPoll } from "./uvpoll.ts"
+
+/** How often a child is looked at when libuv could not poll its pidfd. */
+const FALLBACK_POLL_MS = 50
+
+export class ChildWatch {
+  #poll: UvPoll | null = null
+  #timer: ReturnType<typeof setInterval> | null = null
+  #done = false
+  #released = false
+
+  private constructor(
+    readonly pid: number,
+    /** Open until the watch is released (for pidfd_send_signal). */
+    readonly pidfd: number,
+    readonly onExit: (status: WaitStatus | null) => void,
+    readonly onReleased: () => void
+  ) {}
+
+  /**
+   * Watch `pid`: `onExit` once, with its status (null if something else
+   * reaped it: ECHILD), after the watch is released; `onReleased` once
+   * libuv has let go of the poll handle. -errno if it cannot be watched
+   * (pidfd_open or uv_poll failed): nothing is left open then.
+   */
+  static open(pid: number, onExit: (status: WaitStatus | null) => void, onReleased: () => void = () => {}): ChildWatch | number {
+    const pidfd = pidfdOpen(pid)
+    if (pidfd < 0) return pidfd
+    const w = new ChildWatch(pid, pidfd, onExit, onReleased)
+    const poll = UvPoll.open(pidfd, (status) => {
+      if (w.reap() || status >= 0) return
+      // libuv gave up on this pidfd: look every FALLBACK_POLL_MS instead.
+      w.#poll?.stop()
+      if (w.#timer === null) w.#timer = setInterval(() => void w.reap(), FALLBACK_POLL_MS)
+    })
+    if (typeof poll === "number") {
+      libc.close(pidfd)
+      return poll
+    }
+    const started = poll.start(UV_READABLE)
+    if (started < 0) {
+      libc.close(pidfd)
+      poll.close()
+      return started
+    }
+    w.#poll = poll
+    return w
+  }
+
+  /** waitpid(WNOHANG): true once the child is reaped (and reported) or known lost. */
+  reap(): boolean {
+    if (this.#done) return true
+    const r = waitpid(this.pid)
+    if (r === 0) return false
+    let status: WaitStatus | null = null
+    if (r === this.pid) {
+      status = decodeWaitStatus(waitStatus())
+      if (status === null) return false // stopped or continued: not an exit
+    }
+    this.#done = true
+    this.release()
+    this.onExit(status)
+    return true
+  }
+
+  /**
+   * Stop watching, close(2) the pidfd at once (a stopped handle never calls
+   * back), then uv_close the handle, whose callback only frees its memory:
+   * so the pidfd is closed before the exit is reported. Once.
+   */
+  release(): void {
+    if (this.#released) return
+    this.#released = true
+    if (this.#timer !== null) clearInterval(this.#timer)
+    this.#timer = null
+    const poll = this.#poll
+    this.#poll = null
+    poll?.stop()
+    libc.close(this.pidfd)
+    if (poll !== null) poll.close(this.onReleased)
+    else this.onReleased()
+  }
+}
