@@ -144,7 +144,8 @@ const rawSocket = (fd: Fd): RawSocket => ({
   read: (buf) => bsd(libc.read(fd.num, buf)),
   write: (buf) => bsd(libc.write(fd.num, buf)),
   wait: (writable) => Effect.asVoid(pollWait(fd, writable, Infinity)),
-  waitFor: (writable, ms) => pollWait(fd, writable, ms)
+  waitFor: (writable, ms) => pollWait(fd, writable, ms),
+  block: (writable, ms) => libc.pollOne(fd.num, writable, ms) > 0
 })
 
 const socketpair = (label: string): Effect.Effect<readonly [Fd, Fd], ChannelError> =>
@@ -163,8 +164,8 @@ const service: ImsgChannelService = {
   socketpair,
   writeRaw: (fd, bytes, timeoutMs) =>
     Effect.suspend(() => (fd.isOpen ? writeAll(rawSocket(fd), bytes, timeoutMs) : Effect.fail(closedError(fd)))),
-  readRaw: (fd, n, timeoutMs) =>
-    Effect.suspend(() => (fd.isOpen ? readExactly(rawSocket(fd), n, timeoutMs) : Effect.fail(closedError(fd))))
+  readRaw: (fd, n, timeoutMs, blockMs) =>
+    Effect.suspend(() => (fd.isOpen ? readExactly(rawSocket(fd), n, timeoutMs, blockMs) : Effect.fail(closedError(fd))))
 }
 
 export class ImsgChannelNative {

@@ -80,7 +80,8 @@ const c = {
   fcntl: self.func("int fcntl(int fd, int cmd, ...)"),
   fstat: self.func("int fstat(int fd, void *statbuf)"),
   open: self.func("int open(const char *path, int flags, ...)"),
-  getpid: self.func("int getpid(void)")
+  getpid: self.func("int getpid(void)"),
+  poll: self.func("int poll(_Inout_ uint8_t *fds, uint64_t nfds, int timeout)")
 }
 
 const ret = (r: number | bigint): number => {
@@ -116,6 +117,24 @@ export const read = (fd: number, buf: Uint8Array): number => retry(() => ret(c.r
 
 /** write(2) from `buf`. Bytes written or -errno. */
 export const write = (fd: number, buf: Uint8Array): number => retry(() => ret(c.write(fd, buf, buf.length)))
+
+const POLLIN = 0x001
+const POLLOUT = 0x004
+const pollfd = new Uint8Array(8)
+const pollfdView = new DataView(pollfd.buffer)
+
+/**
+ * poll(2) on one fd, blocking this thread (and so Node's loop) for at most
+ * `ms`: 1 when it is readable (or writable; an error or hang-up counts, the
+ * next read or write reports it), 0 when the time ran out, or -errno (EINTR
+ * included: the caller waits on the loop instead).
+ */
+export const pollOne = (fd: number, writable: boolean, ms: number): number => {
+  pollfdView.setInt32(0, fd, true)
+  pollfdView.setInt16(4, writable ? POLLOUT : POLLIN, true)
+  pollfdView.setInt16(6, 0, true)
+  return ret(c.poll(pollfd, 1, Math.max(0, Math.ceil(ms))))
+}
 
 /** close(2); 0 or -errno. Not retried on EINTR (the fd is gone on Linux). */
 export const close = (fd: number): number => ret(c.close(fd))

@@ -127,8 +127,13 @@ export interface ImsgChannelService {
   readonly socketpair: (label: string) => Effect.Effect<readonly [Fd, Fd], ChannelError>
   /** Write all of `bytes` to a socket not yet framed (atomicio(vwrite)). */
   readonly writeRaw: (fd: Fd, bytes: Uint8Array, timeoutMs: number) => Effect.Effect<void, ChannelError>
-  /** Read exactly n bytes from a socket not yet framed (atomicio(read)). */
-  readonly readRaw: (fd: Fd, n: number, timeoutMs: number) => Effect.Effect<Uint8Array, ChannelError>
+  /**
+   * Read exactly n bytes from a socket not yet framed (atomicio(read)).
+   * blockMs: first wait up to that long blocking this thread, as vmm.c's
+   * atomicio does for the whole read, where the layer can (native sockets);
+   * then on the event loop, within timeoutMs in all.
+   */
+  readonly readRaw: (fd: Fd, n: number, timeoutMs: number, blockMs?: number) => Effect.Effect<Uint8Array, ChannelError>
 }
 
 export class ImsgChannel extends Context.Tag("vmd-vmm/ImsgChannel")<ImsgChannel, ImsgChannelService>() {}

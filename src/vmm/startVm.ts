@@ -46,6 +46,14 @@ export const vmArgv = (ctx: VmmContext, childSocket: number): Array<string> => {
   return args
 }
 
+/**
+ * How long the id read may hold the whole process, as vmm.c's blocking
+ * atomicio holds it for the whole read: the child answers within about a
+ * millisecond of its exec; a slower one is waited for on the event loop
+ * (within the handshake timeout), so one stuck VM cannot hold the others.
+ */
+export const ID_BLOCK_MS = 5
+
 const handshake = (ctx: VmmContext, vm: Vm, imsg: Imsg): Effect.Effect<Either.Either<Started, number>> =>
   Effect.gen(function* () {
     // A second START_VM_END for a VM that already has a process: vmm.c forks
@@ -117,7 +125,7 @@ const handshake = (ctx: VmmContext, vm: Vm, imsg: Imsg): Effect.Effect<Either.Ei
       yield* logWarnx(`vmm_start_vm: failed to send local prefix for vm '${vm.params.vmc_name}'`)
       return yield* fail(Errno.EIO)
     }
-    const idBytes = yield* Effect.either(ctx.imsg.readRaw(ours, 4, timeout))
+    const idBytes = yield* Effect.either(ctx.imsg.readRaw(ours, 4, timeout, ID_BLOCK_MS))
     if (Either.isLeft(idBytes)) {
       // vmd could not allocate memory for the vm
       yield* logDebug(`vmm_start_vm: failed to receive vm id from vm ${vm.params.vmc_name}`)

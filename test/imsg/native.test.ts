@@ -338,6 +338,54 @@ describe("ImsgChannelNative over real socketpairs", () => {
     )
   )
 
+  it.live("readRaw with blockMs: an answer within it is read in place, without the loop turning", () =>
+    native(
+      Effect.gen(function* () {
+        const svc = yield* ImsgChannel
+        const [x, y] = yield* svc.socketpair("raw")
+        // Another process answers after ~30 ms; the test's own thread is blocked meanwhile.
+        const child = spawn("sh", ["-c", "sleep 0.03; printf '\\052\\0\\0\\0' >&3"], { stdio: ["ignore", "ignore", "inherit", y.num] })
+        yield* Effect.addFinalizer(() => Effect.sync(() => child.kill("SIGKILL")))
+        y.closeSync()
+        let loopTurned = false
+        setImmediate(() => {
+          loopTurned = true
+        })
+        const id = yield* svc.readRaw(x, 4, 5000, 3000)
+        expect(id).toEqual(hex("2a 00 00 00"))
+        expect(loopTurned).toBe(false)
+        x.closeSync()
+      })
+    )
+  )
+
+  it.live("readRaw with blockMs: past it, the wait goes on on the loop, within the same deadline", () =>
+    native(
+      Effect.gen(function* () {
+        const svc = yield* ImsgChannel
+        const [x, y] = yield* svc.socketpair("raw")
+        let loopTurned = false
+        setImmediate(() => {
+          loopTurned = true
+        })
+        const late = setTimeout(() => libc.write(y.num, hex("07 00 00 00")), 150)
+        yield* Effect.addFinalizer(() => Effect.sync(() => clearTimeout(late)))
+        const id = yield* svc.readRaw(x, 4, 5000, 20)
+        expect(id).toEqual(hex("07 00 00 00"))
+        expect(loopTurned).toBe(true)
+        // Silence: the blocked part is within the deadline (blockMs beyond it is cut to it).
+        const t0 = Date.now()
+        const silent = yield* Effect.either(svc.readRaw(x, 4, 200, 5000))
+        const took = Date.now() - t0
+        expect(Either.isLeft(silent) && silent.left.reason).toBe("Timeout")
+        expect(took).toBeGreaterThanOrEqual(190)
+        expect(took).toBeLessThan(4000)
+        x.closeSync()
+        y.closeSync()
+      })
+    )
+  )
+
   it.live("EPIPE from a closed peer ends the stream cleanly and drops the queue", () =>
     native(
       Effect.gen(function* () {
