@@ -1,9 +1,12 @@
 /**
  * VmRegistry: vmd.c's vm_register / vm_getby* / vm_remove for the vmm
- * process. State is a Ref of the list; entries are mutable records, written
- * only by the vmm dispatcher fiber (as the C process is single-threaded).
+ * process. State is a plain list in the layer's closure, read and written
+ * in Effect.sync steps; entries are mutable records, written only by the
+ * vmm dispatcher fiber (as the C process is single-threaded). No Ref: the
+ * list is never shared between fibers that run at once, and each Ref step
+ * is one more cold Effect operation on the exit path (vm_remove).
  */
-import { Effect, Layer, Ref } from "effect"
+import { Effect, Layer } from "effect"
 import { Errno, VmdError } from "../schema/errno.ts"
 import {
   VM_DEFAULT_MEMORY,
@@ -15,7 +18,7 @@ import {
   VMM_MAX_VCPUS_PER_VM
 } from "../schema/constants.ts"
 import type { VmopCreateParams } from "../schema/structs.ts"
-import { logDebug, logWarnx } from "../vmm/log.ts"
+import { emitLog, logDebug, logWarnx } from "../vmm/log.ts"
 import { RegisterError, type Vm, VmRegistry } from "../services/VmRegistry.ts"
 import type { Fd } from "../services/Fd.ts"
 
@@ -101,14 +104,14 @@ export const closeVmChannel = (vm: Vm): Effect.Effect<void> =>
 
 /** vm_stop(vm, 0): clear RUNNING and SHUTDOWN, close the channel and every fd. */
 const stopVm = (vm: Vm): Effect.Effect<void> =>
-  Effect.gen(function* () {
-    yield* logDebug(`vm_stop: stopping vm ${vm.vmid}`)
+  Effect.suspend(() => {
+    emitLog("debug", `vm_stop: stopping vm ${vm.vmid}`)
     vm.state &= ~(VM_STATE_RUNNING | VM_STATE_SHUTDOWN)
-    yield* closeVmChannel(vm)
-    closeHeldFds(vm)
     // vm_closetty also fchown/fchmods the tty back to root; the vmm process
     // is not root and the parent owns the tty's mode, so we only close it.
+    closeHeldFds(vm)
     vm.uid = 0
+    return closeVmChannel(vm)
   })
 
 export interface RegistryOptions {
@@ -119,11 +122,11 @@ export interface RegistryOptions {
 export const makeVmRegistry = (options: RegistryOptions = {}) =>
   Effect.gen(function* () {
     const random = options.random ?? (() => Math.floor(Math.random() * 0x1_0000_0000))
-    const vms = yield* Ref.make<ReadonlyArray<Vm>>([])
+    let vms: ReadonlyArray<Vm> = []
     /** env->vmd_nvm: the id counter for VMs registered without an id. */
     let nvm = 0
 
-    const find = (pred: (vm: Vm) => boolean) => Effect.map(Ref.get(vms), (list) => list.find(pred) ?? null)
+    const find = (pred: (vm: Vm) => boolean) => Effect.sync(() => vms.find(pred) ?? null)
     const byVmid = (vmid: number) => (vmid === 0 ? Effect.succeed(null) : find((vm) => vm.vmid === vmid))
     const byVmmid = (vmmid: number) => (vmmid === 0 ? Effect.succeed(null) : find((vm) => vm.vmmid === vmmid))
     const byName = (name: string) => find((vm) => vm.params.vmc_name === name)
@@ -148,20 +151,16 @@ export const makeVmRegistry = (options: RegistryOptions = {}) =>
         if (nvm === 0) return yield* fail(Errno.ENOMEM, "too many vms")
         const vm = newVm(p, id === 0 ? nvm : id, uid)
         yield* logDebug(`vm_register: registering vm ${vm.vmid}`)
-        yield* Ref.update(vms, (list) => [...list, vm])
+        vms = [...vms, vm]
         return vm
       })
 
     const remove = (vm: Vm, caller: string) =>
-      Effect.gen(function* () {
-        const list = yield* Ref.get(vms)
-        if (!list.includes(vm)) return
-        yield* logDebug(`${caller}: removing vm id ${vm.vmid} from running config`)
-        yield* Ref.set(
-          vms,
-          list.filter((v) => v !== vm)
-        )
-        yield* stopVm(vm)
+      Effect.suspend(() => {
+        if (!vms.includes(vm)) return Effect.void
+        emitLog("debug", `${caller}: removing vm id ${vm.vmid} from running config`)
+        vms = vms.filter((v) => v !== vm)
+        return stopVm(vm)
       })
 
     return VmRegistry.of({
@@ -171,10 +170,10 @@ export const makeVmRegistry = (options: RegistryOptions = {}) =>
       byPid: (pid) => find((vm) => vm.pid === pid),
       id2vmid: (vmmid) => Effect.map(byVmmid(vmmid), (vm) => vm?.vmid ?? 0),
       vmid2id: (vmid) => Effect.map(byVmid(vmid), (vm) => vm?.vmmid ?? 0),
-      all: Ref.get(vms),
+      all: Effect.sync(() => vms),
       remove,
       purge: Effect.gen(function* () {
-        for (const vm of yield* Ref.get(vms)) yield* remove(vm, "config_purge")
+        for (const vm of vms) yield* remove(vm, "config_purge")
         nvm = 0
       })
     })

@@ -25,20 +25,21 @@ export const setVerbose = (v: number): void => {
   logState.verbose = v
 }
 
-const emit = (level: "warning" | "info" | "debug", msg: string): void => {
+/** Log now, outside an effect (for code already inside an Effect.sync step). */
+export const emitLog = (level: "warning" | "info" | "debug", msg: string): void => {
   if (level === "debug" && logState.verbose < 2) return
   logState.sink(level, `${logState.title}: ${msg}`)
 }
 
 /** log_warnx */
-export const logWarnx = (msg: string): Effect.Effect<void> => Effect.sync(() => emit("warning", msg))
+export const logWarnx = (msg: string): Effect.Effect<void> => Effect.sync(() => emitLog("warning", msg))
 /** log_warn: the message with the error text appended. */
 export const logWarn = (msg: string, err: string): Effect.Effect<void> =>
-  Effect.sync(() => emit("warning", `${msg}: ${err}`))
+  Effect.sync(() => emitLog("warning", `${msg}: ${err}`))
 /** log_info */
-export const logInfo = (msg: string): Effect.Effect<void> => Effect.sync(() => emit("info", msg))
+export const logInfo = (msg: string): Effect.Effect<void> => Effect.sync(() => emitLog("info", msg))
 /** log_debug (verbose > 1) */
-export const logDebug = (msg: string): Effect.Effect<void> => Effect.sync(() => emit("debug", msg))
+export const logDebug = (msg: string): Effect.Effect<void> => Effect.sync(() => emitLog("debug", msg))
 
 /**
  * Route Effect's own logger (Effect.log*, defects) through the same sink so
@@ -51,7 +52,7 @@ export const vmdLogger = Logger.make(({ logLevel, message }) => {
     : LogLevel.greaterThanEqual(logLevel, LogLevel.Info)
       ? "info"
       : "debug"
-  emit(level, text)
+  emitLog(level, text)
 })
 
 export const VmdLoggerLayer = Logger.replace(Logger.defaultLogger, vmdLogger)
