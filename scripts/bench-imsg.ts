@@ -9,8 +9,10 @@
  * ours and C's taking turns (so that both see the same changes of load on a
  * shared machine). MB/s counts wire bytes (16-byte header + payload). Our
  * receiver takes batches with Channel.receive (the batches the vmm's
- * Channel.listen hands over, one fiber wake-up each) and reads the first
- * payload byte of each DATA message, as the C receiver does. The last column
+ * Channel.listen hands over, one fiber wake-up each), reads the first
+ * payload byte of each DATA message and then releases it (releaseImsg), as
+ * the C receiver reads it and imsg_free()s it, so that the receive slab is
+ * reused rather than replaced (src/imsg/parser.ts). The last column
  * is the CPU time (user + system, all threads) of our process per message in
  * its least costly run: a figure that the machine's other load disturbs less
  * than msg/s (and that counts what our GC and helper threads take from the
@@ -19,14 +21,19 @@
  * Options: --quick (a tenth of the messages, best of 2); --per-message (the
  * sender queues each message with its own `send` Effect instead of one
  * `sendAll` per batch); --only=LABEL|LABEL (only these cases, e.g. "100 B|16 KiB");
- * --dir=send|recv (only ours sending to C, or only C sending to ours).
+ * --dir=send|recv (only ours sending to C, or only C sending to ours);
+ * --no-release (our receiver never calls releaseImsg: every payload stays
+ * valid, a fresh receive slab per ~512 KiB, as a consumer that keeps views);
+ * --vmm-flags (run under the V8 flags of bin/vmm's first line, e.g.
+ * --max-semi-space-size=1 --optimize-for-size: the script runs itself again
+ * with them).
  *
  * --idle-memory[=ROUNDS]: instead, what an idle open channel costs (the vmm
  * keeps one per VM): open 512 channels on socketpairs, each exchanging ROUNDS
  * (default 1) small messages each way with a raw peer, then compare RSS, JS
  * heap and ArrayBuffer memory after a full GC with before, per channel.
  */
-import { execFileSync, spawn } from "node:child_process"
+import { execFileSync, spawn, spawnSync } from "node:child_process"
 import { mkdtempSync, readFileSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { dirname, join } from "node:path"
@@ -38,7 +45,21 @@ import { ImsgChannelNative } from "../src/layers/ImsgChannelNative.ts"
 import * as libc from "../src/native/libc.ts"
 import { MAX_IMSG_PAYLOAD } from "../src/schema/imsgHeader.ts"
 import type { Channel, Imsg } from "../src/services/ImsgChannel.ts"
-import { ImsgChannel } from "../src/services/ImsgChannel.ts"
+import { ImsgChannel, releaseImsg } from "../src/services/ImsgChannel.ts"
+
+const here = dirname(fileURLToPath(import.meta.url))
+
+if (process.argv.includes("--vmm-flags") && process.env["BENCH_IMSG_VMM_FLAGS"] === undefined) {
+  // bin/vmm's V8 flags: the words after "node" on its #! line
+  const shebang = readFileSync(join(here, "..", "bin", "vmm"), "utf8").split("\n")[0] ?? ""
+  const flags = shebang.split(/\s+/).slice(shebang.split(/\s+/).indexOf("node") + 1).filter((w) => w.startsWith("--"))
+  console.error(`(re-running under bin/vmm's flags: ${flags.join(" ")})`)
+  const r = spawnSync(process.execPath, [...flags, ...process.execArgv, ...process.argv.slice(1)], {
+    stdio: "inherit",
+    env: { ...process.env, BENCH_IMSG_VMM_FLAGS: flags.join(" ") }
+  })
+  process.exit(r.status ?? 1)
+}
 
 const T_READY = 1
 const T_GO = 2
@@ -55,6 +76,7 @@ interface Case {
 
 const quick = process.argv.includes("--quick")
 const perMessage = process.argv.includes("--per-message")
+const release = !process.argv.includes("--no-release")
 const only = process.argv.find((a) => a.startsWith("--only="))?.slice("--only=".length)
 /** --dir=send (ours sending to C) or --dir=recv (C sending to ours): one direction only. */
 const onlyDir = process.argv.find((a) => a.startsWith("--dir="))?.slice("--dir=".length)
@@ -72,7 +94,6 @@ const cases: ReadonlyArray<Case> = [
 
 type Direction = "TS → C" | "C → TS"
 
-const here = dirname(fileURLToPath(import.meta.url))
 const buildDir = mkdtempSync(join(tmpdir(), "bench-imsg-"))
 const bin = join(buildDir, "bench_imsg")
 execFileSync("gcc", ["-O2", "-o", bin, join(here, "c", "bench_imsg.c")], { stdio: "inherit" })
@@ -97,6 +118,7 @@ const receiveUntil = (ch: Channel, stop: (m: Imsg, data: number) => boolean) =>
         if (m.type === T_DATA) {
           data++
           if (m.data.length > 0) sum += m.data[0] as number
+          if (release) releaseImsg(m)
         }
         m.fd?.closeSync()
         if (stop(m, data)) {
@@ -220,7 +242,9 @@ const main = Effect.gen(function* () {
   console.log(`|${widths.map((w) => "-".repeat(w + 2)).join("|")}|`)
   for (const r of rows.slice(1)) console.log(line(r))
   console.log(
-    `\n(checksum ${checksum}) (n per case: ${cases.map((c) => `${c.label} ${c.n}`).join(", ")}; best of ${RUNS}; ${perMessage ? "send per message" : "sendAll per batch"}; node ${process.version})`
+    `\n(checksum ${checksum}) (n per case: ${cases.map((c) => `${c.label} ${c.n}`).join(", ")}; best of ${RUNS}; ${perMessage ? "send per message" : "sendAll per batch"}; ${release ? "received payloads released" : "no release"}; node ${process.version}${
+      process.env["BENCH_IMSG_VMM_FLAGS"] !== undefined ? ` ${process.env["BENCH_IMSG_VMM_FLAGS"]}` : ""
+    })`
   )
 })
 

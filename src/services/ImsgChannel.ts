@@ -10,9 +10,14 @@
  * `ImsgChannelMemory` (paired in-memory sockets, fds tracked).
  */
 import { Context, Data, Effect, Scope, Stream } from "effect"
+import { releaseImsg as release } from "../imsg/parser.ts"
 import type { Fd } from "./Fd.ts"
 
-/** A received message. `fd` is owned by the receiver: take it or close it. */
+/**
+ * A received message. `fd` is owned by the receiver: take it or close it.
+ * `data` stays valid until `releaseImsg` is called on the message (forever
+ * if it never is).
+ */
 export interface Imsg {
   readonly type: number
   readonly peerid: number
@@ -20,6 +25,18 @@ export interface Imsg {
   readonly data: Uint8Array
   readonly fd: Fd | null
 }
+
+/**
+ * imsg_free for a received message's payload, optional: the consumer is done
+ * with `data` (keeps no view of it), so the channel may write a later read
+ * over it, instead of a fresh receive buffer per ~512 KiB received, which
+ * under bulk receive costs back-to-back mark-compacts (see
+ * src/imsg/parser.ts). After it, `data` may change at any time. The fd, if
+ * any, is untouched: still the consumer's to take or close. Idempotent; a
+ * no-op on a message that holds no receive buffer (an empty payload, a
+ * message built by hand).
+ */
+export const releaseImsg: (m: Imsg) => void = release
 
 /** A message to send. pid 0 is replaced by the sender's pid, as imsg_compose does. */
 export interface OutgoingImsg {
