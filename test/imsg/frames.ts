@@ -1,6 +1,7 @@
 /** Test helpers: building imsg byte streams and cutting them into reads. */
 import fc from "fast-check"
 import { IMSG_HEADER_SIZE, writeHeader } from "../../src/schema/imsgHeader.ts"
+import type { FeedResult, ImsgParser, ParsedImsg } from "../../src/imsg/parser.ts"
 
 export interface Frame {
   readonly type: number
@@ -47,3 +48,27 @@ export const readsOf = (total: number, cuts: Iterable<number>): Array<readonly [
 export const hex = (s: string): Uint8Array => Uint8Array.from(s.trim().split(/\s+/).map((b) => parseInt(b, 16)))
 
 export const toHex = (b: Uint8Array): string => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join(" ")
+
+/**
+ * Several encoded streams, each read by its own parser, in turns (parsers
+ * that share the process's receive slab): `step(k, n)` feeds stream k's
+ * parser its next 1..n bytes (at least one, at most what is left) into
+ * `outs[k]` and returns feed's result and where that step's messages begin
+ * in `outs[k]`; `left(k)` says whether stream k has bytes left.
+ */
+export const feedInTurns = <F>(enc: ReadonlyArray<Uint8Array>, parsers: ReadonlyArray<ImsgParser<F>>) => {
+  const at = enc.map(() => 0)
+  const outs = enc.map(() => [] as Array<ParsedImsg<F>>)
+  const step = (k: number, n: number): { readonly result: FeedResult; readonly before: number } => {
+    const bytes = enc[k] as Uint8Array
+    const a = at[k] as number
+    const b = Math.min(bytes.length, a + Math.max(1, n))
+    const out = outs[k] as Array<ParsedImsg<F>>
+    const before = out.length
+    const result = (parsers[k] as ImsgParser<F>).feed(bytes, a, b, [], out)
+    at[k] = b
+    return { result, before }
+  }
+  const left = (k: number): boolean => (at[k] as number) < (enc[k] as Uint8Array).length
+  return { outs, step, left }
+}

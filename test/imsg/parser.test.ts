@@ -4,7 +4,7 @@ import type { ParsedImsg } from "../../src/imsg/parser.ts"
 import { ImsgParser } from "../../src/imsg/parser.ts"
 import { IMSG_HEADER_SIZE, MAX_IMSG_PAYLOAD, writeHeader } from "../../src/schema/imsgHeader.ts"
 import type { Frame } from "./frames.ts"
-import { encodeFrames, frameArb, hex, readsOf } from "./frames.ts"
+import { encodeFrames, feedInTurns, frameArb, hex, readsOf } from "./frames.ts"
 
 /** A parser over number "fds" that records every close. */
 const recording = () => {
@@ -151,23 +151,18 @@ describe("ImsgParser", () => {
         (streams, turns) => {
           const enc = streams.map((frames) => encodeFrames(frames.map((f) => ({ ...f, marked: false }))).bytes)
           const parsers = streams.map(() => recording().parser)
-          const outs = streams.map(() => [] as Array<ParsedImsg<number>>)
+          const feeds = feedInTurns(enc, parsers)
+          const outs = feeds.outs
           const snapshots = streams.map(() => [] as Array<Array<number>>)
-          const at = streams.map(() => 0)
           const step = (k: number, n: number) => {
-            const bytes = enc[k] as Uint8Array
-            const a = at[k] as number
-            const b = Math.min(bytes.length, a + Math.max(1, n))
-            const out = outs[k] as Array<ParsedImsg<number>>
-            const before = out.length
-            expect((parsers[k] as ImsgParser<number>).feed(bytes, a, b, [], out)).toEqual({ ok: true })
-            for (const m of out.slice(before)) (snapshots[k] as Array<Array<number>>).push(Array.from(m.data))
-            at[k] = b
+            const { result, before } = feeds.step(k, n)
+            expect(result).toEqual({ ok: true })
+            for (const m of (outs[k] as Array<ParsedImsg<number>>).slice(before)) (snapshots[k] as Array<Array<number>>).push(Array.from(m.data))
           }
           // random turns (reads of 1 to 20000 bytes: both sides of the copy limit), then every stream to its end
-          for (const [who, n] of turns) if ((at[who % streams.length] as number) < (enc[who % streams.length] as Uint8Array).length) step(who % streams.length, n)
+          for (const [who, n] of turns) if (feeds.left(who % streams.length)) step(who % streams.length, n)
           streams.forEach((_, k) => {
-            while ((at[k] as number) < (enc[k] as Uint8Array).length) step(k, 7000)
+            while (feeds.left(k)) step(k, 7000)
           })
           streams.forEach((frames, k) => {
             const out = outs[k] as Array<ParsedImsg<number>>

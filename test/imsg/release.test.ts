@@ -6,7 +6,7 @@ import { MAX_IMSG_PAYLOAD } from "../../src/schema/imsgHeader.ts"
 import type { Imsg } from "../../src/services/ImsgChannel.ts"
 import { releaseImsg as releaseFromService } from "../../src/services/ImsgChannel.ts"
 import type { Frame } from "./frames.ts"
-import { encodeFrames } from "./frames.ts"
+import { encodeFrames, feedInTurns } from "./frames.ts"
 
 const parser = () => new ImsgParser<number>({ closeFd: () => {} })
 
@@ -99,20 +99,16 @@ describe("releaseImsg", () => {
           const frameLists = streams.map((specs) => specs.map(frameOf))
           const enc = frameLists.map((frames) => encodeFrames(frames).bytes)
           const parsers = streams.map(() => parser())
-          const at = streams.map(() => 0)
-          const got = streams.map(() => [] as Array<ParsedImsg<number>>)
+          const feeds = feedInTurns(enc, parsers)
+          const got = feeds.outs
           const kept: Array<[ParsedImsg<number>, Frame]> = []
           /** Messages to release after so many more reads, with what they must hold until then. */
           let pending: Array<{ m: ParsedImsg<number>; f: Frame; reads: number }> = []
           let nth = 0
           const step = (k: number, n: number) => {
-            const bytes = enc[k] as Uint8Array
-            const a = at[k] as number
-            const b = Math.min(bytes.length, a + Math.max(1, n))
+            const { result, before } = feeds.step(k, n)
+            expect(result).toEqual({ ok: true })
             const out = got[k] as Array<ParsedImsg<number>>
-            const before = out.length
-            expect((parsers[k] as ImsgParser<number>).feed(bytes, a, b, [], out)).toEqual({ ok: true })
-            at[k] = b
             pending = pending.filter((p) => {
               if (--p.reads > 0) return true
               expect(same(p.m.data, p.f.data)).toBe(true)
@@ -129,9 +125,9 @@ describe("releaseImsg", () => {
               else pending.push({ m, f, reads: fate - 1 })
             }
           }
-          for (const [who, n] of turns) if ((at[who] as number) < (enc[who] as Uint8Array).length) step(who, n)
+          for (const [who, n] of turns) if (feeds.left(who)) step(who, n)
           streams.forEach((_, k) => {
-            while ((at[k] as number) < (enc[k] as Uint8Array).length) step(k, 30_000)
+            while (feeds.left(k)) step(k, 30_000)
           })
           frameLists.forEach((frames, k) => {
             expect(got[k]?.length).toBe(frames.length)
