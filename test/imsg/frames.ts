@@ -12,12 +12,13 @@ export interface Frame {
   readonly marked: boolean
 }
 
-export const frameArb = (maxPayload = 200): fc.Arbitrary<Frame> =>
+export const frameArb = (maxPayload = 200, size: fc.SizeForArbitrary = "small"): fc.Arbitrary<Frame> =>
   fc.record({
     type: fc.nat(0xffffffff),
     peerid: fc.nat(0xffffffff),
     pid: fc.nat(0xffffffff),
-    data: fc.uint8Array({ maxLength: maxPayload }),
+    // size "max": lengths spread up to maxPayload (fast-check's default keeps them near 10)
+    data: fc.uint8Array({ maxLength: maxPayload, size }),
     marked: fc.boolean()
   })
 
