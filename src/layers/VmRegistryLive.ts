@@ -120,7 +120,7 @@ export interface RegistryOptions {
 }
 
 export const makeVmRegistry = (options: RegistryOptions = {}) =>
-  Effect.gen(function* () {
+  Effect.sync(() => {
     const random = options.random ?? (() => Math.floor(Math.random() * 0x1_0000_0000))
     let vms: ReadonlyArray<Vm> = []
     /** env->vmd_nvm: the id counter for VMs registered without an id. */
