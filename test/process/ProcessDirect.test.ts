@@ -8,26 +8,24 @@
  * in /proc/self/fd), the fallback, and the CLI's --spawn direct.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Chunk, Context, Effect, Exit, Fiber, Layer, Scope, Stream } from "effect"
+import { Chunk, Context, Effect, Fiber, Layer, Stream } from "effect"
 import { execFileSync } from "node:child_process"
-import { chmodSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { constants as osConstants, tmpdir } from "node:os"
 import { join } from "node:path"
 import koffi from "koffi"
 import { afterAll, beforeAll } from "vitest"
-import { sharedProcessTests } from "./shared.ts"
+import { layerEndTest, sharedProcessTests } from "./shared.ts"
 import {
   childrenOf,
   clearCloexec,
-  fsBackend,
   openPidfds,
   parseReport,
   SIGKILL,
   SIGTERM,
   signalMasks,
   sorted,
-  tempFdIn,
-  untilWritten
+  tempFdIn
 } from "./kit.ts"
 import { procStat } from "../e2e/proc.ts"
 import { Either } from "effect"
@@ -35,9 +33,8 @@ import { parseArgs } from "../../src/cli/args.ts"
 import { processLayer } from "../../src/cli/layers.ts"
 import * as ProcessDirect from "../../src/layers/ProcessDirect.ts"
 import { Errno } from "../../src/schema/errno.ts"
-import { Fd } from "../../src/services/Fd.ts"
 import { Process } from "../../src/services/Process.ts"
-import type { ChildExit, ExitStatus } from "../../src/services/Process.ts"
+import type { ChildExit } from "../../src/services/Process.ts"
 
 const dir = mkdtempSync(join(tmpdir(), "vmd-vmm-direct-"))
 const child = join(dir, "child")
@@ -231,35 +228,18 @@ describe("ProcessDirect", () => {
     }).pipe(Effect.provide(layer))
   )
 
-  it.live("the layer's end SIGKILLs and reaps every child still alive, and releases every pidfd", () =>
-    Effect.gen(function* () {
-      const scope = yield* Scope.make()
-      const ready = join(dir, "ready")
-      const readyFd = new Fd(openSync(ready, "w+"), fsBackend, "ready")
-      const proc = Context.get(yield* Layer.buildWithScope(layer, scope), Process)
-      const sleeper = yield* proc.spawn({ command: child, args: ["sleep"], fds: [], stdio: "null" })
-      const stubborn = yield* proc.spawn({ command: child, args: ["ignterm", String(readyFd.num)], fds: [readyFd], stdio: "null" })
-      const pids = [sleeper.pid, stubborn.pid]
-      spawned.push(...pids)
-      yield* untilWritten(ready)
-      readyFd.closeSync()
+  layerEndTest("the layer's end SIGKILLs and reaps every child still alive, and releases every pidfd", {
+    dir: () => dir,
+    child: () => child,
+    spawned,
+    build: (scope) => Effect.map(Layer.buildWithScope(layer, scope), (context) => Context.get(context, Process)),
+    whileAlive: (pids) => {
       for (const pid of pids) expect(procStat(pid)?.state).not.toBe("Z")
       expect(openPidfds().length).toBe(2)
-      yield* Scope.close(scope, Exit.void)
-      for (const pid of pids) expect(procStat(pid)).toBe(null) // reaped, not zombies
-      expect(openPidfds()).toEqual([]) // closed before the scope's end returned
-      const done: Array<ExitStatus> = yield* Effect.all([sleeper.exit, stubborn.exit])
-      expect(done).toEqual([
-        { _tag: "Signaled", signal: SIGKILL },
-        { _tag: "Signaled", signal: SIGKILL }
-      ])
-      const exits = yield* proc.exits.pipe(Stream.take(2), Stream.runCollect)
-      expect(sorted(Chunk.toReadonlyArray(exits).map((e) => e.pid))).toEqual(sorted(pids))
-      const after = yield* Effect.flip(proc.spawn({ command: child, args: ["exit", "0"], fds: [], stdio: "null" }))
-      expect(after.errno).toBe(Errno.EIO)
-      expect(childrenOf(process.pid)).toEqual([])
-    })
-  )
+    },
+    whenEnded: () => expect(openPidfds()).toEqual([]), // closed before the scope's end returned
+    last: () => expect(childrenOf(process.pid)).toEqual([])
+  })
 
   it.scopedLive("200 concurrent children: every exit reported exactly once, every pidfd released", () =>
     Effect.gen(function* () {

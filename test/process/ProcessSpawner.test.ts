@@ -8,12 +8,11 @@
  */
 import { procStat } from "../e2e/proc.ts"
 import { describe, expect, it } from "@effect/vitest"
-import { Chunk, Context, Effect, Exit, Fiber, Layer, Scope, Stream } from "effect"
+import { Chunk, Context, Effect, Fiber, Layer, Scope, Stream } from "effect"
 import { execFileSync, spawnSync } from "node:child_process"
 import {
   chmodSync,
   mkdtempSync,
-  openSync,
   readFileSync,
   rmSync,
   symlinkSync,
@@ -22,13 +21,12 @@ import {
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, beforeAll } from "vitest"
-import { childrenOf, devnullId, fsBackend, identity, parseReport, SIGKILL, SIGTERM, sorted, tempFdIn, untilWritten } from "./kit.ts"
-import { sharedProcessTests } from "./shared.ts"
+import { childrenOf, devnullId, identity, parseReport, SIGKILL, SIGTERM, sorted, tempFdIn } from "./kit.ts"
+import { layerEndTest, sharedProcessTests } from "./shared.ts"
 import * as ProcessSpawner from "../../src/layers/ProcessSpawner.ts"
 import { Errno } from "../../src/schema/errno.ts"
-import { Fd } from "../../src/services/Fd.ts"
 import { Process } from "../../src/services/Process.ts"
-import type { ChildExit, ExitStatus } from "../../src/services/Process.ts"
+import type { ChildExit } from "../../src/services/Process.ts"
 
 const root = join(import.meta.dirname, "..", "..")
 const dir = mkdtempSync(join(tmpdir(), "vmd-vmm-spawner-"))
@@ -320,34 +318,24 @@ describe.each(builds)("ProcessSpawner ($name)", ({ binary }) => {
     })
   )
 
-  it.live("the layer's end SIGKILLs and reaps every child still alive, and the spawner exits", () =>
-    Effect.gen(function* () {
-      const scope = yield* Scope.make()
-      const ready = join(dir, "ready")
-      const readyFd = new Fd(openSync(ready, "w+"), fsBackend, "ready")
-      const s = yield* spawnerOf(binary).pipe(Scope.extend(scope))
-      const sleeper = yield* s.spawn({ command: child, args: ["sleep"], fds: [], stdio: "null" })
-      const stubborn = yield* s.spawn({ command: child, args: ["ignterm", String(readyFd.num)], fds: [readyFd], stdio: "null" })
-      const pids = [sleeper.pid, stubborn.pid]
-      spawned.push(...pids, s.spawnerPid)
-      yield* untilWritten(ready)
-      readyFd.closeSync()
-      for (const pid of pids) expect(gone(pid)).toBe(false)
-      yield* Scope.close(scope, Exit.void)
-      for (const pid of pids) expect(procStat(pid)).toBe(null) // reaped, not zombies
-      expect(procStat(s.spawnerPid)).toBe(null)
-      const done: Array<ExitStatus> = yield* Effect.all([sleeper.exit, stubborn.exit])
-      expect(done).toEqual([
-        { _tag: "Signaled", signal: SIGKILL },
-        { _tag: "Signaled", signal: SIGKILL }
-      ])
-      const exits = yield* s.exits.pipe(Stream.take(2), Stream.runCollect)
-      expect(sorted(Chunk.toReadonlyArray(exits).map((e) => e.pid))).toEqual(sorted(pids))
-      // Closed: no more spawns.
-      const after = yield* Effect.flip(s.spawn({ command: child, args: ["exit", "0"], fds: [], stdio: "null" }))
-      expect(after.errno).toBe(Errno.EIO)
+  {
+    let spawnerPid = -1
+    layerEndTest("the layer's end SIGKILLs and reaps every child still alive, and the spawner exits", {
+      dir: () => dir,
+      child: () => child,
+      spawned,
+      build: (scope) =>
+        Effect.map(spawnerOf(binary).pipe(Scope.extend(scope)), (s) => {
+          spawnerPid = s.spawnerPid
+          spawned.push(s.spawnerPid)
+          return s
+        }),
+      whileAlive: (pids) => {
+        for (const pid of pids) expect(gone(pid)).toBe(false)
+      },
+      whenEnded: () => expect(procStat(spawnerPid)).toBe(null)
     })
-  )
+  }
 
   it.scopedLive("targets on the spawner's own numbers, on 0-2, and swapped with each other", () =>
     Effect.gen(function* () {

@@ -6,12 +6,15 @@
  * and inherit, exits in order exactly once, kill of a reaped or foreign pid.
  */
 import { expect, it } from "@effect/vitest"
-import { Chunk, Effect, Stream } from "effect"
-import type { Layer, Scope } from "effect"
-import { readFileSync } from "node:fs"
-import { clearCloexec, devnullId, identity, parseReport, SIGTERM, sorted, type tempFdIn } from "./kit.ts"
+import { Chunk, Effect, Exit, Scope, Stream } from "effect"
+import type { Layer } from "effect"
+import { openSync, readFileSync } from "node:fs"
+import { join } from "node:path"
+import { clearCloexec, devnullId, fsBackend, identity, parseReport, SIGKILL, SIGTERM, sorted, type tempFdIn, untilWritten } from "./kit.ts"
+import { procStat } from "../e2e/proc.ts"
 import { Errno } from "../../src/schema/errno.ts"
-import { Process } from "../../src/services/Process.ts"
+import { Fd } from "../../src/services/Fd.ts"
+import { Process, type ExitStatus, type ProcessService } from "../../src/services/Process.ts"
 
 export interface LayerUnderTest {
   readonly layer: Layer.Layer<Process, unknown>
@@ -146,5 +149,54 @@ export const sharedProcessTests = (t: LayerUnderTest): void => {
       for (const f of many) expect(report.fds.get(f.fd.num)).toBe(identity(f.fd.num))
       expect(report.open).toEqual(sorted([0, 1, 2, out.fd.num, ...many.map((f) => f.fd.num)]))
     }).pipe(Effect.provide(layer))
+  )
+}
+
+/** What `layerEndTest` needs of a layer: the service built in a scope, and the layer's own checks. */
+export interface LayerEnd {
+  /** The layer's test file's temporary directory. */
+  readonly dir: () => string
+  readonly child: () => string
+  readonly spawned: Array<number>
+  /** The service, built in `scope` (its end is the layer's end). */
+  readonly build: (scope: Scope.Scope) => Effect.Effect<ProcessService, unknown>
+  /** While both children live (a sleeper and one that ignores SIGTERM). */
+  readonly whileAlive: (pids: ReadonlyArray<number>) => void
+  /** Once the scope is closed and both are reaped. */
+  readonly whenEnded: () => void
+  /** Last, after a spawn on the closed service failed. */
+  readonly last?: () => void
+}
+
+/** The layer's end SIGKILLs and reaps every child still alive (one ignores SIGTERM), reports their exits, and spawns no more. */
+export const layerEndTest = (name: string, t: LayerEnd): void => {
+  it.live(name, () =>
+    Effect.gen(function* () {
+      const scope = yield* Scope.make()
+      const ready = join(t.dir(), "ready")
+      const readyFd = new Fd(openSync(ready, "w+"), fsBackend, "ready")
+      const proc = yield* t.build(scope)
+      const sleeper = yield* proc.spawn({ command: t.child(), args: ["sleep"], fds: [], stdio: "null" })
+      const stubborn = yield* proc.spawn({ command: t.child(), args: ["ignterm", String(readyFd.num)], fds: [readyFd], stdio: "null" })
+      const pids = [sleeper.pid, stubborn.pid]
+      t.spawned.push(...pids)
+      yield* untilWritten(ready)
+      readyFd.closeSync()
+      t.whileAlive(pids)
+      yield* Scope.close(scope, Exit.void)
+      for (const pid of pids) expect(procStat(pid)).toBe(null) // reaped, not zombies
+      t.whenEnded()
+      const done: Array<ExitStatus> = yield* Effect.all([sleeper.exit, stubborn.exit])
+      expect(done).toEqual([
+        { _tag: "Signaled", signal: SIGKILL },
+        { _tag: "Signaled", signal: SIGKILL }
+      ])
+      const exits = yield* proc.exits.pipe(Stream.take(2), Stream.runCollect)
+      expect(sorted(Chunk.toReadonlyArray(exits).map((e) => e.pid))).toEqual(sorted(pids))
+      // Closed: no more spawns.
+      const after = yield* Effect.flip(proc.spawn({ command: t.child(), args: ["exit", "0"], fds: [], stdio: "null" }))
+      expect(after.errno).toBe(Errno.EIO)
+      t.last?.()
+    })
   )
 }
