@@ -244,19 +244,11 @@ interface Talk {
   readonly drainUntil: (type: number, peerid: number, ms?: number) => Effect.Effect<number, Error>
 }
 
-const pollFn = libc.self.func("int poll(_Inout_ uint8_t *fds, uint64_t nfds, int timeout)")
-const POLLIN = 1
-const pollfd = new Uint8Array(8)
-const pollView = new DataView(pollfd.buffer)
-
 /** poll(2) for readable on `fd`, blocking this thread; the time it returned. */
 const blockUntilReadable = (fd: number, ms: number): number => {
-  pollView.setInt32(0, fd, true)
-  pollView.setInt16(4, POLLIN, true)
-  pollView.setInt16(6, 0, true)
-  const r = pollFn(pollfd, 1, ms) as number
+  const r = libc.pollOne(fd, false, ms)
   const at = performance.now()
-  if (r <= 0) throw new Error(r === 0 ? `nothing arrived within ${ms} ms` : `poll: errno ${koffi.errno()}`)
+  if (r <= 0) throw new Error(r === 0 ? `nothing arrived within ${ms} ms` : `poll: errno ${-r}`)
   return at
 }
 
