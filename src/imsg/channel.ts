@@ -320,6 +320,11 @@ class ImsgConnection {
     }
   }
 
+  /** Queue one message now (Channel.unsafeSend). */
+  sendNow(msg: OutgoingImsg): ChannelError | null {
+    return this.#enqueue(msg)
+  }
+
   send(msg: OutgoingImsg): Effect.Effect<void, ChannelError> {
     return Effect.suspend(() => {
       const e = this.#enqueue(msg)
@@ -357,9 +362,11 @@ class ImsgConnection {
   }
 
   /** The scheduled write, now (its microtask then finds nothing to do). */
-  readonly writePending: Effect.Effect<void> = Effect.sync(() => {
+  writePendingNow(): void {
     if (this.#writeScheduled && !this.#writing && !this.#closed) this.#writeSoon()
-  })
+  }
+
+  readonly writePending: Effect.Effect<void> = Effect.sync(() => this.writePendingNow())
 
   /** msgbuf_write until the queue is empty or the socket is full. */
   #writeNow(): void {
@@ -419,8 +426,9 @@ class ImsgConnection {
 
   // ---- closing ----------------------------------------------------------
 
-  readonly close: Effect.Effect<void> = Effect.suspend(() => {
-    if (this.#closed) return Effect.void
+  /** Everything of closing but waiting for the driver; false if already closed. */
+  #shut(): boolean {
+    if (this.#closed) return false
     this.#closed = true
     this.#reading = this.#writing = false
     this.#writer.clear(closeFd)
@@ -428,10 +436,21 @@ class ImsgConnection {
     this.#inbox = []
     this.#end(EOF)
     this.#drained()
-    return Effect.async<void>((resume) => {
-      this.#driver.close(() => resume(Effect.void))
-    })
-  })
+    return true
+  }
+
+  readonly close: Effect.Effect<void> = Effect.suspend(() =>
+    this.#shut()
+      ? Effect.async<void>((resume) => {
+          this.#driver.close(() => resume(Effect.void))
+        })
+      : Effect.void
+  )
+
+  /** close without waiting for the driver's callback (Channel.unsafeClose). */
+  closeNow(): void {
+    if (this.#shut()) this.#driver.close(() => {})
+  }
 
   get fd(): number {
     return this.#driver.fd
@@ -454,6 +473,9 @@ export const makeChannel = (
     flush: c.flush,
     writePending: c.writePending,
     close: c.close,
-    queued: c.queued
+    queued: c.queued,
+    unsafeSend: (msg) => c.sendNow(msg),
+    unsafeWritePending: () => c.writePendingNow(),
+    unsafeClose: () => c.closeNow()
   }
 }

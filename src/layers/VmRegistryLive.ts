@@ -2,7 +2,8 @@
  * VmRegistry: vmd.c's vm_register / vm_getby* / vm_remove for the vmm
  * process. State is a plain list in the layer's closure, read and written
  * in Effect.sync steps; entries are mutable records, written only by the
- * vmm dispatcher fiber (as the C process is single-threaded). No Ref: the
+ * vmm dispatcher (as the C process is single-threaded: its fiber, or the
+ * exit path in one synchronous step while that fiber is idle). No Ref: the
  * list is never shared between fibers that run at once, and each Ref step
  * is one more cold Effect operation on the exit path (vm_remove).
  */
@@ -94,25 +95,23 @@ export const closeHeldFds = (vm: Vm): void => {
 }
 
 /** Close the VM's imsg channel, if it has one, and forget it. */
-export const closeVmChannel = (vm: Vm): Effect.Effect<void> =>
-  Effect.suspend(() => {
-    const close = vm.closeChannel
-    vm.closeChannel = null
-    vm.channel = null
-    return close ?? Effect.void
-  })
+export const closeVmChannel = (vm: Vm): void => {
+  const close = vm.closeChannel
+  vm.closeChannel = null
+  vm.channel = null
+  close?.()
+}
 
 /** vm_stop(vm, 0): clear RUNNING and SHUTDOWN, close the channel and every fd. */
-const stopVm = (vm: Vm): Effect.Effect<void> =>
-  Effect.suspend(() => {
-    emitLog("debug", `vm_stop: stopping vm ${vm.vmid}`)
-    vm.state &= ~(VM_STATE_RUNNING | VM_STATE_SHUTDOWN)
-    // vm_closetty also fchown/fchmods the tty back to root; the vmm process
-    // is not root and the parent owns the tty's mode, so we only close it.
-    closeHeldFds(vm)
-    vm.uid = 0
-    return closeVmChannel(vm)
-  })
+const stopVm = (vm: Vm): void => {
+  emitLog("debug", `vm_stop: stopping vm ${vm.vmid}`)
+  vm.state &= ~(VM_STATE_RUNNING | VM_STATE_SHUTDOWN)
+  // vm_closetty also fchown/fchmods the tty back to root; the vmm process
+  // is not root and the parent owns the tty's mode, so we only close it.
+  closeHeldFds(vm)
+  vm.uid = 0
+  closeVmChannel(vm)
+}
 
 export interface RegistryOptions {
   /** arc4random() stand-in, injectable for deterministic tests. */
@@ -127,6 +126,7 @@ export const makeVmRegistry = (options: RegistryOptions = {}) =>
     let nvm = 0
 
     const find = (pred: (vm: Vm) => boolean) => Effect.sync(() => vms.find(pred) ?? null)
+    const unsafeByPid = (pid: number): Vm | null => vms.find((vm) => vm.pid === pid) ?? null
     const byVmid = (vmid: number) => (vmid === 0 ? Effect.succeed(null) : find((vm) => vm.vmid === vmid))
     const byVmmid = (vmmid: number) => (vmmid === 0 ? Effect.succeed(null) : find((vm) => vm.vmmid === vmmid))
     const byName = (name: string) => find((vm) => vm.params.vmc_name === name)
@@ -155,19 +155,19 @@ export const makeVmRegistry = (options: RegistryOptions = {}) =>
         return vm
       })
 
-    const remove = (vm: Vm, caller: string) =>
-      Effect.suspend(() => {
-        if (!vms.includes(vm)) return Effect.void
-        emitLog("debug", `${caller}: removing vm id ${vm.vmid} from running config`)
-        vms = vms.filter((v) => v !== vm)
-        return stopVm(vm)
-      })
+    const unsafeRemove = (vm: Vm, caller: string): void => {
+      if (!vms.includes(vm)) return
+      emitLog("debug", `${caller}: removing vm id ${vm.vmid} from running config`)
+      vms = vms.filter((v) => v !== vm)
+      stopVm(vm)
+    }
+    const remove = (vm: Vm, caller: string) => Effect.sync(() => unsafeRemove(vm, caller))
 
     return VmRegistry.of({
       register,
       byVmid,
       byVmmid,
-      byPid: (pid) => find((vm) => vm.pid === pid),
+      byPid: (pid) => Effect.sync(() => unsafeByPid(pid)),
       id2vmid: (vmmid) => Effect.map(byVmmid(vmmid), (vm) => vm?.vmid ?? 0),
       vmid2id: (vmid) => Effect.map(byVmid(vmid), (vm) => vm?.vmmid ?? 0),
       all: Effect.sync(() => vms),
@@ -175,7 +175,9 @@ export const makeVmRegistry = (options: RegistryOptions = {}) =>
       purge: Effect.gen(function* () {
         for (const vm of vms) yield* remove(vm, "config_purge")
         nvm = 0
-      })
+      }),
+      unsafeByPid,
+      unsafeRemove
     })
   })
 

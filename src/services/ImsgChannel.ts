@@ -123,6 +123,16 @@ export interface Channel {
   readonly close: Effect.Effect<void>
   /** Messages queued and not yet written (imsgbuf_queuelen). */
   readonly queued: Effect.Effect<number>
+  /**
+   * `send`, `writePending` and `close` done now, outside an effect, for code
+   * that is already one synchronous step: the vmm's exit path
+   * (vmm_sighdlr), where each effect of a cold runtime costs tens of µs.
+   * unsafeSend returns null, or the error `send` fails with (the message's
+   * fd is closed then).
+   */
+  readonly unsafeSend: (msg: OutgoingImsg) => ChannelError | null
+  readonly unsafeWritePending: () => void
+  readonly unsafeClose: () => void
 }
 
 export interface ImsgChannelService {

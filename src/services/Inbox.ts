@@ -17,6 +17,11 @@ export class Inbox<A> {
   /** `what` names the inbox in the defects a second consumer gets. */
   constructor(readonly what: string) {}
 
+  /** The consumer is waiting for the next item (so none is queued). */
+  get waiting(): boolean {
+    return this.#wake !== null
+  }
+
   push(item: A): void {
     const l = this.#listener
     if (l !== null) return l(item)

@@ -9,7 +9,7 @@ import type { VmopCreateParams } from "../schema/structs.ts"
 import type { Channel } from "./ImsgChannel.ts"
 import type { Fd } from "./Fd.ts"
 
-/** struct vmd_vm, as the vmm process keeps it. Mutable like the C struct; only the dispatcher fiber writes it. */
+/** struct vmd_vm, as the vmm process keeps it. Mutable like the C struct; only the dispatcher writes it (its fiber, or the exit path while that fiber is idle). */
 export interface Vm {
   params: VmopCreateParams
   /** vm_pid: -1 until the VM process is started. */
@@ -32,8 +32,8 @@ export interface Vm {
   readonly fromConfig: boolean
   /** vm_iev: the imsg channel to the VM process, once started. */
   channel: Channel | null
-  /** Closes the channel and stops its reader (set with the channel). */
-  closeChannel: Effect.Effect<void> | null
+  /** Closes the channel and stops its reader, now (set with the channel). */
+  closeChannel: (() => void) | null
 }
 
 export class RegisterError extends Data.TaggedError("RegisterError")<{
@@ -63,6 +63,13 @@ export interface VmRegistryService {
   readonly remove: (vm: Vm, caller: string) => Effect.Effect<void>
   /** Remove every VM and forget the name -> id cache (config_purge with CONFIG_VMS). */
   readonly purge: Effect.Effect<void>
+  /**
+   * byPid and remove done now, outside an effect, for code that is already
+   * one synchronous step (the vmm's exit path, vmm_sighdlr), and only from
+   * the fiber or callback that owns the registry while nothing else runs.
+   */
+  readonly unsafeByPid: (pid: number) => Vm | null
+  readonly unsafeRemove: (vm: Vm, caller: string) => void
 }
 
 export class VmRegistry extends Context.Tag("vmd-vmm/VmRegistry")<VmRegistry, VmRegistryService>() {}

@@ -11,7 +11,7 @@ import type { Vm, VmRegistryService } from "../services/VmRegistry.ts"
 import type { VmmDeviceService } from "../services/VmmDevice.ts"
 import type { Fd } from "../services/Fd.ts"
 import { PROC_COMPOSE_PID } from "../schema/imsgTypes.ts"
-import { logWarnx } from "./log.ts"
+import { emitLog } from "./log.ts"
 
 /** How this vmm process was started (bin/vmm flags). */
 export interface VmmOptions {
@@ -67,11 +67,15 @@ export interface VmmContext {
   readonly watchVm: (vm: Vm, socket: Fd) => Effect.Effect<boolean>
 }
 
+/** composeParent now, outside an effect (vmm_sighdlr's synchronous step). */
+export const composeParentNow = (ctx: VmmContext, type: number, peerid: number, data: Uint8Array): void => {
+  const error = ctx.parent.unsafeSend({ type, peerid, pid: PROC_COMPOSE_PID, data })
+  if (error !== null) emitLog("warning", `could not send to parent: ${error.message}`)
+}
+
 /** proc_compose_imsg(ps, PROC_PARENT, type, peerid, -1, data): header pid 1. */
 export const composeParent = (ctx: VmmContext, type: number, peerid: number, data: Uint8Array) =>
-  ctx.parent
-    .send({ type, peerid, pid: PROC_COMPOSE_PID, data })
-    .pipe(Effect.catchAll((e) => logWarnx(`could not send to parent: ${e.message}`)))
+  Effect.sync(() => composeParentNow(ctx, type, peerid, data))
 
 /** imsg_compose_event on a VM's channel; false if the VM has no channel (not started yet) or it is closed. */
 export const composeVm = (channel: Channel | null, msg: OutgoingImsg) => {

@@ -31,7 +31,7 @@ export const endMisbehavingVm = (ctx: VmmContext, vm: Vm, why: string) =>
     yield* logWarnx(`vmm_dispatch_vm: ${why} from vm ${vm.params.vmc_name} (id ${vm.vmid}), terminating it`)
     vm.state |= VM_STATE_SHUTDOWN
     yield* terminateVm(ctx, vm)
-    yield* closeVmChannel(vm)
+    closeVmChannel(vm)
   })
 
 export const dispatchVm = (ctx: VmmContext, vm: Vm, imsg: Imsg) =>

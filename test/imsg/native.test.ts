@@ -122,6 +122,45 @@ describe("ImsgChannelNative over real socketpairs", () => {
     )
   )
 
+  it.live("unsafeSend, unsafeWritePending and unsafeClose act at once, outside an effect, as send, writePending and close do", () =>
+    native(
+      Effect.gen(function* () {
+        const svc = yield* ImsgChannel
+        const [a, b] = yield* svc.socketpair("unsafe")
+        const fdNum = a.num
+        const ch = yield* svc.open(a)
+        const peek = () => {
+          const buf = new libc.ScmBuffer()
+          try {
+            return buf.recv(b.num, new Uint8Array(64))
+          } finally {
+            buf.free()
+          }
+        }
+        expect(ch.unsafeSend({ type: 7, peerid: 0, pid: 0, data: Uint8Array.of(1, 2) })).toBeNull()
+        expect(peek()).toBe(-11) // queued, the write scheduled
+        ch.unsafeWritePending()
+        expect(peek()).toBe(18)
+        expect((yield* ch.queued)).toBe(0)
+        // too large: the error send fails with, and the message's fd closed
+        const dev = libc.nativeFd(libc.open("/dev/null", libc.O_RDONLY), "devnull")
+        const tooLarge = ch.unsafeSend({ type: 7, peerid: 0, pid: 0, data: new Uint8Array(16385), fd: dev })
+        expect(tooLarge?.reason).toBe("TooLarge")
+        expect(dev.isOpen).toBe(false)
+        // close: the socket is closed before unsafeClose returns, the stream ends
+        ch.unsafeClose()
+        expect(a.isOpen).toBe(false)
+        expect(libc.fcntl(fdNum, libc.F_GETFD, 0)).toBeLessThan(0)
+        expect(peek()).toBe(0) // EOF for the peer
+        expect(ch.unsafeSend({ type: 7, peerid: 0, pid: 0 })?.reason).toBe("Closed")
+        ch.unsafeClose() // idempotent
+        yield* ch.close
+        expect(yield* ch.receive).toBeNull()
+        b.closeSync()
+      })
+    )
+  )
+
   it.live("passes an fd: the receiver's fd is the same file (st_dev, st_ino), close-on-exec", () =>
     native(
       Effect.gen(function* () {
