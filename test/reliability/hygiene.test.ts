@@ -50,12 +50,22 @@ const spec = (name: string): VmSpec => ({
   nics: 2
 })
 
-/** fds of a process without O_CLOEXEC, but 0-2: "fd link (flags)". */
+/**
+ * fds of a process without O_CLOEXEC, but 0-2: "fd link (flags)". An fd
+ * opened between the two reads of /proc has its link read again (it was
+ * once taken for an unknown fd of the vmm's: Node reading
+ * NODE_EXTRA_CA_CERTS, which is no fd of its making); one closed meanwhile
+ * is left out: it can no longer be inherited.
+ */
 const inheritable = (pid: number): Array<string> => {
   const links = fdLinks(pid)
-  return [...fdFlags(pid)]
-    .filter(([fd, flags]) => fd > 2 && (flags & O_CLOEXEC_FLAG) === 0)
-    .map(([fd, flags]) => `${fd} ${links.get(fd) ?? "?"} (flags 0${flags.toString(8)})`)
+  const out: Array<string> = []
+  for (const [fd, flags] of fdFlags(pid)) {
+    if (fd <= 2 || (flags & O_CLOEXEC_FLAG) !== 0) continue
+    const link = links.get(fd) ?? fdLinks(pid).get(fd)
+    if (link !== undefined) out.push(`${fd} ${link} (flags 0${flags.toString(8)})`)
+  }
+  return out
 }
 
 /** What this process and its ancestors hold open ("pipe:[123]", paths): what a child of ours can inherit. */
