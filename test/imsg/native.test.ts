@@ -29,6 +29,16 @@ const le32 = (n: number) => toHex(Uint8Array.of(n & 0xff, (n >>> 8) & 0xff, (n >
 
 const devNull = (label: string) => libc.nativeFd(libc.open("/dev/null", libc.O_RDONLY), label)
 
+/** One recvmsg of up to 64 bytes on a raw fd: bytes, 0 at EOF, or -errno (-11: nothing there). */
+const recvOnce = (fd: number): number => {
+  const buf = new libc.ScmBuffer()
+  try {
+    return buf.recv(fd, new Uint8Array(64))
+  } finally {
+    buf.free()
+  }
+}
+
 describe("ImsgChannelNative over real socketpairs", () => {
   it.live("writes the hex dump of imsg.md §2 byte for byte, in the same two sendmsgs", () =>
     native(
@@ -100,14 +110,7 @@ describe("ImsgChannelNative over real socketpairs", () => {
         const svc = yield* ImsgChannel
         const [a, b] = yield* svc.socketpair("pending")
         const ch = yield* svc.open(a)
-        const peek = () => {
-          const buf = new libc.ScmBuffer()
-          try {
-            return buf.recv(b.num, new Uint8Array(64))
-          } finally {
-            buf.free()
-          }
-        }
+        const peek = () => recvOnce(b.num)
         // Right after send, in the same run of this fiber: the write is still scheduled (EAGAIN here).
         yield* ch.send({ type: 7, peerid: 0, pid: 0, data: Uint8Array.of(1) })
         expect(peek()).toBe(-11)
@@ -129,14 +132,7 @@ describe("ImsgChannelNative over real socketpairs", () => {
         const [a, b] = yield* svc.socketpair("unsafe")
         const fdNum = a.num
         const ch = yield* svc.open(a)
-        const peek = () => {
-          const buf = new libc.ScmBuffer()
-          try {
-            return buf.recv(b.num, new Uint8Array(64))
-          } finally {
-            buf.free()
-          }
-        }
+        const peek = () => recvOnce(b.num)
         expect(ch.unsafeSend({ type: 7, peerid: 0, pid: 0, data: Uint8Array.of(1, 2) })).toBeNull()
         expect(peek()).toBe(-11) // queued, the write scheduled
         ch.unsafeWritePending()
