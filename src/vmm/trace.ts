@@ -67,6 +67,11 @@ const traceIn = (ch: Channel, m: Imsg) =>
 const traceChannel = (ch: Channel): Channel => ({
   ...ch,
   send: (msg: OutgoingImsg) => Effect.zipRight(Effect.sync(() => traceOut(ch, msg)), ch.send(msg)),
+  // what composeParent and the exit path send through
+  unsafeSend: (msg: OutgoingImsg) => {
+    traceOut(ch, msg)
+    return ch.unsafeSend(msg)
+  },
   sendAll: (msgs: Iterable<OutgoingImsg>) => {
     const list = [...msgs]
     return Effect.zipRight(Effect.sync(() => list.forEach((m) => traceOut(ch, m))), ch.sendAll(list))

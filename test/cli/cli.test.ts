@@ -52,7 +52,7 @@ describe("--trace", () => {
 })
 
 describe("--trace on every channel", () => {
-  it.effect("traces a channel from open and one from openOwned consumed by listen, both ways", () =>
+  it.effect("traces a channel from open and one from openOwned consumed by listen, both ways, sent by send or unsafeSend", () =>
     Effect.gen(function* () {
       const lines: Array<string> = []
       const sink = logState.sink
@@ -68,12 +68,15 @@ describe("--trace on every channel", () => {
             yield* vm.listen({ messages: (ms) => heard.push(...ms.map((m) => m.type)), end: () => {} })
             yield* parent.send({ type: T.IMSG_VMDOP_PAUSE_VM, peerid: 1, pid: 0 })
             yield* vm.send({ type: T.IMSG_VMDOP_UNPAUSE_VM, peerid: 2, pid: 0 })
+            // the vmm's replies to its parent and TERMINATE_VM_EVENT go this way
+            expect(vm.unsafeSend({ type: T.IMSG_VMDOP_TERMINATE_VM_EVENT, peerid: 3, pid: 0 })).toBeNull()
             yield* parent.flush
             yield* vm.flush
-            const back = yield* parent.receive
+            const back: Array<number> = []
+            while (back.length < 2) back.push(...((yield* parent.receive) ?? []).map((m) => m.type))
             for (let i = 0; i < 10 && heard.length === 0; i++) yield* Effect.yieldNow()
             expect(heard).toEqual([T.IMSG_VMDOP_PAUSE_VM])
-            expect((back ?? []).map((m) => m.type)).toEqual([T.IMSG_VMDOP_UNPAUSE_VM])
+            expect(back).toEqual([T.IMSG_VMDOP_UNPAUSE_VM, T.IMSG_VMDOP_TERMINATE_VM_EVENT])
             yield* vm.close
           })
         ).pipe(Effect.provide(withTrace.pipe(Layer.provide(ImsgChannelMemory.layer))))
@@ -85,6 +88,8 @@ describe("--trace on every channel", () => {
       expect(traced.filter((l) => l.includes("< IMSG_VMDOP_PAUSE_VM")).length).toBe(1)
       expect(traced.filter((l) => l.includes("> IMSG_VMDOP_UNPAUSE_VM")).length).toBe(1)
       expect(traced.filter((l) => l.includes("< IMSG_VMDOP_UNPAUSE_VM")).length).toBe(1)
+      expect(traced.filter((l) => l.includes("> IMSG_VMDOP_TERMINATE_VM_EVENT")).length).toBe(1)
+      expect(traced.filter((l) => l.includes("< IMSG_VMDOP_TERMINATE_VM_EVENT")).length).toBe(1)
     })
   )
 })
