@@ -58,6 +58,12 @@ export interface ChannelOptions {
   readonly format?: HeaderFormat
   /** Pause reading once this many bytes of messages wait for the consumer. */
   readonly highWaterBytes?: number
+  /**
+   * Open without reading: the socket is not read (nor watched for it) until
+   * `resume`, so that raw bytes still due on it before framing starts (the
+   * start handshake's VM id) can be read with readRaw meanwhile.
+   */
+  readonly paused?: boolean
 }
 
 const DEFAULT_HIGH_WATER = 1 << 20
@@ -99,6 +105,8 @@ class ImsgConnection {
   /** The peer stopped reading (EPIPE): end the stream once nothing more is readable. */
   #peerGone = false
   #reading = true
+  /** Opened paused and not resumed yet: nothing is read. */
+  #paused: boolean
   #writing = false
   #writeScheduled = false
   #wake: (() => void) | null = null
@@ -118,7 +126,8 @@ class ImsgConnection {
       pid: process.pid,
       format: options.format ?? "current"
     })
-    this.#driver.watch(true, false)
+    this.#paused = options.paused ?? false
+    if (!this.#paused) this.#driver.watch(true, false)
   }
 
   /** Callbacks come from the event loop, where a throw would vanish: turn it into a stream failure. */
@@ -131,12 +140,20 @@ class ImsgConnection {
   }
 
   #watch(): void {
-    if (!this.#closed) this.#driver.watch(this.#reading, this.#writing)
+    if (!this.#closed) this.#driver.watch(this.#reading && !this.#paused, this.#writing)
+  }
+
+  /** Start reading a channel opened paused (Channel.resume). */
+  resumeNow(): void {
+    if (!this.#paused) return
+    this.#paused = false
+    if (this.#reading) this.#watch()
   }
 
   // ---- input ------------------------------------------------------------
 
   #readNow(): void {
+    if (this.#paused) return
     const d = this.#driver
     const fds = this.#fds
     const before = this.#inbox.length
@@ -476,6 +493,7 @@ export const makeChannel = (
     queued: c.queued,
     unsafeSend: (msg) => c.sendNow(msg),
     unsafeWritePending: () => c.writePendingNow(),
-    unsafeClose: () => c.closeNow()
+    unsafeClose: () => c.closeNow(),
+    resume: Effect.sync(() => c.resumeNow())
   }
 }

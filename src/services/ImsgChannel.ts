@@ -130,6 +130,8 @@ export interface Channel {
    * unsafeSend returns null, or the error `send` fails with (the message's
    * fd is closed then).
    */
+  /** Start reading a channel opened paused (`openOwned`'s option); a no-op otherwise. */
+  readonly resume: Effect.Effect<void>
   readonly unsafeSend: (msg: OutgoingImsg) => ChannelError | null
   readonly unsafeWritePending: () => void
   readonly unsafeClose: () => void
@@ -148,8 +150,11 @@ export interface ImsgChannelService {
    * closes at the end): no Scope in the context, which costs tens of µs per
    * channel on the path of every VM start (acquireRelease, Scope.extend).
    * On failure the fd is left to the caller, as with `open`.
+   * `paused`: the channel reads nothing until `resume` (the vmm opens a
+   * VM's channel while the VM process execs, then reads the raw id the
+   * handshake still has to come on the socket, then resumes it).
    */
-  readonly openOwned: (fd: Fd) => Effect.Effect<Channel, ChannelError>
+  readonly openOwned: (fd: Fd, options?: { readonly paused?: boolean }) => Effect.Effect<Channel, ChannelError>
   /** socketpair(AF_UNIX, SOCK_STREAM|SOCK_NONBLOCK|SOCK_CLOEXEC). */
   readonly socketpair: (label: string) => Effect.Effect<readonly [Fd, Fd], ChannelError>
   /** Write all of `bytes` to a socket not yet framed (atomicio(vwrite)). */

@@ -60,11 +60,16 @@ export interface VmmContext {
   readonly imsg: ImsgChannelService
   readonly parent: Channel
   /**
-   * vmm_pipe: make the VM's socket an imsg channel and start reading it
-   * (vmm_dispatch_vm). Sets vm.channel / vm.closeChannel. false if the
-   * channel could not be set up (the socket is closed).
+   * vmm_pipe, first half: the VM's socket as an imsg channel that reads
+   * nothing yet (the handshake's raw id is still to come on it); null if
+   * the channel could not be set up (the socket is left open).
    */
-  readonly watchVm: (vm: Vm, socket: Fd) => Effect.Effect<boolean>
+  readonly openVmChannel: (socket: Fd) => Effect.Effect<Channel | null>
+  /**
+   * vmm_pipe, second half: start reading the channel (vmm_dispatch_vm).
+   * Sets vm.channel / vm.closeChannel.
+   */
+  readonly watchVm: (vm: Vm, channel: Channel) => Effect.Effect<void>
 }
 
 /** composeParent now, outside an effect (vmm_sighdlr's synchronous step). */

@@ -120,14 +120,11 @@ export const startVmmServer = (parentFd: Fd, options: VmmOptions) =>
       })
     )
 
-    const watchVm = (vm: Vm, socket: Fd) =>
+    const openVmChannel = (socket: Fd) =>
+      Effect.match(imsg.openOwned(socket, { paused: true }), { onFailure: () => null, onSuccess: (c) => c })
+
+    const watchVm = (vm: Vm, channel: Channel) =>
       Effect.gen(function* () {
-        const opened = yield* Effect.either(imsg.openOwned(socket))
-        if (opened._tag === "Left") {
-          socket.closeSync()
-          return false
-        }
-        const channel = opened.right
         vmChannels.add(channel)
         // Messages go straight into the queue as they are read (no fiber
         // per VM). EOF, or our own close, is no event: vmm.c just stops
@@ -147,10 +144,10 @@ export const startVmmServer = (parentFd: Fd, options: VmmOptions) =>
           vmChannels.delete(channel)
           channel.unsafeClose()
         }
-        return true
+        yield* channel.resume
       })
 
-    const ctx: VmmContext = { options, state, registry, device, process, imsg, parent, watchVm }
+    const ctx: VmmContext = { options, state, registry, device, process, imsg, parent, openVmChannel, watchVm }
 
     // SIGCHLD (before the dispatcher starts, so before anything is spawned).
     // An exit that comes while the dispatcher waits with nothing queued is

@@ -6,7 +6,10 @@
  *      in its own session with the VM's fds at their own numbers;
  *   2. write struct vmd_vm raw, close our copies of the passed fds, write the
  *      local prefix raw, read the 4-byte kernel VM id (0 means the child failed);
- *   3. the socket becomes the VM's imsg channel (vmm_pipe).
+ *   3. the socket becomes the VM's imsg channel (vmm_pipe). The channel is
+ *      made between 2's writes and its read, while the child execs (reading
+ *      nothing until the id is in), and only started after: ~0.1 ms less
+ *      between the id and START_VM_RESPONSE.
  *
  * Returns the kernel id and pid, or an errno as vmm.c does (ENOENT unknown
  * VM, EINVAL no tty or id 0, EIO fork or write failure, ENOMEM no id).
@@ -16,7 +19,7 @@ import { Errno } from "../schema/errno.ts"
 import { vmdVmBytes } from "./vmdVm.ts"
 import { localPrefixBytes } from "./wire.ts"
 import type { Vm } from "../services/VmRegistry.ts"
-import type { Imsg } from "../services/ImsgChannel.ts"
+import type { Channel, Imsg } from "../services/ImsgChannel.ts"
 import type { VmmContext } from "./context.ts"
 import { closeHeldFds, heldFds } from "../layers/VmRegistryLive.ts"
 import { logDebug, logWarn, logWarnx } from "./log.ts"
@@ -101,9 +104,12 @@ const handshake = (ctx: VmmContext, vm: Vm, imsg: Imsg): Effect.Effect<Either.Ei
     }
     vm.pid = child.right.pid
 
-    const fail = (errno: number, socketClosed = false) =>
+    /** Our end as the VM's channel, once made (it owns the socket then). */
+    let channel: Channel | null = null
+    const fail = (errno: number) =>
       Effect.gen(function* () {
-        if (!socketClosed) ours.closeSync()
+        if (channel !== null) channel.unsafeClose()
+        else ours.closeSync()
         // vmm.c leaves the child to fail on its own; ours may be stuck in the
         // handshake, so make sure it ends (its exit is ignored: the VM is removed).
         yield* ctx.process.kill(child.right.pid, "SIGKILL").pipe(Effect.ignore)
@@ -125,6 +131,8 @@ const handshake = (ctx: VmmContext, vm: Vm, imsg: Imsg): Effect.Effect<Either.Ei
       yield* logWarnx(`vmm_start_vm: failed to send local prefix for vm '${vm.params.vmc_name}'`)
       return yield* fail(Errno.EIO)
     }
+    // vmm_pipe, first half, while the child execs (a failure is reported below, in vmm.c's order).
+    channel = yield* ctx.openVmChannel(ours)
     const idBytes = yield* Effect.either(ctx.imsg.readRaw(ours, 4, timeout, ID_BLOCK_MS))
     if (Either.isLeft(idBytes)) {
       // vmd could not allocate memory for the vm
@@ -142,16 +150,16 @@ const handshake = (ctx: VmmContext, vm: Vm, imsg: Imsg): Effect.Effect<Either.Ei
     }
     vm.vmmid = id
 
-    // vmm_pipe: the socket becomes the VM's imsg channel.
-    if (!(yield* ctx.watchVm(vm, ours))) {
+    // vmm_pipe: the socket is the VM's imsg channel; it starts reading now.
+    if (channel === null) {
       yield* logWarnx(`vmm_start_vm: setup vm pipe failed for vm ${vm.vmid}`)
       // vmm.c calls fatal here; we answer EIO and undo the child's work instead:
       // the VM it created in vmm(4) goes too (else it is left behind until the
-      // next RECEIVE_VMM_FD sweep), and watchVm has already closed our socket
-      // end (closing it again was a double close). Found by test/vmm.
+      // next RECEIVE_VMM_FD sweep). Found by test/vmm.
       yield* terminateVm(ctx, vm)
-      return yield* fail(Errno.EIO, true)
+      return yield* fail(Errno.EIO)
     }
+    yield* ctx.watchVm(vm, channel)
     return Either.right({ id, pid: child.right.pid })
   })
 

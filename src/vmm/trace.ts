@@ -96,6 +96,6 @@ export const withTrace = Layer.effect(
   Effect.map(ImsgChannel, (svc) => ({
     ...svc,
     open: (fd) => Effect.map(svc.open(fd), traceChannel),
-    openOwned: (fd) => Effect.map(svc.openOwned(fd), traceChannel)
+    openOwned: (fd, options) => Effect.map(svc.openOwned(fd, options), traceChannel)
   }))
 )

@@ -176,7 +176,7 @@ export const makeHarness = (options: HarnessOptions = {}): Effect.Effect<Harness
       ...imsg,
       // The first open is fd 3's; a fault applies to the VM channels after it.
       open: (fd) => (fault("open") ? Effect.fail(injected("open")) : imsg.open(fd)),
-      openOwned: (fd) => (fault("open") ? Effect.fail(injected("open")) : imsg.openOwned(fd)),
+      openOwned: (fd, options) => (fault("open") ? Effect.fail(injected("open")) : imsg.openOwned(fd, options)),
       writeRaw: (fd, bytes, timeoutMs) => {
         // vmm_start_vm writes the struct vmd_vm, then the local prefix.
         const which: VmmSocketFault = bytes.length === SIZE.vmd_vm ? "writeStruct" : "writePrefix"
