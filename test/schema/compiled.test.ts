@@ -232,7 +232,9 @@ describe("compiled codecs agree with the reference interpreter", () => {
             if (expectSameEncoding(codec.encode(value), ref.encode(value as never)) === "error") errors++
             else oks++
           }),
-          { numRuns }
+          // vmd_vm's values come out entirely valid ~10% of the time (400 runs: 41), so 40 runs
+          // drew none in ~1.5% of test runs (seen once): 150 make that ~1e-7
+          { numRuns: big.has(layout.name) ? 150 : numRuns }
         )
         // Both paths were exercised (else this property says little).
         expect(errors).toBeGreaterThan(0)
