@@ -309,7 +309,7 @@ const openChannel = (
 
 const make = (table: MemorySocketTable): ImsgChannelService => ({
   open: (fd) => openChannel(table, fd),
-  openOwned: (fd, options) => openOwned(table, fd, { paused: options?.paused ?? false }),
+  openOwned: (fd, options) => openOwned(table, fd, options),
   socketpair: (label) => Effect.sync(() => table.socketpair(label)),
   writeRaw: (fd, bytes, timeoutMs) => withEndpoint(table, fd, (end) => writeAll(rawSocket(fd, end), bytes, timeoutMs)),
   readRaw: (fd, n, timeoutMs) => withEndpoint(table, fd, (end) => readExactly(rawSocket(fd, end), n, timeoutMs))

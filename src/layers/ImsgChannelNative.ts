@@ -160,7 +160,7 @@ const socketpair = (label: string): Effect.Effect<readonly [Fd, Fd], ChannelErro
 
 const service: ImsgChannelService = {
   open: (fd) => openChannel(fd),
-  openOwned: (fd, options) => openOwned(fd, { paused: options?.paused ?? false }),
+  openOwned: (fd, options) => openOwned(fd, options),
   socketpair,
   writeRaw: (fd, bytes, timeoutMs) =>
     Effect.suspend(() => (fd.isOpen ? writeAll(rawSocket(fd), bytes, timeoutMs) : Effect.fail(closedError(fd)))),

@@ -123,6 +123,8 @@ export interface Channel {
   readonly close: Effect.Effect<void>
   /** Messages queued and not yet written (imsgbuf_queuelen). */
   readonly queued: Effect.Effect<number>
+  /** Start reading a channel opened paused (`openOwned`'s option); a no-op otherwise. */
+  readonly resume: Effect.Effect<void>
   /**
    * `send`, `writePending` and `close` done now, outside an effect, for code
    * that is already one synchronous step: the vmm's exit path
@@ -130,8 +132,6 @@ export interface Channel {
    * unsafeSend returns null, or the error `send` fails with (the message's
    * fd is closed then).
    */
-  /** Start reading a channel opened paused (`openOwned`'s option); a no-op otherwise. */
-  readonly resume: Effect.Effect<void>
   readonly unsafeSend: (msg: OutgoingImsg) => ChannelError | null
   readonly unsafeWritePending: () => void
   readonly unsafeClose: () => void
