@@ -43,7 +43,7 @@ type Metric = "pid" | "byte" | "shake"
 type Samples = Record<Metric, Array<number>>
 const empty = (): Samples => ({ pid: [], byte: [], shake: [] })
 
-const pipe2 = libc.self().func("int pipe2(_Out_ int *fds, int flags)")
+const pipe2 = libc.self.func("int pipe2(_Out_ int *fds, int flags)")
 const pipe = (): readonly [number, number] => {
   const fds = [-1, -1]
   if ((pipe2(fds, libc.O_CLOEXEC) as number) !== 0) throw new Error("pipe2")

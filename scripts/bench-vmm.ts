@@ -143,8 +143,8 @@ const printTable = () => {
 /** 512 VMs need a few thousand fds here and in the vmm: raise the soft RLIMIT_NOFILE to the hard one. */
 const raiseNofile = (): number => {
   const RLIMIT_NOFILE = 7
-  const getrlimit = libc.self().func("int getrlimit(int resource, _Out_ uint64_t *rlim)")
-  const setrlimit = libc.self().func("int setrlimit(int resource, const uint64_t *rlim)")
+  const getrlimit = libc.self.func("int getrlimit(int resource, _Out_ uint64_t *rlim)")
+  const setrlimit = libc.self.func("int setrlimit(int resource, const uint64_t *rlim)")
   const lim = new BigUint64Array(2)
   if ((getrlimit(RLIMIT_NOFILE, lim) as number) !== 0) return -1
   if ((lim[0] ?? 0n) < (lim[1] ?? 0n)) {

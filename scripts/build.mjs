@@ -5,17 +5,12 @@
 //   dist/vmm.cjs    the program, a CommonJS bundle whose first line is
 //                   `// vmm-build <sha256 of the rest> [koffi <path> <version>]`
 //                   (the build id, and koffi's native module: see koffiNative)
-//   dist/vmm.mjs    `node dist/vmm.mjs` runs it (through bin/vmm.js, the loader)
+//   dist/vmm.mjs    `node dist/vmm.mjs` runs it (through bin/vmm's loader)
 //   dist/vmm.cache  V8's code cache of dist/vmm.cjs, made afterwards by
-//                   scripts/train-vmm-cache.mjs
-//   dist/vmm.blob   bin/vmm's start-up snapshot (and vmm.blob.node), made
-//                   last by scripts/build-snapshot.mjs
-// This script removes the cache and the snapshot, so that neither outlives
-// the bundle it was made from.
+//                   scripts/train-vmm-cache.mjs; this script removes it, so a
+//                   cache never outlives the bundle it was made from
 //
-// Start-up (issue 4): bin/vmm starts node from the snapshot, the heap once
-// this bundle is evaluated, with the functions the code cache holds compiled
-// in it; failing that, bin/vmm.js compiles dist/vmm.cjs with vm.Script and the
+// Start-up (issue 4): bin/vmm compiles dist/vmm.cjs with vm.Script and the
 // code cache, so V8 neither parses nor compiles what start-up runs, and loads
 // koffi's native module without koffi's JS loader. The bundle is kept small,
 // so there is less to read, compile and evaluate: `import { Effect } from
@@ -165,8 +160,6 @@ export const effectStartupPatches = {
 
 mkdirSync(dist, { recursive: true })
 rmSync(join(dist, "vmm.cache"), { force: true })
-// The start-up snapshot is of the bundle about to be replaced (scripts/build-snapshot.mjs makes the new one).
-for (const f of ["vmm.blob", "vmm.blob.node"]) rmSync(join(dist, f), { force: true })
 const result = await build({
   entryPoints: [join(root, "src/cli/vmm.ts")],
   outfile: join(dist, "vmm.cjs"),
@@ -179,12 +172,8 @@ const result = await build({
   minifySyntax: true,
   plugins: [effectDirect, lazyChildProcess, effectStartupPatches],
   // ESM's import.meta.url (ProcessSpawner finds build/spawner with it), in CommonJS.
-  // A getter, read when used: bin/vmm's start-up snapshot evaluates this file at build time, and
-  // its entry sets globalThis.__vmmBundleFile to where the bundle is at run time.
-  define: { "import.meta.url": "__vmmImportMeta.url" },
-  banner: {
-    js: `"use strict"; var __vmmImportMeta = { get url() { return require("node:url").pathToFileURL(globalThis.__vmmBundleFile ?? __filename).href } };`
-  },
+  define: { "import.meta.url": "__vmmImportMetaUrl" },
+  banner: { js: `"use strict"; var __vmmImportMetaUrl = require("node:url").pathToFileURL(__filename).href;` },
   write: false,
   logLevel: "warning"
 })
@@ -227,8 +216,8 @@ for (const file of result.outputFiles) {
 }
 writeAtomically(
   join(dist, "vmm.mjs"),
-  `// Made by scripts/build.mjs: \`node dist/vmm.mjs\` runs the program (dist/vmm.cjs) as bin/vmm.js does.\n` +
-    `import { createRequire } from "node:module"\ncreateRequire(import.meta.url)("../bin/vmm.js")\n`
+  `// Made by scripts/build.mjs: \`node dist/vmm.mjs\` runs the program (dist/vmm.cjs) as bin/vmm does.\n` +
+    `import { createRequire } from "node:module"\ncreateRequire(import.meta.url)("../bin/vmm")\n`
 )
 // The previous ESM bundle's source map, if any.
 rmSync(join(dist, "vmm.mjs.map"), { force: true })

@@ -18,21 +18,10 @@ const main = async (): Promise<number> => {
   return runVmProcess(args.right)
 }
 
-const run = (): void => {
-  main().then(
-    (code) => process.exit(code),
-    (err: unknown) => {
-      process.stderr.write(`vmm: fatal: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`)
-      process.exit(1)
-    }
-  )
-}
-
-/**
- * Set by scripts/build-snapshot.mjs's entry while it builds bin/vmm's
- * start-up snapshot: everything above is evaluated into the snapshot, and
- * `run` is what a process started from it runs.
- */
-const snapshotMain = (globalThis as { __vmmSnapshotMain?: (main: () => void) => void }).__vmmSnapshotMain
-if (snapshotMain === undefined) run()
-else snapshotMain(run)
+main().then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    process.stderr.write(`vmm: fatal: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`)
+    process.exit(1)
+  }
+)

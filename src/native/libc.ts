@@ -8,18 +8,11 @@
  * Constants and struct offsets are Linux LP64 (x86_64, aarch64).
  */
 import koffi from "koffi"
-import type { LibraryHandle } from "koffi"
 import type { FdBackend } from "../services/Fd.ts"
 import { Fd } from "../services/Fd.ts"
 
-let lib: LibraryHandle | null = null
-/**
- * The process itself: libc and, inside Node, libuv (see uvpoll.ts). Loaded
- * when first asked for, as every binding here is made when first used: no
- * module of ours touches koffi while it is evaluated, so bin/vmm's start-up
- * snapshot (scripts/build-snapshot.mjs) holds no native state.
- */
-export const self = (): LibraryHandle => (lib ??= koffi.load(null))
+/** The process itself: libc and, inside Node, libuv (see uvpoll.ts). */
+export const self = koffi.load(null)
 
 /**
  * Constants that differ between the hosts we run on. Linux (x86_64,
@@ -77,21 +70,19 @@ export const SCM_RIGHTS = 1
 
 const EINTR = 4
 
-const bind = () => ({
-  socketpair: self().func("int socketpair(int domain, int type, int protocol, _Out_ int *sv)"),
-  sendmsg: self().func("intptr_t sendmsg(int fd, void *msg, int flags)"),
-  recvmsg: self().func("intptr_t recvmsg(int fd, void *msg, int flags)"),
-  read: self().func("intptr_t read(int fd, void *buf, size_t count)"),
-  write: self().func("intptr_t write(int fd, const void *buf, size_t count)"),
-  close: self().func("int close(int fd)"),
-  fcntl: self().func("int fcntl(int fd, int cmd, ...)"),
-  fstat: self().func("int fstat(int fd, void *statbuf)"),
-  open: self().func("int open(const char *path, int flags, ...)"),
-  getpid: self().func("int getpid(void)"),
-  poll: self().func("int poll(_Inout_ uint8_t *fds, uint64_t nfds, int timeout)")
-})
-let bound: ReturnType<typeof bind> | null = null
-const c = () => (bound ??= bind())
+const c = {
+  socketpair: self.func("int socketpair(int domain, int type, int protocol, _Out_ int *sv)"),
+  sendmsg: self.func("intptr_t sendmsg(int fd, void *msg, int flags)"),
+  recvmsg: self.func("intptr_t recvmsg(int fd, void *msg, int flags)"),
+  read: self.func("intptr_t read(int fd, void *buf, size_t count)"),
+  write: self.func("intptr_t write(int fd, const void *buf, size_t count)"),
+  close: self.func("int close(int fd)"),
+  fcntl: self.func("int fcntl(int fd, int cmd, ...)"),
+  fstat: self.func("int fstat(int fd, void *statbuf)"),
+  open: self.func("int open(const char *path, int flags, ...)"),
+  getpid: self.func("int getpid(void)"),
+  poll: self.func("int poll(_Inout_ uint8_t *fds, uint64_t nfds, int timeout)")
+}
 
 const ret = (r: number | bigint): number => {
   const n = Number(r)
@@ -109,23 +100,23 @@ const retry = (f: () => number): number => {
 /** socketpair(2); returns the two fds or -errno. */
 export const socketpair = (domain: number, type: number, protocol = 0): readonly [number, number] | number => {
   const sv = [-1, -1]
-  const r = ret(c().socketpair(domain, type, protocol, sv))
+  const r = ret(c.socketpair(domain, type, protocol, sv))
   return r < 0 ? r : [sv[0] ?? -1, sv[1] ?? -1]
 }
 
 /** sendmsg(2) with a native struct msghdr (see ScmBuffer). Bytes sent or -errno. */
 export const sendmsg = (fd: number, msghdr: unknown, flags: number): number =>
-  retry(() => ret(c().sendmsg(fd, msghdr, flags)))
+  retry(() => ret(c.sendmsg(fd, msghdr, flags)))
 
 /** recvmsg(2) with a native struct msghdr (see ScmBuffer). Bytes read (0 = EOF) or -errno. */
 export const recvmsg = (fd: number, msghdr: unknown, flags: number): number =>
-  retry(() => ret(c().recvmsg(fd, msghdr, flags)))
+  retry(() => ret(c.recvmsg(fd, msghdr, flags)))
 
 /** read(2) into `buf` (JS memory, passed without copy). Bytes read or -errno. */
-export const read = (fd: number, buf: Uint8Array): number => retry(() => ret(c().read(fd, buf, buf.length)))
+export const read = (fd: number, buf: Uint8Array): number => retry(() => ret(c.read(fd, buf, buf.length)))
 
 /** write(2) from `buf`. Bytes written or -errno. */
-export const write = (fd: number, buf: Uint8Array): number => retry(() => ret(c().write(fd, buf, buf.length)))
+export const write = (fd: number, buf: Uint8Array): number => retry(() => ret(c.write(fd, buf, buf.length)))
 
 const POLLIN = 0x001
 const POLLOUT = 0x004
@@ -142,23 +133,23 @@ export const pollOne = (fd: number, writable: boolean, ms: number): number => {
   pollfdView.setInt32(0, fd, true)
   pollfdView.setInt16(4, writable ? POLLOUT : POLLIN, true)
   pollfdView.setInt16(6, 0, true)
-  return ret(c().poll(pollfd, 1, Math.max(0, Math.ceil(ms))))
+  return ret(c.poll(pollfd, 1, Math.max(0, Math.ceil(ms))))
 }
 
 /** close(2); 0 or -errno. Not retried on EINTR (the fd is gone on Linux). */
-export const close = (fd: number): number => ret(c().close(fd))
+export const close = (fd: number): number => ret(c.close(fd))
 
 /** fcntl(2) with an int argument (every variadic argument is typed for koffi). */
-export const fcntl = (fd: number, cmd: number, arg = 0): number => retry(() => ret(c().fcntl(fd, cmd, "int", arg)))
+export const fcntl = (fd: number, cmd: number, arg = 0): number => retry(() => ret(c.fcntl(fd, cmd, "int", arg)))
 
 /** A close-on-exec duplicate (F_DUPFD_CLOEXEC). */
 export const dup = (fd: number): number => fcntl(fd, F_DUPFD_CLOEXEC, 0)
 
 /** open(2), always O_CLOEXEC. */
 export const open = (path: string, flags: number, mode = 0o600): number =>
-  retry(() => ret(c().open(path, flags | O_CLOEXEC, "uint32", mode)))
+  retry(() => ret(c.open(path, flags | O_CLOEXEC, "uint32", mode)))
 
-export const getpid = (): number => c().getpid() as number
+export const getpid = (): number => c.getpid() as number
 
 /** Set O_NONBLOCK and FD_CLOEXEC on an fd (an inherited fd may have neither). 0 or -errno. */
 export const setNonblockCloexec = (fd: number): number => {
@@ -182,7 +173,7 @@ const statBuf = new BigUint64Array(32) // struct stat is 144 (x86_64) or 128 (aa
 
 /** st_dev and st_ino from fstat(2) (both at offsets 0 and 8 on x86_64 and aarch64), or -errno. */
 export const fstatId = (fd: number): FileId | number => {
-  const r = ret(c().fstat(fd, statBuf))
+  const r = ret(c.fstat(fd, statBuf))
   return r < 0 ? r : { dev: statBuf[0] ?? 0n, ino: statBuf[1] ?? 0n }
 }
 

@@ -40,7 +40,7 @@ const STRUCT_BYTES = 512
 /** The oldest glibc whose adddup2(fd, fd) clears FD_CLOEXEC on the child's copy (2.29). */
 export const MIN_GLIBC: readonly [number, number] = [2, 29]
 
-type CFunction = ReturnType<ReturnType<typeof self>["func"]>
+type CFunction = ReturnType<typeof self.func>
 
 interface Bindings {
   readonly spawnp: CFunction
@@ -69,11 +69,11 @@ const bind = (): Bindings | null => {
   if (bindings !== undefined) return bindings
   bindings = null
   try {
-    const f = (proto: string) => self().func(proto)
+    const f = (proto: string) => self.func(proto)
     // glibc >= 2.34; null before (the layer then seals every fd before each spawn).
     const optional = (proto: string) => {
       try {
-        return self().func(proto)
+        return self.func(proto)
       } catch {
         return null
       }
@@ -81,7 +81,7 @@ const bind = (): Bindings | null => {
     bindings = {
       spawnp: f("int posix_spawnp(int *pid, const char *file, void *fa, void *attr, const char **argv, const char **envp)"),
       // The same function, handed this process's environ itself (no copy of it per spawn).
-      spawnpEnviron: self().func("posix_spawnp", "int", ["int *", "const char *", "void *", "void *", "const char **", "void *"]),
+      spawnpEnviron: self.func("posix_spawnp", "int", ["int *", "const char *", "void *", "void *", "const char **", "void *"]),
       faInit: f("int posix_spawn_file_actions_init(void *fa)"),
       faDup2: f("int posix_spawn_file_actions_adddup2(void *fa, int fd, int newfd)"),
       faDestroy: f("int posix_spawn_file_actions_destroy(void *fa)"),
@@ -95,7 +95,7 @@ const bind = (): Bindings | null => {
       sigfillset: f("int sigfillset(void *set)"),
       syscall: f("long syscall(long nr, ...)"),
       waitpid: f("int waitpid(int pid, int *status, int options)"),
-      environ: self().symbol("environ")
+      environ: self.symbol("environ")
     }
   } catch (e) {
     bindError = e instanceof Error ? e.message : String(e)
@@ -105,7 +105,7 @@ const bind = (): Bindings | null => {
 
 const gnuGetLibcVersion = (): string | null => {
   try {
-    return String(self().func("const char *gnu_get_libc_version(void)")())
+    return String(self.func("const char *gnu_get_libc_version(void)")())
   } catch {
     return null // not glibc
   }

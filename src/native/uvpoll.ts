@@ -11,7 +11,7 @@
 import { Data, Effect } from "effect"
 import type { Scope } from "effect"
 import koffi from "koffi"
-import { self as libc } from "./libc.ts"
+import { self } from "./libc.ts"
 
 export const UV_READABLE = 1
 export const UV_WRITABLE = 2
@@ -24,28 +24,21 @@ export class UvPollError extends Data.TaggedError("UvPollError")<{
   readonly code: number
 }> {}
 
-/** The bindings, made when first used (see libc.ts's `self`). */
-const bind = () => {
-  const PollCb = koffi.proto("void", ["intptr_t", "int", "int"])
-  const CloseCb = koffi.proto("void", ["intptr_t"])
-  const self = libc()
-  return {
-    PollCb,
-    CloseCb,
-    defaultLoop: self.func("uv_default_loop", "void *", []),
-    handleSize: self.func("uv_handle_size", "size_t", ["int"]),
-    pollInit: self.func("uv_poll_init", "int", ["void *", "void *", "int"]),
-    pollStart: self.func("uv_poll_start", "int", ["void *", "int", koffi.pointer(PollCb)]),
-    pollStop: self.func("uv_poll_stop", "int", ["void *"]),
-    close: self.func("uv_close", "void", ["void *", koffi.pointer(CloseCb)]),
-    strerror: self.func("uv_strerror", "const char *", ["int"])
-  }
+const PollCb = koffi.proto("void", ["intptr_t", "int", "int"])
+const CloseCb = koffi.proto("void", ["intptr_t"])
+
+const uv = {
+  defaultLoop: self.func("uv_default_loop", "void *", []),
+  handleSize: self.func("uv_handle_size", "size_t", ["int"]),
+  pollInit: self.func("uv_poll_init", "int", ["void *", "void *", "int"]),
+  pollStart: self.func("uv_poll_start", "int", ["void *", "int", koffi.pointer(PollCb)]),
+  pollStop: self.func("uv_poll_stop", "int", ["void *"]),
+  close: self.func("uv_close", "void", ["void *", koffi.pointer(CloseCb)]),
+  strerror: self.func("uv_strerror", "const char *", ["int"])
 }
-let bound: ReturnType<typeof bind> | null = null
-const uvLib = () => (bound ??= bind())
 
 /** libuv's message for an error code ("bad file descriptor"). */
-export const uvStrerror = (code: number): string => String(uvLib().strerror(code))
+export const uvStrerror = (code: number): string => String(uv.strerror(code))
 
 /** (status, events): status < 0 is a libuv error; events is UV_READABLE | UV_WRITABLE | UV_DISCONNECT. */
 export type PollListener = (status: number, events: number) => void
@@ -84,8 +77,8 @@ let handleSize = 0
 
 const registered = (): { readonly poll: unknown; readonly close: unknown } => {
   if (callbacks === null) {
-    loop = uvLib().defaultLoop()
-    handleSize = Number(uvLib().handleSize(UV_POLL))
+    loop = uv.defaultLoop()
+    handleSize = Number(uv.handleSize(UV_POLL))
     callbacks = {
       poll: koffi.register((addr: number, status: number, events: number) => {
         drainSoon()
@@ -95,11 +88,11 @@ const registered = (): { readonly poll: unknown; readonly close: unknown } => {
         } finally {
           inCallback--
         }
-      }, koffi.pointer(uvLib().PollCb)),
+      }, koffi.pointer(PollCb)),
       close: koffi.register((addr: number) => {
         drainSoon()
         live.get(addr)?.closed()
-      }, koffi.pointer(uvLib().CloseCb))
+      }, koffi.pointer(CloseCb))
     }
   }
   return callbacks
@@ -126,7 +119,7 @@ export class UvPoll {
   static open(fd: number, listener: PollListener): UvPoll | number {
     registered()
     const p = new UvPoll(fd, listener)
-    const r = uvLib().pollInit(loop, p.#mem, fd) as number
+    const r = uv.pollInit(loop, p.#mem, fd) as number
     if (r < 0) {
       koffi.free(p.#mem)
       return r
@@ -152,14 +145,14 @@ export class UvPoll {
       this.stop()
       return 0
     }
-    const r = uvLib().pollStart(this.#mem, events, registered().poll) as number
+    const r = uv.pollStart(this.#mem, events, registered().poll) as number
     if (r === 0) this.#events = events
     return r
   }
 
   stop(): void {
     if (this.#state !== "open" || this.#events === 0) return
-    uvLib().pollStop(this.#mem)
+    uv.pollStop(this.#mem)
     this.#events = 0
   }
 
@@ -176,7 +169,7 @@ export class UvPoll {
     if (this.#state === "closing") return
     this.stop()
     this.#state = "closing"
-    uvLib().close(this.#mem, registered().close)
+    uv.close(this.#mem, registered().close)
   }
 
   /** @internal from the poll callback */

@@ -15,15 +15,12 @@ import { parentError, type ParentError } from "./errors.ts"
 
 const O_NOCTTY = 0o400
 
-/** Made when first used (see libc.ts's `self`). */
-const bind = () => ({
-  posixOpenpt: self().func("int posix_openpt(int flags)"),
-  grantpt: self().func("int grantpt(int fd)"),
-  unlockpt: self().func("int unlockpt(int fd)"),
-  ptsnameR: self().func("int ptsname_r(int fd, _Out_ uint8_t *buf, size_t buflen)")
-})
-let bound: ReturnType<typeof bind> | null = null
-const c = () => (bound ??= bind())
+const c = {
+  posixOpenpt: self.func("int posix_openpt(int flags)"),
+  grantpt: self.func("int grantpt(int fd)"),
+  unlockpt: self.func("int unlockpt(int fd)"),
+  ptsnameR: self.func("int ptsname_r(int fd, _Out_ uint8_t *buf, size_t buflen)")
+}
 
 export interface Pty {
   readonly master: Fd
@@ -35,15 +32,15 @@ const fail = (what: string, hostErrno: number) =>
   Either.left(parentError("start", fromHostErrno(hostErrno), `${what} failed`))
 
 export const openPty = (label: string): Either.Either<Pty, ParentError> => {
-  const fd = c().posixOpenpt(O_RDWR | O_NOCTTY | O_CLOEXEC) as number
+  const fd = c.posixOpenpt(O_RDWR | O_NOCTTY | O_CLOEXEC) as number
   if (fd < 0) return fail("posix_openpt", koffi.errno())
   const buf = new Uint8Array(64)
   const failed =
-    (c().grantpt(fd) as number) !== 0
+    (c.grantpt(fd) as number) !== 0
       ? "grantpt"
-      : (c().unlockpt(fd) as number) !== 0
+      : (c.unlockpt(fd) as number) !== 0
         ? "unlockpt"
-        : (c().ptsnameR(fd, buf, buf.length) as number) !== 0
+        : (c.ptsnameR(fd, buf, buf.length) as number) !== 0
           ? "ptsname_r"
           : null
   if (failed !== null) {

@@ -10,15 +10,14 @@
  */
 import { Effect } from "effect"
 
-/** Read from the environment when first asked (not when this module is evaluated: bin/vmm's start-up snapshot evaluates it at build time). */
-let enabled: boolean | null = null
+let enabled = process.env["VMM_SPANS"] === "1"
 
 /** Turn span creation on or off (for effects built from now on). */
 export const setSpans = (on: boolean): void => {
   enabled = on
 }
 
-export const spansEnabled = (): boolean => (enabled ??= process.env["VMM_SPANS"] === "1")
+export const spansEnabled = (): boolean => enabled
 
 /**
  * `Effect.withSpan(name)` when spans are on; the effect itself otherwise.
@@ -27,4 +26,4 @@ export const spansEnabled = (): boolean => (enabled ??= process.env["VMM_SPANS"]
 export const span =
   (name: string, attributes?: () => Record<string, unknown>) =>
   <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
-    spansEnabled() ? Effect.withSpan(self, name, { captureStackTrace: false, ...(attributes ? { attributes: attributes() } : {}) }) : self
+    enabled ? Effect.withSpan(self, name, { captureStackTrace: false, ...(attributes ? { attributes: attributes() } : {}) }) : self

@@ -37,10 +37,10 @@ export const sendRaw = (sock: number, bytes: Uint8Array, fd = -1): number => {
 }
 
 const c = {
-  socket: libc.self().func("int socket(int domain, int type, int protocol)"),
-  bind: libc.self().func("int bind(int fd, const void *addr, uint32_t len)"),
-  listen: libc.self().func("int listen(int fd, int backlog)"),
-  accept4: libc.self().func("int accept4(int fd, void *addr, void *len, int flags)")
+  socket: libc.self.func("int socket(int domain, int type, int protocol)"),
+  bind: libc.self.func("int bind(int fd, const void *addr, uint32_t len)"),
+  listen: libc.self.func("int listen(int fd, int backlog)"),
+  accept4: libc.self.func("int accept4(int fd, void *addr, void *len, int flags)")
 }
 
 const sockaddrUn = (path: string): Uint8Array => {
