@@ -9,20 +9,23 @@
  * only; `directUnavailable()` says why not, and `layerOrNode` falls back to
  * ProcessNode.
  *
- * Why it is not bin/vmm's default (`--spawn direct` chooses it): the
- * CLONE_VFORK holds this whole process, its event loop included, until the
- * child has exec'd. That is ~0.1-0.2 ms on an idle machine (bench-vmm's
- * start latency: ~0.2-0.4 ms less than through the spawner), but the child
- * needs a CPU to get there: in the soak under load the vmm sat in
- * kernel_clone for up to 0.5 s, every VM's messages and exits waiting, and
- * zombies left unreaped (test/reliability/soak.test.ts's 100 ms check
- * failed). An exec that stalls (a hung filesystem) would stall the vmm.
- * vmm.c's fork returns at once; so does the spawner's.
+ * bin/vmm's default on Linux (falling back to ProcessSpawner, then
+ * ProcessNode). The CLONE_VFORK holds its calling thread in the kernel until
+ * the child has exec'd, so posix_spawn is called on one of libuv's pool
+ * threads (koffi's async call), never on this one: this process's event
+ * loop goes on meanwhile, and learns the pid when the call is back. Called
+ * on this thread (sessions 5-6), it cost ~0.1-0.2 ms of stalled loop per
+ * spawn on an idle machine and, in the soak under load, up to 0.5 s in
+ * kernel_clone, every VM's messages and exits waiting and zombies left
+ * unreaped: it was not the default then. On the pool, the soak passes
+ * (longest zombie 34 ms), and bench-vmm's start latency is ~0.3 ms below
+ * the spawner's (no helper process, no round trip to it). An exec that
+ * stalls holds a pool thread (four by default), not the vmm.
  *
  * Same semantics as ProcessNode and ProcessSpawner
  * (test/process/ProcessDirect.test.ts runs their tests against it):
- *  - the child (posix_spawnattr_t built once, posix_spawn_file_actions_t
- *    built for each spawn in memory allocated once): its own session (POSIX_SPAWN_SETSID); no signal blocked
+ *  - the child (posix_spawnattr_t built once, a posix_spawn_file_actions_t
+ *    of its own for each spawn: spawns may overlap): its own session (POSIX_SPAWN_SETSID); no signal blocked
  *    (SETSIGMASK, an empty set) and every signal at its default disposition
  *    (SETSIGDEF with every signal: Node ignores SIGPIPE, and exec keeps an
  *    ignored signal ignored); 0, 1, 2 on /dev/null (one fd, opened
@@ -48,7 +51,11 @@
  *  - `SpawnRequest.early` is ignored: posix_spawn returns only once the
  *    child has exec'd (the CLONE_VFORK), so there is no moment between fork
  *    and exec to return at; an exec failure stays a SpawnError (and glibc
- *    has reaped that child: it is never in `exits`).
+ *    has reaped that child: it is never in `exits`);
+ *  - a spawn interrupted while posix_spawn is on the pool, or still there
+ *    when the scope ends (it then fails with EIO), has its child SIGKILLed
+ *    and reaped once the call is back; nobody learnt that pid, and it is
+ *    never in `exits`.
  *
  * Reaping: right after posix_spawn returns, a ChildWatch (native/childWatch.ts:
  * the child's pidfd, opened before it can have been reaped, polled on Node's
@@ -62,7 +69,8 @@
  * (pidfd_send_signal: the process itself, never a reused pid); a pid not
  * in the table is ESRCH.
  *
- * The scope's end: spawns fail with EIO from then on; every child still in
+ * The scope's end: spawns fail with EIO from then on; the finalizer waits
+ * for every spawn on the pool to be back, then every child still in
  * the table gets SIGKILL, and the finalizer waits (up to `reapTimeout`,
  * 10 s) until each has been reaped and reported (its pidfd closed with it),
  * then until every poll handle is closed; then the /dev/null fd and the
@@ -156,8 +164,6 @@ export const make = (options: DirectOptions = {}): Effect.Effect<ProcessService,
 
     const live = new Map<number, LiveChild>()
     const exits = new ExitBox()
-    /** The file actions' memory, init'ed and destroyed around each spawn (spawns are synchronous: one at a time). */
-    const fa = new native.FileActions()
     // The fds this process inherited without close-on-exec (vmd's parent
     // socket at fd 3, a harness's pipes) get the flag now, once: everything
     // opened from here on is close-on-exec from birth, and each child also
@@ -169,6 +175,9 @@ export const make = (options: DirectOptions = {}): Effect.Effect<ProcessService,
     sealInheritedFds()
     const sealEachSpawn = !native.closefromAvailable()
     let closing = false
+    /** Spawns whose posix_spawn is on the thread pool, and who waits for none to be left. */
+    let inflight = 0
+    let onSettled: Array<() => void> = []
     /** Watches whose poll handle libuv has not let go of yet, and who waits for none to be left. */
     let releasing = 0
     let onReleased: Array<() => void> = []
@@ -208,42 +217,70 @@ export const make = (options: DirectOptions = {}): Effect.Effect<ProcessService,
       }
     }
 
-    // Nothing orphaned: SIGKILL every child still alive, wait until each is reaped and its pidfd closed.
+    /** Every spawn in flight back (each SIGKILLs and reaps its child once `closing` is set). */
+    const settled = Effect.async<void>((resume) => {
+      if (inflight === 0) return resume(Effect.void)
+      const done = () => resume(Effect.void)
+      onSettled.push(done)
+      return Effect.sync(() => {
+        onSettled = onSettled.filter((f) => f !== done)
+      })
+    })
+
+    // Nothing orphaned: no spawn from now on, and none in flight; SIGKILL every child still alive,
+    // wait until each is reaped and its pidfd closed.
     yield* Effect.addFinalizer(() =>
       Effect.suspend(() => {
         closing = true
-        const children = [...live.values()]
-        for (const c of children) signal(c, SIGKILL)
-        return Effect.forEach(children, (c) => Deferred.await(c.exit), { discard: true }).pipe(
-          Effect.timeout(reapTimeout),
-          Effect.catchAll(() =>
-            Effect.suspend(() => {
-              const left = [...live.values()]
-              for (const c of left) {
-                live.delete(c.pid)
-                c.watch.release()
-              }
-              return Effect.logWarning(`children not reaped after SIGKILL: ${left.map((c) => c.pid).join(" ")}`)
-            })
-          ),
-          Effect.zipRight(
-            Effect.async<void>((resume) => {
-              if (releasing === 0) return resume(Effect.void)
-              const done = () => resume(Effect.void)
-              onReleased.push(done)
-              return Effect.sync(() => {
-                onReleased = onReleased.filter((f) => f !== done)
-              })
-            })
-          )
+        return settled
+      }).pipe(
+        Effect.zipRight(
+          Effect.suspend(() => {
+            const children = [...live.values()]
+            for (const c of children) signal(c, SIGKILL)
+            return Effect.forEach(children, (c) => Deferred.await(c.exit), { discard: true }).pipe(
+              Effect.timeout(reapTimeout),
+              Effect.catchAll(() =>
+                Effect.suspend(() => {
+                  const left = [...live.values()]
+                  for (const c of left) {
+                    live.delete(c.pid)
+                    c.watch.release()
+                  }
+                  return Effect.logWarning(`children not reaped after SIGKILL: ${left.map((c) => c.pid).join(" ")}`)
+                })
+              ),
+              Effect.zipRight(
+                Effect.async<void>((resume) => {
+                  if (releasing === 0) return resume(Effect.void)
+                  const done = () => resume(Effect.void)
+                  onReleased.push(done)
+                  return Effect.sync(() => {
+                    onReleased = onReleased.filter((f) => f !== done)
+                  })
+                })
+              )
+            )
+          })
         )
-      })
+      )
     )
 
-    /** The spawn itself, synchronous from the checks to the table: nothing can come between. */
-    const spawnNow = (req: SpawnRequest): Child | SpawnError => {
+    /**
+     * The spawn: the checks and the file actions here, posix_spawn on libuv's
+     * thread pool (its CLONE_VFORK holds a pool thread until the child has
+     * exec'd, never this one), then, back on this thread, the child's watch
+     * and the table. Not in the table meanwhile; a spawn interrupted
+     * meanwhile, or still in flight when the layer closes, has its child
+     * SIGKILLed and reaped when posix_spawn is back (nobody learnt its pid:
+     * it is never in `exits`). The finalizer waits for every spawn in flight.
+     */
+    const spawnAsync = (
+      req: SpawnRequest,
+      resume: (e: Effect.Effect<Child, SpawnError>) => void
+    ): Effect.Effect<void> | void => {
       const fail = (errno: number, why: string = errnoName(errno)) =>
-        spawnError(errno, `spawn ${req.command}: ${why}`)
+        resume(Effect.fail(spawnError(errno, `spawn ${req.command}: ${why}`)))
       if (closing) return fail(Errno.EIO, "the Process layer is closed")
       const closed = req.fds.find((fd) => !fd.isOpen)
       if (closed !== undefined) return fail(Errno.EBADF, `${closed.toString()} is closed`)
@@ -256,45 +293,61 @@ export const make = (options: DirectOptions = {}): Effect.Effect<ProcessService,
       }
 
       if (sealEachSpawn) sealInheritedFds()
+      // Its own file actions: spawns may overlap now.
+      const fa = new native.FileActions()
       const init = fa.init()
       if (init < 0) return fail(fromHostErrno(-init))
-      let pid: number
-      try {
-        const mine = new Set(req.fds.map((fd) => fd.num))
-        let r = 0
-        for (const n of [0, 1, 2]) {
-          if (mine.has(n) || r < 0) continue
-          if (req.stdio === "null") r = fa.dup2(devnull, n)
-          else if (libc.fcntl(n, libc.F_GETFD) >= 0) r = fa.dup2(n, n)
-        }
-        for (const n of mine) if (r >= 0) r = fa.dup2(n, n)
-        if (r >= 0 && !sealEachSpawn) r = fa.closefrom(Math.max(2, ...mine) + 1)
-        if (r < 0) return fail(fromHostErrno(-r), `posix_spawn_file_actions: ${errnoName(fromHostErrno(-r))}`)
-        pid = native.posixSpawnp(req.command, fa, attr, [req.command, ...req.args], env)
-      } finally {
+      const mine = new Set(req.fds.map((fd) => fd.num))
+      let r = 0
+      for (const n of [0, 1, 2]) {
+        if (mine.has(n) || r < 0) continue
+        if (req.stdio === "null") r = fa.dup2(devnull, n)
+        else if (libc.fcntl(n, libc.F_GETFD) >= 0) r = fa.dup2(n, n)
+      }
+      for (const n of mine) if (r >= 0) r = fa.dup2(n, n)
+      if (r >= 0 && !sealEachSpawn) r = fa.closefrom(Math.max(2, ...mine) + 1)
+      if (r < 0) {
         fa.destroy()
+        return fail(fromHostErrno(-r), `posix_spawn_file_actions: ${errnoName(fromHostErrno(-r))}`)
       }
-      if (pid < 0) return fail(fromHostErrno(-pid))
 
-      const exit = Deferred.unsafeMake<ExitStatus>(FiberId.none)
-      let c: LiveChild | null = null
-      const watch = ChildWatch.open(pid, (status) => c !== null && finish(c, status ?? LOST), handleReleased)
-      if (typeof watch === "number") {
-        abandon(pid)
-        return fail(fromHostErrno(-watch), `watching it (pidfd_open, uv_poll): ${errnoName(fromHostErrno(-watch))}`)
-      }
-      releasing++
-      c = { pid, watch, exit, done: false }
-      live.set(pid, c)
-      return { pid, exit: Deferred.await(exit) }
+      let abandoned = false
+      inflight++
+      native.posixSpawnpAsync(req.command, fa, attr, [req.command, ...req.args], env, (pid) => {
+        fa.destroy()
+        try {
+          if (pid < 0) {
+            if (!abandoned) fail(fromHostErrno(-pid))
+            return
+          }
+          if (abandoned || closing) {
+            abandon(pid)
+            if (!abandoned) fail(Errno.EIO, "the Process layer closed while the child started")
+            return
+          }
+          const exit = Deferred.unsafeMake<ExitStatus>(FiberId.none)
+          let c: LiveChild | null = null
+          const watch = ChildWatch.open(pid, (status) => c !== null && finish(c, status ?? LOST), handleReleased)
+          if (typeof watch === "number") {
+            abandon(pid)
+            fail(fromHostErrno(-watch), `watching it (pidfd_open, uv_poll): ${errnoName(fromHostErrno(-watch))}`)
+            return
+          }
+          releasing++
+          c = { pid, watch, exit, done: false }
+          live.set(pid, c)
+          resume(Effect.succeed({ pid, exit: Deferred.await(exit) }))
+        } finally {
+          if (--inflight === 0) for (const f of onSettled.splice(0)) f()
+        }
+      })
+      return Effect.sync(() => {
+        abandoned = true
+      })
     }
 
     const service: ProcessService = {
-      spawn: (req) =>
-        Effect.suspend(() => {
-          const r = spawnNow(req)
-          return r instanceof SpawnError ? Effect.fail(r) : Effect.succeed(r)
-        }),
+      spawn: (req) => Effect.async<Child, SpawnError>((resume) => spawnAsync(req, resume)),
       kill: (pid, sig) =>
         Effect.suspend(() => {
           const c = live.get(pid)

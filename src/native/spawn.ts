@@ -30,6 +30,7 @@ const SYS_pidfd_open = 434
 const WNOHANG = 1
 const EINTR = 4
 const ENOSYS = 38
+const HOST_EIO = 5
 
 /**
  * Room for posix_spawnattr_t (336 bytes on glibc LP64),
@@ -308,3 +309,29 @@ export const posixSpawnp = (
   return r === 0 ? (pidBuf[0] ?? -1) : -r
 }
 
+
+/**
+ * posixSpawnp on one of libuv's pool threads (koffi's async call): glibc's
+ * posix_spawn holds its calling thread in the kernel (CLONE_VFORK) until the
+ * child has exec'd, and that is then a pool thread, not this one, whose
+ * event loop goes on meanwhile. `done` gets what posixSpawnp returns, on
+ * this thread. Everything passed must stay as it is until then (`fa`,
+ * `attr`, the environment: this process's `environ` is read by the pool
+ * thread while the child starts).
+ */
+export const posixSpawnpAsync = (
+  file: string,
+  fa: FileActions,
+  attr: SpawnAttr,
+  argv: ReadonlyArray<string>,
+  envp: ReadonlyArray<string> | null,
+  done: (r: number) => void
+): void => {
+  const c = b()
+  const args: Array<string | null> = [...argv, null]
+  const pid = new Int32Array(1)
+  // err: koffi could not make the call (it converts the arguments before); EIO.
+  const back = (err: unknown, r: number) => done(err != null ? -HOST_EIO : r === 0 ? (pid[0] ?? -1) : -r)
+  if (envp === null) c.spawnpEnviron.async(pid, file, fa.buf, attr.buf, args, koffi.decode(c.environ, "void *"), back)
+  else c.spawnp.async(pid, file, fa.buf, attr.buf, args, [...envp, null], back)
+}

@@ -8,7 +8,7 @@
  * in /proc/self/fd), the fallback, and the CLI's --spawn direct.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Chunk, Context, Effect, Fiber, Layer, Stream } from "effect"
+import { Cause, Chunk, Context, Effect, Exit, Fiber, Layer, Scope, Stream } from "effect"
 import { execFileSync } from "node:child_process"
 import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { constants as osConstants, tmpdir } from "node:os"
@@ -189,6 +189,79 @@ describe("ProcessDirect", () => {
       const after = yield* Effect.flip(proc.kill(c.pid, "SIGKILL"))
       expect(after.errno).toBe(Errno.ESRCH)
     }).pipe(Effect.provide(layer))
+  )
+
+  it.scopedLive("spawns overlap (posix_spawn runs on the thread pool): 16 at once, each child with its own fds", () =>
+    Effect.gen(function* () {
+      const proc = yield* Process
+      const outs = yield* Effect.forEach(Array.from({ length: 16 }, (_, i) => i), (i) => tempFd(`out${i}`))
+      const children = yield* Effect.forEach(
+        outs,
+        (out) => proc.spawn({ command: child, args: ["fdinfo", String(out.fd.num)], fds: [out.fd], stdio: "null" }),
+        { concurrency: "unbounded" }
+      )
+      for (const c of children) spawned.push(c.pid)
+      for (const [i, c] of children.entries()) {
+        expect(yield* c.exit).toEqual({ _tag: "Exited", code: 0 })
+        expect(parseReport(readFileSync(outs[i]!.path, "utf8")).open).toEqual([0, 1, 2, outs[i]!.fd.num])
+      }
+    }).pipe(Effect.provide(layer))
+  )
+
+  /** Fork a spawn of a sleeping child and interrupt it once its posix_spawn is on the pool; true if it was still there. */
+  const interruptInFlight = (proc: Context.Tag.Service<typeof Process>) =>
+    Effect.gen(function* () {
+      const fiber = yield* Effect.fork(proc.spawn({ command: child, args: ["sleep"], fds: [], stdio: "null" }))
+      yield* Effect.yieldNow()
+      yield* Fiber.interrupt(fiber)
+      const exit = yield* Fiber.await(fiber)
+      if (exit._tag === "Success") {
+        spawned.push(exit.value.pid)
+        yield* proc.kill(exit.value.pid, "SIGKILL")
+        yield* exit.value.exit
+        return false
+      }
+      return true
+    })
+
+  it.scopedLive("a spawn interrupted while posix_spawn is on the pool: its child is SIGKILLed and reaped when it is back, never reported", () =>
+    Effect.gen(function* () {
+      const proc = yield* Process
+      const reported: Array<ChildExit> = []
+      yield* proc.listenExits((e) => reported.push(e))
+      let inFlight = false
+      for (let i = 0; i < 20 && !inFlight; i++) inFlight = yield* interruptInFlight(proc)
+      expect(inFlight, "an interrupt that came while the spawn was in flight").toBe(true)
+      // Its child (the only one of this process now) goes, without an exit report.
+      for (let i = 0; i < 200 && childrenOf(process.pid).length > 0; i++) yield* Effect.sleep("5 millis")
+      expect(childrenOf(process.pid)).toEqual([])
+      expect(yield* proc.children).toEqual([])
+      expect(reported).toEqual([])
+    }).pipe(Effect.provide(layer))
+  )
+
+  it.live("the layer's scope closing while a spawn is in flight waits for it: its child does not outlive the scope", () =>
+    Effect.gen(function* () {
+      for (let attempt = 0; attempt < 20; attempt++) {
+        const scope = yield* Scope.make()
+        const proc = Context.get(yield* Layer.buildWithScope(layer, scope), Process)
+        // A daemon: only the layer's closing can end the spawn.
+        const fiber = yield* Effect.forkDaemon(proc.spawn({ command: child, args: ["sleep"], fds: [], stdio: "null" }))
+        yield* Effect.yieldNow()
+        // The layer closes with the spawn (most likely) in flight: nothing of it is left once it has.
+        yield* Scope.close(scope, Exit.void)
+        expect(childrenOf(process.pid)).toEqual([])
+        expect(openPidfds()).toEqual([])
+        const done = yield* Fiber.await(fiber)
+        if (Exit.isFailure(done)) {
+          // It was in flight: it fails, EIO (its child SIGKILLed and reaped before the scope closed).
+          expect(Cause.failureOption(done.cause)).toMatchObject({ value: { _tag: "SpawnError", errno: Errno.EIO } })
+          return
+        }
+        spawned.push(done.value.pid)
+      }
+      expect.fail("no attempt closed the layer while its spawn was in flight")
+    })
   )
 
   it.scopedLive("spawn failures are SpawnError with the OpenBSD errno, and leave nothing behind", () =>
