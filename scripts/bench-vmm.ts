@@ -31,8 +31,8 @@
  * VM count (512).
  *
  * Start and exit are measured with each way bin/vmm can start VM processes
- * (--spawn spawner: ProcessSpawner, the default; --spawn direct:
- * ProcessDirect; --spawn node: ProcessNode);
+ * (--spawn direct: ProcessDirect, the default; --spawn spawner:
+ * ProcessSpawner; --spawn node: ProcessNode);
  * the other cases with bin/vmm's default.
  */
 import { spawn, execFile } from "node:child_process"

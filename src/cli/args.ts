@@ -8,10 +8,11 @@ import { Either } from "effect"
 export type Backend = "vmm" | "process" | "mock"
 
 /**
- * How VM processes are started: a small C spawner process that forks them
- * (the default), posix_spawn straight from the vmm with pidfds
- * (ProcessDirect, Linux: faster, but its vfork holds the whole vmm until
- * each child has exec'd; see ProcessDirect.ts), or Node's spawn.
+ * How VM processes are started: posix_spawn straight from the vmm, on a
+ * thread-pool thread, with pidfds (ProcessDirect: the default, Linux with
+ * glibc >= 2.29 and pidfd_open), a small C spawner process that forks them
+ * (ProcessSpawner, Linux; the fallback), or Node's spawn (the last resort,
+ * and OpenBSD's).
  */
 export type SpawnMethod = "spawner" | "direct" | "node"
 
@@ -58,7 +59,7 @@ export const parseArgs = (argv: ReadonlyArray<string>): Either.Either<Args, stri
   let backend: Backend = process.platform === "openbsd" ? "vmm" : "process"
   let vmExec: string | null = null
   let trace = false
-  let spawn: SpawnMethod = "spawner"
+  let spawn: SpawnMethod = "direct"
 
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!

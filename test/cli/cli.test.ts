@@ -14,7 +14,7 @@ import { encodeVmopResult } from "../../src/schema/structs.ts"
 describe("bin/vmm flags", () => {
   it("accepts the argv vmd's proc_exec builds for the vmm child, ignoring the other children's flags", () => {
     const args = parseArgs(["-P", "vmm", "-d", "-vv", "-f", "/etc/vm.conf", "-D", "a=b", "-n"])
-    expect(Either.getOrThrow(args)).toMatchObject({ mode: "vmm", debug: true, verbose: 2, vmExec: null, trace: false })
+    expect(Either.getOrThrow(args)).toMatchObject({ mode: "vmm", debug: true, verbose: 2, vmExec: null, trace: false, spawn: "direct" })
   })
 
   it("parses our long options", () => {
