@@ -131,6 +131,21 @@ interface LiveChild {
 
 const hasNul = (s: string): boolean => s.includes("\0")
 
+/** Once `count()` is 0 (at once if it is): whoever brings it to 0 calls `wake(waiters)`. */
+const whenNone = (count: () => number, waiters: Set<() => void>): Effect.Effect<void> =>
+  Effect.async<void>((resume) => {
+    if (count() === 0) return resume(Effect.void)
+    const done = () => resume(Effect.void)
+    waiters.add(done)
+    return Effect.sync(() => void waiters.delete(done))
+  })
+
+const wake = (waiters: Set<() => void>): void => {
+  const all = [...waiters]
+  waiters.clear()
+  for (const f of all) f()
+}
+
 export const make = (options: DirectOptions = {}): Effect.Effect<ProcessService, SpawnError, Scope.Scope> =>
   Effect.gen(function* () {
     const why = options.unavailable ?? directUnavailable()
@@ -177,13 +192,13 @@ export const make = (options: DirectOptions = {}): Effect.Effect<ProcessService,
     let closing = false
     /** Spawns whose posix_spawn is on the thread pool, and who waits for none to be left. */
     let inflight = 0
-    let onSettled: Array<() => void> = []
+    const onSettled = new Set<() => void>()
     /** Watches whose poll handle libuv has not let go of yet, and who waits for none to be left. */
     let releasing = 0
-    let onReleased: Array<() => void> = []
+    const onReleased = new Set<() => void>()
 
     const handleReleased = (): void => {
-      if (--releasing === 0) for (const f of onReleased.splice(0)) f()
+      if (--releasing === 0) wake(onReleased)
     }
 
     /** Reported once; the watch has closed the pidfd by then (the vmm holds nothing of a VM whose exit is out). */
@@ -217,22 +232,13 @@ export const make = (options: DirectOptions = {}): Effect.Effect<ProcessService,
       }
     }
 
-    /** Every spawn in flight back (each SIGKILLs and reaps its child once `closing` is set). */
-    const settled = Effect.async<void>((resume) => {
-      if (inflight === 0) return resume(Effect.void)
-      const done = () => resume(Effect.void)
-      onSettled.push(done)
-      return Effect.sync(() => {
-        onSettled = onSettled.filter((f) => f !== done)
-      })
-    })
-
     // Nothing orphaned: no spawn from now on, and none in flight; SIGKILL every child still alive,
     // wait until each is reaped and its pidfd closed.
     yield* Effect.addFinalizer(() =>
       Effect.suspend(() => {
         closing = true
-        return settled
+        // Every spawn in flight back (each SIGKILLs and reaps its child, `closing` being set).
+        return whenNone(() => inflight, onSettled)
       }).pipe(
         Effect.zipRight(
           Effect.suspend(() => {
@@ -250,16 +256,7 @@ export const make = (options: DirectOptions = {}): Effect.Effect<ProcessService,
                   return Effect.logWarning(`children not reaped after SIGKILL: ${left.map((c) => c.pid).join(" ")}`)
                 })
               ),
-              Effect.zipRight(
-                Effect.async<void>((resume) => {
-                  if (releasing === 0) return resume(Effect.void)
-                  const done = () => resume(Effect.void)
-                  onReleased.push(done)
-                  return Effect.sync(() => {
-                    onReleased = onReleased.filter((f) => f !== done)
-                  })
-                })
-              )
+              Effect.zipRight(whenNone(() => releasing, onReleased))
             )
           })
         )
@@ -338,7 +335,7 @@ export const make = (options: DirectOptions = {}): Effect.Effect<ProcessService,
           live.set(pid, c)
           resume(Effect.succeed({ pid, exit: Deferred.await(exit) }))
         } finally {
-          if (--inflight === 0) for (const f of onSettled.splice(0)) f()
+          if (--inflight === 0) wake(onSettled)
         }
       })
       return Effect.sync(() => {
