@@ -27,6 +27,7 @@
 #define OFF_NAME	4	/* vm_params.vmc_name, char[64] */
 #define OFF_NDISKS	2696	/* vm_params.vmc_ndisks, size_t */
 #define OFF_CDROMPATH	6832	/* vm_params.vmc_cdrom, char[1024] */
+#define OFF_PID	8392	/* vm_pid, the VM process itself */
 #define OFF_VMID	8400
 #define OFF_KERNEL	12784
 #define OFF_CDROM	12800

@@ -194,6 +194,8 @@ export interface SpyReport {
   readonly j: number
   readonly vmid: number
   readonly name: string
+  /** struct vmd_vm's vm_pid: the VM process's own pid, as vmm.c writes it after its fork. */
+  readonly vmpid: number
   readonly kernel: number
   readonly cdrom: number
   /** [disk, layer, fd] */
@@ -218,6 +220,7 @@ export const spyReport = (run: Run, pid: number): SpyReport => {
     j: Number(one("j")),
     vmid: Number(one("vmid")),
     name: one("name"),
+    vmpid: Number(one("vmpid")),
     kernel: Number(one("kernel")),
     cdrom: Number(one("cdrom")),
     disks: nums("disk").map(([d, l, n]) => [d ?? -1, l ?? -1, n ?? -1] as const),

@@ -183,6 +183,7 @@ describe("end to end on the wire", () => {
         const { pid, sent } = yield* start(raw, 9, fullSpec(f, "spied"))
         const r = spyReport(run, pid)
         expect([r.vmid, r.name, r.j]).toEqual([9, "spied", -1])
+        expect(r.vmpid, "struct vmd_vm's vm_pid is the VM process").toBe(pid)
         expect(cmdline(pid)).toEqual([f.spy, "-V", String(r.V), "-i", String(r.i), "-j", "-1"])
         expect(procStat(pid)?.session, "setsid").toBe(pid)
 

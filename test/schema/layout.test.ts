@@ -124,6 +124,7 @@ describe("c/vmd_wire.h (the C programs' copy of the wire numbers)", () => {
       OFF_NAME: off("vm_params.vmc_name"),
       OFF_NDISKS: off("vm_params.vmc_ndisks"),
       OFF_CDROMPATH: off("vm_params.vmc_cdrom"),
+      OFF_PID: off("vm_pid"),
       OFF_VMID: off("vm_vmid"),
       OFF_KERNEL: off("vm_kernel"),
       OFF_CDROM: off("vm_cdrom"),

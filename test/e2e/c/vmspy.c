@@ -5,7 +5,8 @@
  *
  *  - after reading struct vmd_vm and the local prefix, before answering,
  *    it writes $VMM_E2E_SPY_DIR/<pid>: its argv's fds, the vmid and name,
- *    and every fd number the struct names (kernel, cdrom, disks, ifs, tty);
+ *    the struct's vm_pid, and every fd number the struct names (kernel,
+ *    cdrom, disks, ifs, tty);
  *  - every imsg it receives afterwards is appended to
  *    $VMM_E2E_SPY_DIR/<pid>.log as "msg type peerid pid len [int]".
  *
@@ -69,6 +70,7 @@ write_report(const unsigned char *vm, int vfd, const char *ifd, const char *jfd)
 		return;
 	n += (size_t)snprintf(buf + n, sizeof(buf) - n, "V %d\ni %s\nj %s\nvmid %u\nname %.64s\n",
 	    vfd, ifd, jfd, (unsigned)int_at(vm, OFF_VMID), (const char *)vm + OFF_NAME);
+	n += (size_t)snprintf(buf + n, sizeof(buf) - n, "vmpid %d\n", int_at(vm, OFF_PID));
 	n += (size_t)snprintf(buf + n, sizeof(buf) - n, "kernel %d\ncdrom %d\n",
 	    int_at(vm, OFF_KERNEL), int_at(vm, OFF_CDROM));
 	for (i = 0; i < 4; i++)
