@@ -16,6 +16,7 @@
  */
 import koffi from "koffi"
 import { close as closeFd, self } from "./libc.ts"
+import { asPollCallback } from "./uvpoll.ts"
 
 // <spawn.h> (glibc)
 export const POSIX_SPAWN_SETSIGDEF = 0x04
@@ -331,7 +332,8 @@ export const posixSpawnpAsync = (
   const args: Array<string | null> = [...argv, null]
   const pid = new Int32Array(1)
   // err: koffi could not make the call (it converts the arguments before); EIO.
-  const back = (err: unknown, r: number) => done(err != null ? -HOST_EIO : r === 0 ? (pid[0] ?? -1) : -r)
+  const back = (err: unknown, r: number) =>
+    asPollCallback(() => done(err != null ? -HOST_EIO : r === 0 ? (pid[0] ?? -1) : -r))
   if (envp === null) c.spawnpEnviron.async(pid, file, fa.buf, attr.buf, args, koffi.decode(c.environ, "void *"), back)
   else c.spawnp.async(pid, file, fa.buf, attr.buf, args, [...envp, null], back)
 }

@@ -71,6 +71,21 @@ let inCallback = 0
  */
 export const insidePollCallback = (): boolean => inCallback > 0
 
+/**
+ * Run `f` as a poll callback runs: for another callback koffi makes on the
+ * loop's own stack (the completion of an async call, as ProcessDirect's
+ * posix_spawn), so that a fiber it resumes may run there and then too.
+ */
+export const asPollCallback = (f: () => void): void => {
+  drainSoon()
+  inCallback++
+  try {
+    f()
+  } finally {
+    inCallback--
+  }
+}
+
 let callbacks: { readonly poll: unknown; readonly close: unknown } | null = null
 let loop: unknown = null
 let handleSize = 0
