@@ -28,6 +28,7 @@ import { join } from "node:path"
 import { afterAll, beforeAll } from "vitest"
 import koffi from "koffi"
 import * as libc from "../../src/native/libc.ts"
+import { FAN_ALLOW, FAN_DENY, fanotifyWorks, holdExecs, type ExecGate } from "./execGate.ts"
 
 const root = join(import.meta.dirname, "..", "..")
 const dir = mkdtempSync(join(tmpdir(), "vmd-vmm-spawner-bp-"))
@@ -59,29 +60,6 @@ const c = koffi.load(null)
 const setsockopt = c.func("int setsockopt(int fd, int level, int name, const void *val, uint32_t len)")
 const getsockopt = c.func("int getsockopt(int fd, int level, int name, _Out_ void *val, _Inout_ uint32_t *len)")
 const ioctl = c.func("int ioctl(int fd, unsigned long req, ...)")
-const fanotifyInit = c.func("int fanotify_init(unsigned int flags, unsigned int event_f_flags)")
-const fanotifyMark = c.func("int fanotify_mark(int fd, unsigned int flags, uint64_t mask, int dirfd, const char *path)")
-const FAN_CLOEXEC = 0x1
-const FAN_NONBLOCK = 0x2
-const FAN_CLASS_CONTENT = 0x4
-const FAN_MARK_ADD = 0x1
-const FAN_OPEN_EXEC_PERM = 0x40000
-const FAN_ALLOW = 0x1
-const FAN_DENY = 0x2
-const AT_FDCWD = -100
-
-/** Whether this process may hold execs with fanotify (root, and a kernel with FAN_OPEN_EXEC_PERM). */
-const fanotifyWorks = ((): boolean => {
-  if (process.platform !== "linux") return false
-  try {
-    const fd = fanotifyInit(FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK, 0) as number
-    if (fd < 0) return false
-    libc.close(fd)
-    return true
-  } catch {
-    return false
-  }
-})()
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
 
@@ -197,45 +175,6 @@ const startSpawner = async (binary: string) => {
   return { pid, sndbuf, readN, send, unread, shutdown }
 }
 
-/**
- * Execs held by fanotify (FAN_OPEN_EXEC_PERM on `fan`): `nextExec` waits for
- * the next one and holds it ([event fd, pid of the exec'ing child], the fd
- * kept in `held`); `answer` lets it go on or refuses it.
- */
-const execGate = (fan: number, held: Array<number>) => {
-  const nextExec = async (): Promise<[number, number]> => {
-    const ev = new Uint8Array(4096)
-    const v = new DataView(ev.buffer)
-    for (let i = 0; ; i++) {
-      const n = libc.read(fan, ev)
-      if (n >= 24) {
-        expect(v.getUint32(0, true)).toBe(24) // one event per read here
-        const fd = v.getInt32(16, true)
-        held.push(fd)
-        return [fd, v.getInt32(20, true)]
-      }
-      if (n !== -osConstants.errno.EAGAIN) throw new Error(`fanotify read: ${n}`)
-      if (i > 2500) throw new Error("no exec of the slow child")
-      await sleep(2)
-    }
-  }
-  const answer = (fd: number, response: number): void => {
-    expect(libc.write(fan, new Uint8Array(words(fd, response)))).toBe(8)
-    libc.close(fd)
-    held.splice(held.indexOf(fd), 1)
-  }
-  return { nextExec, answer }
-}
-
-/** Let every held exec go on and close the fanotify fd (a test's finally). */
-const releaseExecs = (fan: number, held: ReadonlyArray<number>): void => {
-  for (const fd of held) {
-    libc.write(fan, new Uint8Array(words(fd, FAN_ALLOW)))
-    libc.close(fd)
-  }
-  libc.close(fan)
-}
-
 describe.each(builds)("the spawner with a peer that does not read ($name)", ({ binary }) => {
   it("200 children exit while nobody reads: none stays a zombie; all 400 replies come after, in order", async () => {
     const n = 200
@@ -328,9 +267,7 @@ describe.each(builds)("the spawner with a peer that does not read ($name)", ({ b
     "a child held in execve does not hold the spawner: another is killed, reaped and reported meanwhile; then SPAWNED, or the exec's errno",
     async () => {
       const s = await startSpawner(binary)
-      const fan = fanotifyInit(FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK, 0) as number
-      expect(fan).toBeGreaterThanOrEqual(0)
-      const held: Array<number> = [] // event fds not answered yet
+      let gate: ExecGate | null = null
       try {
         await s.send(spawnRequest(1, ["sleep"]))
         const [a] = await s.readN(1)
@@ -338,8 +275,8 @@ describe.each(builds)("the spawner with a peer that does not read ($name)", ({ b
         const victim = a?.b ?? -1
         expect(victim).toBeGreaterThan(0)
 
-        expect(fanotifyMark(fan, FAN_MARK_ADD, FAN_OPEN_EXEC_PERM, AT_FDCWD, slowChild)).toBe(0)
-        const { nextExec, answer } = execGate(fan, held)
+        gate = holdExecs(slowChild)
+        const { nextExec, answer } = gate
 
         // Two children held in execve (one to succeed, one to fail).
         await s.send(spawnRequest(2, ["sleep"], slowChild))
@@ -375,7 +312,7 @@ describe.each(builds)("the spawner with a peer that does not read ($name)", ({ b
         expect(end).toContainEqual({ type: T_EXIT, a: pid2, b: 1, c: SIGTERM })
         expect(end.findIndex((r) => r.type === T_EXIT)).toBe(1) // KILLED first: the EXIT is of a later reap
       } finally {
-        releaseExecs(fan, held)
+        gate?.release()
       }
       await s.shutdown()
     },
@@ -424,12 +361,9 @@ describe.each(builds)("the spawner with a peer that does not read ($name)", ({ b
     "an early SPAWN is answered while its child is held in execve; a refused exec is then only an EXIT 127",
     async () => {
       const s = await startSpawner(binary)
-      const fan = fanotifyInit(FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK, 0) as number
-      expect(fan).toBeGreaterThanOrEqual(0)
-      const held: Array<number> = []
+      const gate = holdExecs(slowChild)
       try {
-        expect(fanotifyMark(fan, FAN_MARK_ADD, FAN_OPEN_EXEC_PERM, AT_FDCWD, slowChild)).toBe(0)
-        const { nextExec, answer } = execGate(fan, held)
+        const { nextExec, answer } = gate
         // Both held in execve: their SPAWNEDs come anyway (a non-early one would wait for the exec).
         await s.send(spawnRequest(1, ["sleep"], slowChild, F_EARLY))
         const [ev1, pid1] = await nextExec()
@@ -451,7 +385,7 @@ describe.each(builds)("the spawner with a peer that does not read ($name)", ({ b
         expect(end).toContainEqual({ type: T_EXIT, a: pid1, b: 1, c: SIGTERM })
         expect(childrenOf(s.pid)).toEqual([])
       } finally {
-        releaseExecs(fan, held)
+        gate.release()
       }
       await s.shutdown()
     },
