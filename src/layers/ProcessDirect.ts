@@ -70,7 +70,8 @@
  * in the table is ESRCH.
  *
  * The scope's end: spawns fail with EIO from then on; the finalizer waits
- * for every spawn on the pool to be back, then every child still in
+ * for every spawn on the pool to be back (up to `reapTimeout` too; one back
+ * later still kills and reaps its child), then every child still in
  * the table gets SIGKILL, and the finalizer waits (up to `reapTimeout`,
  * 10 s) until each has been reaped and reported (its pidfd closed with it),
  * then until every poll handle is closed; then the /dev/null fd and the
@@ -237,14 +238,19 @@ export const make = (options: DirectOptions = {}): Effect.Effect<ProcessService,
     yield* Effect.addFinalizer(() =>
       Effect.suspend(() => {
         closing = true
-        // Every spawn in flight back (each SIGKILLs and reaps its child, `closing` being set).
-        return whenNone(() => inflight, onSettled)
+        // Every spawn in flight back (each SIGKILLs and reaps its child, `closing` being set);
+        // an exec stuck for good (a hung filesystem) is waited for no longer than a reap.
+        // Interruptible: a finalizer runs uninterruptibly, where a timeout could not stop the wait.
+        return Effect.interruptible(whenNone(() => inflight, onSettled)).pipe(
+          Effect.timeout(reapTimeout),
+          Effect.catchAll(() => Effect.logWarning(`spawns still in posix_spawn after ${Duration.format(reapTimeout)}: ${inflight}`))
+        )
       }).pipe(
         Effect.zipRight(
           Effect.suspend(() => {
             const children = [...live.values()]
             for (const c of children) signal(c, SIGKILL)
-            return Effect.forEach(children, (c) => Deferred.await(c.exit), { discard: true }).pipe(
+            return Effect.interruptible(Effect.forEach(children, (c) => Deferred.await(c.exit), { discard: true })).pipe(
               Effect.timeout(reapTimeout),
               Effect.catchAll(() =>
                 Effect.suspend(() => {

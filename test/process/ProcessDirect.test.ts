@@ -10,12 +10,13 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Cause, Chunk, Context, Effect, Exit, Fiber, Layer, Scope, Stream } from "effect"
 import { execFileSync } from "node:child_process"
-import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { chmodSync, copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { constants as osConstants, tmpdir } from "node:os"
 import { join } from "node:path"
 import koffi from "koffi"
 import { afterAll, beforeAll } from "vitest"
 import { layerEndTest, sharedProcessTests } from "./shared.ts"
+import { FAN_ALLOW, fanotifyWorks, holdExecs } from "./execGate.ts"
 import {
   childrenOf,
   clearCloexec,
@@ -38,11 +39,15 @@ import type { ChildExit } from "../../src/services/Process.ts"
 
 const dir = mkdtempSync(join(tmpdir(), "vmd-vmm-direct-"))
 const child = join(dir, "child")
+/** The same program under another inode, for execGate's fanotify mark. */
+const slowChild = join(dir, "slow-child")
 /** Every pid any test spawned: all must be gone (reaped, not zombies) at the end. */
 const spawned: Array<number> = []
 
 beforeAll(() => {
   execFileSync("gcc", ["-O1", "-Wall", "-o", child, join(import.meta.dirname, "c", "child.c")])
+  copyFileSync(child, slowChild)
+  chmodSync(slowChild, 0o755)
 })
 afterAll(() => {
   rmSync(dir, { recursive: true, force: true })
@@ -238,6 +243,51 @@ describe("ProcessDirect", () => {
       expect.fail("no interrupt came while the spawn was in flight")
     })
   )
+
+  // A child stuck in execve (a hung filesystem), held by fanotify (root only).
+  it.skipIf(!fanotifyWorks)("an exec held in the kernel holds a pool thread, not this one: meanwhile a timer fires and another child is started, killed and reported", () =>
+    Effect.runPromise(
+      Effect.gen(function* () {
+        const proc = yield* Process
+        const gate = holdExecs(slowChild)
+        yield* Effect.addFinalizer(() => Effect.sync(() => gate.release()))
+        const heldFiber = yield* Effect.fork(proc.spawn({ command: slowChild, args: ["sleep"], fds: [], stdio: "null" }))
+        // (posix_spawn on this thread would block it here, in the vfork wait, for good: this thread answers the gate)
+        const [ev, heldPid] = yield* Effect.promise(() => gate.nextExec())
+        yield* Effect.sleep("20 millis")
+        const other = yield* proc.spawn({ command: child, args: ["sleep"], fds: [], stdio: "null" })
+        spawned.push(other.pid)
+        yield* proc.kill(other.pid, "SIGKILL")
+        expect(yield* other.exit).toEqual({ _tag: "Signaled", signal: SIGKILL })
+        expect(heldFiber.unsafePoll(), "the held spawn is not back").toBeNull()
+        gate.answer(ev, FAN_ALLOW)
+        const held = yield* Fiber.join(heldFiber)
+        spawned.push(held.pid)
+        expect(held.pid).toBe(heldPid)
+        yield* proc.kill(held.pid, "SIGTERM")
+        expect(yield* held.exit).toEqual({ _tag: "Signaled", signal: SIGTERM })
+      }).pipe(Effect.provide(layer), Effect.scoped)
+    ), 30_000)
+
+  it.skipIf(!fanotifyWorks)("the layer's end waits for an exec held in the kernel no longer than reapTimeout; let go after, its child is SIGKILLed and reaped", () =>
+    Effect.runPromise(
+      Effect.gen(function* () {
+        const gate = holdExecs(slowChild)
+        yield* Effect.addFinalizer(() => Effect.sync(() => gate.release()))
+        const scope = yield* Scope.make()
+        const proc = Context.get(yield* Layer.buildWithScope(ProcessDirect.layerWith({ reapTimeout: "200 millis" }), scope), Process)
+        const fiber = yield* Effect.forkDaemon(proc.spawn({ command: slowChild, args: ["sleep"], fds: [], stdio: "null" }))
+        const [ev, pid] = yield* Effect.promise(() => gate.nextExec())
+        // Ends with the exec still held (it would wait for good without the bound).
+        yield* Scope.close(scope, Exit.void)
+        expect(procStat(pid), "still in execve").not.toBeNull()
+        gate.answer(ev, FAN_ALLOW)
+        const done = yield* Fiber.await(fiber)
+        expect(Exit.isFailure(done) && Cause.failureOption(done.cause)).toMatchObject({ value: { _tag: "SpawnError", errno: Errno.EIO } })
+        for (let i = 0; i < 400 && procStat(pid) !== null; i++) yield* Effect.sleep("5 millis")
+        expect(procStat(pid), "SIGKILLed and reaped once back").toBeNull()
+      }).pipe(Effect.scoped)
+    ), 30_000)
 
   it.live("the layer's scope closing while a spawn is in flight waits for it: its child does not outlive the scope", () =>
     Effect.gen(function* () {
