@@ -116,7 +116,8 @@ export const make: Effect.Effect<ProcessService, never, Scope.Scope> = Effect.ge
     Effect.suspend(() => {
       const children = [...live.entries()]
       for (const [pid] of children) signal(pid, "SIGKILL")
-      return Effect.forEach(children, ([, c]) => Deferred.await(c.exit), { discard: true }).pipe(
+      // Interruptible: a finalizer runs uninterruptibly, where a timeout could not stop the wait.
+      return Effect.interruptible(Effect.forEach(children, ([, c]) => Deferred.await(c.exit), { discard: true })).pipe(
         Effect.timeout(REAP_TIMEOUT),
         Effect.catchAll(() =>
           Effect.logWarning(`children not reaped after SIGKILL: ${[...live.keys()].join(" ")}`)

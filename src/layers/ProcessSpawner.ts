@@ -535,8 +535,8 @@ export const make = (options: SpawnerOptions = {}): Effect.Effect<SpawnerProcess
               outq.push({ bytes, fds: [], seq: s })
             }
           }
-          const done = yield* Deferred.await(eof).pipe(
-            Effect.zipRight(Deferred.await(exited)),
+          // Interruptible: a finalizer runs uninterruptibly, where a timeout could not stop the wait.
+          const done = yield* Effect.interruptible(Deferred.await(eof).pipe(Effect.zipRight(Deferred.await(exited)))).pipe(
             Effect.timeout(reapTimeout),
             Effect.option
           )
@@ -548,7 +548,7 @@ export const make = (options: SpawnerOptions = {}): Effect.Effect<SpawnerProcess
               // gone
             }
             onDead()
-            yield* Deferred.await(exited).pipe(Effect.timeout(reapTimeout), Effect.ignore)
+            yield* Effect.interruptible(Deferred.await(exited)).pipe(Effect.timeout(reapTimeout), Effect.ignore)
           }
           onDead()
           yield* closePoll(poll)
