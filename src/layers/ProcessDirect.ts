@@ -315,10 +315,9 @@ export const make = (options: DirectOptions = {}): Effect.Effect<ProcessService,
       }
 
       let abandoned = false
-      inflight++
-      native.posixSpawnpAsync(req.command, fa, attr, [req.command, ...req.args], env, (pid) => {
-        fa.destroy()
+      const back = (pid: number): void => {
         try {
+          fa.destroy()
           if (pid < 0) {
             if (!abandoned) fail(fromHostErrno(-pid))
             return
@@ -343,7 +342,16 @@ export const make = (options: DirectOptions = {}): Effect.Effect<ProcessService,
         } finally {
           if (--inflight === 0) wake(onSettled)
         }
-      })
+      }
+      try {
+        native.posixSpawnpAsync(req.command, fa, attr, [req.command, ...req.args], env, back)
+      } catch (e) {
+        // koffi refused the call (it converts the arguments first): nothing started.
+        fa.destroy()
+        return fail(Errno.EIO, `posix_spawn not called: ${e instanceof Error ? e.message : String(e)}`)
+      }
+      // (`back` runs later, on this thread, never inside the call above.)
+      inflight++
       return Effect.sync(() => {
         abandoned = true
       })
