@@ -85,14 +85,14 @@
  * process notices the vmm's end as EOF on its imsg channel, as in vmd.
  */
 import { constants as osConstants } from "node:os"
-import { Deferred, Duration, Effect, Exit, FiberId, Layer } from "effect"
+import { Deferred, Duration, Effect, Exit, FiberId, Layer, Option } from "effect"
 import type { Scope } from "effect"
 import * as libc from "../native/libc.ts"
 import * as native from "../native/spawn.ts"
 import { sealInheritedFds } from "../native/sys.ts"
 import { ChildWatch } from "../native/childWatch.ts"
 import { Errno, errnoName, fromErrorCode, fromHostErrno } from "../schema/errno.ts"
-import { ExitBox, makeOr, Process, SpawnError, tableService } from "../services/Process.ts"
+import { ExitBox, makeOr, Process, SpawnError, tableService, waitAtMost } from "../services/Process.ts"
 import type { Child, ExitStatus, ProcessService, SignalName, SpawnRequest } from "../services/Process.ts"
 import * as ProcessNode from "./ProcessNode.ts"
 
@@ -236,37 +236,26 @@ export const make = (options: DirectOptions = {}): Effect.Effect<ProcessService,
     // Nothing orphaned: no spawn from now on, and none in flight; SIGKILL every child still alive,
     // wait until each is reaped and its pidfd closed.
     yield* Effect.addFinalizer(() =>
-      Effect.suspend(() => {
+      Effect.gen(function* () {
         closing = true
         // Every spawn in flight back (each SIGKILLs and reaps its child, `closing` being set);
         // an exec stuck for good (a hung filesystem) is waited for no longer than a reap.
-        // Interruptible: a finalizer runs uninterruptibly, where a timeout could not stop the wait.
-        return Effect.interruptible(whenNone(() => inflight, onSettled)).pipe(
-          Effect.timeout(reapTimeout),
-          Effect.catchAll(() => Effect.logWarning(`spawns still in posix_spawn after ${Duration.format(reapTimeout)}: ${inflight}`))
-        )
-      }).pipe(
-        Effect.zipRight(
-          Effect.suspend(() => {
-            const children = [...live.values()]
-            for (const c of children) signal(c, SIGKILL)
-            return Effect.interruptible(Effect.forEach(children, (c) => Deferred.await(c.exit), { discard: true })).pipe(
-              Effect.timeout(reapTimeout),
-              Effect.catchAll(() =>
-                Effect.suspend(() => {
-                  const left = [...live.values()]
-                  for (const c of left) {
-                    live.delete(c.pid)
-                    c.watch.release()
-                  }
-                  return Effect.logWarning(`children not reaped after SIGKILL: ${left.map((c) => c.pid).join(" ")}`)
-                })
-              ),
-              Effect.zipRight(whenNone(() => releasing, onReleased))
-            )
-          })
-        )
-      )
+        if (Option.isNone(yield* waitAtMost(whenNone(() => inflight, onSettled), reapTimeout))) {
+          yield* Effect.logWarning(`spawns still in posix_spawn after ${Duration.format(reapTimeout)}: ${inflight}`)
+        }
+        const children = [...live.values()]
+        for (const c of children) signal(c, SIGKILL)
+        const reaped = yield* waitAtMost(Effect.forEach(children, (c) => Deferred.await(c.exit), { discard: true }), reapTimeout)
+        if (Option.isNone(reaped)) {
+          const left = [...live.values()]
+          for (const c of left) {
+            live.delete(c.pid)
+            c.watch.release()
+          }
+          yield* Effect.logWarning(`children not reaped after SIGKILL: ${left.map((c) => c.pid).join(" ")}`)
+        }
+        yield* whenNone(() => releasing, onReleased)
+      })
     )
 
     /**

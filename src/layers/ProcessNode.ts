@@ -41,11 +41,11 @@
 import { spawn as nodeSpawn } from "node:child_process"
 import type { ChildProcess } from "node:child_process"
 import { constants as osConstants } from "node:os"
-import { Deferred, Duration, Effect, Exit, Layer } from "effect"
+import { Deferred, Duration, Effect, Exit, Layer, Option } from "effect"
 import type { Scope } from "effect"
 import { sealInheritedFds } from "../native/sys.ts"
 import { Errno, errnoName, fromErrorCode } from "../schema/errno.ts"
-import { ExitBox, Process, SpawnError, tableService } from "../services/Process.ts"
+import { ExitBox, Process, SpawnError, tableService, waitAtMost } from "../services/Process.ts"
 import type {
   ExitStatus,
   ProcessService,
@@ -116,11 +116,9 @@ export const make: Effect.Effect<ProcessService, never, Scope.Scope> = Effect.ge
     Effect.suspend(() => {
       const children = [...live.entries()]
       for (const [pid] of children) signal(pid, "SIGKILL")
-      // Interruptible: a finalizer runs uninterruptibly, where a timeout could not stop the wait.
-      return Effect.interruptible(Effect.forEach(children, ([, c]) => Deferred.await(c.exit), { discard: true })).pipe(
-        Effect.timeout(REAP_TIMEOUT),
-        Effect.catchAll(() =>
-          Effect.logWarning(`children not reaped after SIGKILL: ${[...live.keys()].join(" ")}`)
+      return waitAtMost(Effect.forEach(children, ([, c]) => Deferred.await(c.exit), { discard: true }), REAP_TIMEOUT).pipe(
+        Effect.flatMap((done) =>
+          Option.isSome(done) ? Effect.void : Effect.logWarning(`children not reaped after SIGKILL: ${[...live.keys()].join(" ")}`)
         )
       )
     })

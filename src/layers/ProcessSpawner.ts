@@ -62,7 +62,7 @@ import * as spawn from "../native/spawn.ts"
 import { ChildWatch } from "../native/childWatch.ts"
 import { closePoll, UV_DISCONNECT, UV_READABLE, UV_WRITABLE, UvPoll } from "../native/uvpoll.ts"
 import { Errno, errnoName, fromErrorCode, fromHostErrno } from "../schema/errno.ts"
-import { ExitBox, makeOr, Process, SpawnError, tableService } from "../services/Process.ts"
+import { ExitBox, makeOr, Process, SpawnError, tableService, waitAtMost } from "../services/Process.ts"
 import type { Child, ExitStatus, ProcessService, SignalName, SpawnRequest } from "../services/Process.ts"
 import * as ProcessNode from "./ProcessNode.ts"
 
@@ -535,11 +535,7 @@ export const make = (options: SpawnerOptions = {}): Effect.Effect<SpawnerProcess
               outq.push({ bytes, fds: [], seq: s })
             }
           }
-          // Interruptible: a finalizer runs uninterruptibly, where a timeout could not stop the wait.
-          const done = yield* Effect.interruptible(Deferred.await(eof).pipe(Effect.zipRight(Deferred.await(exited)))).pipe(
-            Effect.timeout(reapTimeout),
-            Effect.option
-          )
+          const done = yield* waitAtMost(Deferred.await(eof).pipe(Effect.zipRight(Deferred.await(exited))), reapTimeout)
           if (Option.isNone(done)) {
             yield* Effect.logWarning(`spawner ${spawnerPid} did not finish in time; SIGKILL (its children follow it)`)
             try {
@@ -548,7 +544,7 @@ export const make = (options: SpawnerOptions = {}): Effect.Effect<SpawnerProcess
               // gone
             }
             onDead()
-            yield* Effect.interruptible(Deferred.await(exited)).pipe(Effect.timeout(reapTimeout), Effect.ignore)
+            yield* waitAtMost(Deferred.await(exited), reapTimeout)
           }
           onDead()
           yield* closePoll(poll)

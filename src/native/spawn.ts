@@ -281,6 +281,25 @@ export class FileActions {
   }
 }
 
+/** posix_spawnp's C function and its arguments, the pid written to `pid[0]`: the same for both calls below. */
+const spawnpCall = (
+  pid: Int32Array,
+  file: string,
+  fa: FileActions,
+  attr: SpawnAttr,
+  argv: ReadonlyArray<string>,
+  envp: ReadonlyArray<string> | null
+): [CFunction, Array<unknown>] => {
+  const c = b()
+  const args: Array<string | null> = [...argv, null]
+  return envp === null
+    ? [c.spawnpEnviron, [pid, file, fa.buf, attr.buf, args, koffi.decode(c.environ, "void *")]]
+    : [c.spawnp, [pid, file, fa.buf, attr.buf, args, [...envp, null]]]
+}
+
+/** posix_spawnp's result as posixSpawnp returns it. */
+const spawnResult = (r: number, pid: Int32Array): number => (r === 0 ? (pid[0] ?? -1) : -r)
+
 const pidBuf = new Int32Array(1)
 
 /**
@@ -298,27 +317,18 @@ export const posixSpawnp = (
   argv: ReadonlyArray<string>,
   envp: ReadonlyArray<string> | null
 ): number => {
-  const c = b()
-  const args: Array<string | null> = [...argv, null]
-  let r: number
-  if (envp === null) {
-    const environ = koffi.decode(c.environ, "void *")
-    r = c.spawnpEnviron(pidBuf, file, fa.buf, attr.buf, args, environ) as number
-  } else {
-    r = c.spawnp(pidBuf, file, fa.buf, attr.buf, args, [...envp, null]) as number
-  }
-  return r === 0 ? (pidBuf[0] ?? -1) : -r
+  const [f, args] = spawnpCall(pidBuf, file, fa, attr, argv, envp)
+  return spawnResult(f(...args) as number, pidBuf)
 }
-
 
 /**
  * posixSpawnp on one of libuv's pool threads (koffi's async call): glibc's
  * posix_spawn holds its calling thread in the kernel (CLONE_VFORK) until the
  * child has exec'd, and that is then a pool thread, not this one, whose
  * event loop goes on meanwhile. `done` gets what posixSpawnp returns, on
- * this thread. Everything passed must stay as it is until then (`fa`,
- * `attr`, the environment: this process's `environ` is read by the pool
- * thread while the child starts).
+ * this thread, as a poll callback (uvpoll's asPollCallback). Everything
+ * passed must stay as it is until then (`fa`, `attr`, the environment: this
+ * process's `environ` is read by the pool thread while the child starts).
  */
 export const posixSpawnpAsync = (
   file: string,
@@ -328,12 +338,8 @@ export const posixSpawnpAsync = (
   envp: ReadonlyArray<string> | null,
   done: (r: number) => void
 ): void => {
-  const c = b()
-  const args: Array<string | null> = [...argv, null]
   const pid = new Int32Array(1)
+  const [f, args] = spawnpCall(pid, file, fa, attr, argv, envp)
   // err: koffi could not make the call (it converts the arguments before); EIO.
-  const back = (err: unknown, r: number) =>
-    asPollCallback(() => done(err != null ? -HOST_EIO : r === 0 ? (pid[0] ?? -1) : -r))
-  if (envp === null) c.spawnpEnviron.async(pid, file, fa.buf, attr.buf, args, koffi.decode(c.environ, "void *"), back)
-  else c.spawnp.async(pid, file, fa.buf, attr.buf, args, [...envp, null], back)
+  f.async(...args, (err: unknown, r: number) => asPollCallback(() => done(err != null ? -HOST_EIO : spawnResult(r, pid))))
 }

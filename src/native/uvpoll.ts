@@ -72,9 +72,10 @@ let inCallback = 0
 export const insidePollCallback = (): boolean => inCallback > 0
 
 /**
- * Run `f` as a poll callback runs: for another callback koffi makes on the
- * loop's own stack (the completion of an async call, as ProcessDirect's
- * posix_spawn), so that a fiber it resumes may run there and then too.
+ * Run `f` as a poll callback: what every uv_poll callback here runs in, and
+ * any other callback koffi makes on the loop's own stack (the completion of
+ * an async call, as ProcessDirect's posix_spawn), so that a fiber it resumes
+ * may run there and then too.
  */
 export const asPollCallback = (f: () => void): void => {
   drainSoon()
@@ -95,15 +96,10 @@ const registered = (): { readonly poll: unknown; readonly close: unknown } => {
     loop = uv.defaultLoop()
     handleSize = Number(uv.handleSize(UV_POLL))
     callbacks = {
-      poll: koffi.register((addr: number, status: number, events: number) => {
-        drainSoon()
-        inCallback++
-        try {
-          live.get(addr)?.dispatch(status, events)
-        } finally {
-          inCallback--
-        }
-      }, koffi.pointer(PollCb)),
+      poll: koffi.register(
+        (addr: number, status: number, events: number) => asPollCallback(() => live.get(addr)?.dispatch(status, events)),
+        koffi.pointer(PollCb)
+      ),
       close: koffi.register((addr: number) => {
         drainSoon()
         live.get(addr)?.closed()

@@ -5,7 +5,7 @@
  * own number, own session) and `ProcessMock` (each "process" is a fiber
  * running a simulated program, for the property tests).
  */
-import { Chunk, Context, Data, Effect, ExecutionStrategy, Exit, Scope, Stream } from "effect"
+import { Chunk, Context, Data, Duration, Effect, ExecutionStrategy, Exit, Option, Scope, Stream } from "effect"
 import type { Fd } from "./Fd.ts"
 import { Inbox } from "./Inbox.ts"
 
@@ -101,6 +101,15 @@ export class ExitBox extends Inbox<ChildExit> {
 
   readonly stream: Stream.Stream<ChildExit> = Stream.repeatEffectChunk(Effect.map(this.takeAll, Chunk.unsafeFromArray))
 }
+
+/**
+ * `wait`, for at most `limit`: Some(its result), or None when the time is up.
+ * For the layers' finalizers (reaping at the scope's end): a finalizer runs
+ * uninterruptibly, where `Effect.timeout` alone could never stop the wait;
+ * the wait itself is made interruptible here.
+ */
+export const waitAtMost = <A, E>(wait: Effect.Effect<A, E>, limit: Duration.DurationInput): Effect.Effect<Option.Option<A>, E> =>
+  Effect.timeoutOption(Effect.interruptible(wait), limit)
 
 /**
  * The service `make` builds, or, if it fails, `fallback`'s with a warning

@@ -7,9 +7,9 @@
  *   2. write struct vmd_vm raw, close our copies of the passed fds, write the
  *      local prefix raw, read the 4-byte kernel VM id (0 means the child failed);
  *   3. the socket becomes the VM's imsg channel (vmm_pipe). The channel is
- *      made between 2's writes and its read, while the child execs (reading
- *      nothing until the id is in), and only started after: ~0.1 ms less
- *      between the id and START_VM_RESPONSE.
+ *      made between 2's writes and its read, while the child starts up
+ *      (reading nothing until the id is in), and only started after: ~0.1 ms
+ *      less between the id and START_VM_RESPONSE.
  *
  * Returns the kernel id and pid, or an errno as vmm.c does (ENOENT unknown
  * VM, EINVAL no tty or id 0, EIO fork or write failure, ENOMEM no id).
@@ -131,7 +131,7 @@ const handshake = (ctx: VmmContext, vm: Vm, imsg: Imsg): Effect.Effect<Either.Ei
       yield* logWarnx(`vmm_start_vm: failed to send local prefix for vm '${vm.params.vmc_name}'`)
       return yield* fail(Errno.EIO)
     }
-    // vmm_pipe, first half, while the child execs (a failure is reported below, in vmm.c's order).
+    // vmm_pipe, first half, while the child starts up (a failure is reported below, in vmm.c's order).
     channel = yield* ctx.openVmChannel(ours)
     const idBytes = yield* Effect.either(ctx.imsg.readRaw(ours, 4, timeout, ID_BLOCK_MS))
     if (Either.isLeft(idBytes)) {
