@@ -17,10 +17,12 @@
  *   resident memory    VmRSS of the vmm, idle and with N VMs; C: bench-info.c's
  *
  * Every process gets its channel on fd 3 from this process, and every time
- * is taken here with performance.now(). Start and exit replies are timed
- * when they arrive on the socket (this thread blocks in poll(2) for them),
- * not when this process's fibers get to them: the C references for those
- * are timed in C. Info is timed through the same driver for both sides.
+ * is taken here with performance.now(). A timed request is timed from its
+ * sendmsg (made on this thread at once, `sendTimed`), not from when this
+ * process's fibers queue it; start and exit replies when they arrive on the
+ * socket (this thread blocks in poll(2) for them), not when this process's
+ * fibers get to them: the C references for those are timed in C. Info is
+ * timed through the same driver for both sides.
  *
  *   npx tsx scripts/bench-vmm.ts [--quick] [--spread] [--vms N] [--only start,exit,info,startup]
  *                                [--spawn spawner,direct,node] [--vmm "command args" [--label name]]
@@ -55,7 +57,7 @@ import { binVmm } from "../src/parent/vmmProcess.ts"
 import * as T from "../src/schema/imsgTypes.ts"
 import { decodeVmopResult, encodeVmopCreateParams } from "../src/schema/structs.ts"
 import type { Fd } from "../src/services/Fd.ts"
-import { ImsgChannel, type Channel, type Imsg } from "../src/services/ImsgChannel.ts"
+import { ImsgChannel, type Channel, type Imsg, type OutgoingImsg } from "../src/services/ImsgChannel.ts"
 import { buildDir, compileVmprog, repoRoot } from "../src/vm/build.ts"
 import { defaultVmdConfig } from "../src/vmm/defaults.ts"
 
@@ -227,6 +229,11 @@ interface Talk {
   /** The next message that satisfies `pred`, with the time it arrived. */
   readonly next: (pred: (m: Imsg) => boolean, ms?: number) => Effect.Effect<Stamped, Error>
   /**
+   * Queue `msg` and write it now, on this thread (with anything queued
+   * before it); the time just before its sendmsg: when the request was sent.
+   */
+  readonly sendTimed: (msg: OutgoingImsg) => Effect.Effect<number, Error>
+  /**
    * Write what is queued, then block this thread in poll(2) until the peer's
    * next bytes arrive, and return that time: the arrival without this
    * process's event loop and fibers in it (the C references time themselves).
@@ -288,7 +295,15 @@ const talk = (peer: Peer): Effect.Effect<Talk, unknown, Scope.Scope | ImsgChanne
         channel.flush,
         Effect.try({ try: () => drainFrames(peer.sock.num, type, peerid, ms), catch: (e) => e as Error })
       )
-    return { channel, next, arrival, only, drainUntil }
+    const sendTimed = (msg: OutgoingImsg) =>
+      Effect.suspend(() => {
+        const e = channel.unsafeSend(msg)
+        if (e !== null) return Effect.fail(new Error(`send: ${e.message}`))
+        const t0 = performance.now()
+        channel.unsafeWritePending()
+        return Effect.succeed(t0)
+      })
+    return { channel, next, sendTimed, arrival, only, drainUntil }
   })
 
 const drainBuf = new Uint8Array(1 << 20)
@@ -373,8 +388,7 @@ const vmmUnderTest = (files: Files, extra: ReadonlyArray<string> = []) =>
     /** `info` timed by reading the replies on this thread (talk's drainUntil): when nothing else is in flight. */
     const infoDrained = Effect.gen(function* () {
       const id = ++peerid
-      const t0 = performance.now()
-      yield* t.channel.send(M.getInfo(id))
+      const t0 = yield* t.sendTimed(M.getInfo(id))
       const at = yield* t.drainUntil(T.IMSG_VMDOP_GET_INFO_VM_END_DATA, id)
       return at - t0
     })
@@ -416,8 +430,7 @@ const startOne = (vmm: Vmm, files: Files, vmid: number, full: boolean) =>
     const messages = M.startVm(vmid, paramsFor(`vm${vmid}`, files, full), { kernel, cdrom: null, disks, taps, tty })
     for (const m of messages.slice(0, -1)) yield* vmm.t.channel.send(m)
     yield* vmm.info
-    const t0 = performance.now()
-    yield* vmm.t.channel.send(messages.at(-1)!)
+    const t0 = yield* vmm.t.sendTimed(messages.at(-1)!)
     const at = yield* vmm.t.arrival()
     const reply = yield* vmm.t.only(isType(T.IMSG_VMDOP_START_VM_RESPONSE))
     hostTap?.closeSync()
@@ -529,8 +542,7 @@ const infoAndRss = (files: Files) =>
             const t = yield* talk(peer)
             const c: Array<number> = []
             for (let i = 0; i < N.warm + N.info; i++) {
-              const t0 = performance.now()
-              yield* t.channel.send(M.getInfo(i + 1))
+              const t0 = yield* t.sendTimed(M.getInfo(i + 1))
               const at = yield* t.drainUntil(T.IMSG_VMDOP_GET_INFO_VM_END_DATA, i + 1)
               if (i >= N.warm) c.push(at - t0)
             }
