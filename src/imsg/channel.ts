@@ -9,9 +9,10 @@
  *   a small read: see parser.ts), hand them in chunks to the single consumer
  *   of `messages`. Reading pauses while the consumer lags (highWaterBytes)
  *   and resumes when it pulls.
- * - writing: `send` only queues; the queue is written at the end of the
- *   current turn (a microtask), gathered into sendmsgs of up to MAX_BATCH
- *   bytes through a process-wide staging area (see writer.ts), and on EAGAIN
+ * - writing: `send` only queues (a small fd-less message framed at once
+ *   into a compose chunk, as imsg_compose does); the queue is written at the
+ *   end of the current turn (a microtask), gathered into sendmsgs of up to
+ *   MAX_BATCH bytes (see writer.ts), and on EAGAIN
  *   the driver watches for writability until the queue is empty (EV_WRITE
  *   only while queued). An idle channel holds no buffer of its own.
  * - endings: EOF ends the stream; EPIPE drops the output queue and ends the
@@ -366,8 +367,7 @@ class ImsgConnection {
         for (const m of list) m.fd?.closeSync()
         return Effect.fail(error)
       }
-      const w = this.#writer
-      for (const m of list) w.push(m)
+      this.#writer.pushAll(list)
       if (list.length > 0) this.#scheduleWrite()
       return Effect.void
     })

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import fc from "fast-check"
 import type { Batch, QueuedImsg } from "../../src/imsg/writer.ts"
-import { batchBytes, ImsgWriter, MAX_BATCH, MAX_PIECES, OWN_IOVEC } from "../../src/imsg/writer.ts"
+import { batchBytes, CHUNK_SIZE, ImsgWriter, MAX_BATCH, MAX_PIECES, OWN_IOVEC, pooledChunks } from "../../src/imsg/writer.ts"
 import { MAX_IMSGSIZE } from "../../src/schema/imsgHeader.ts"
 import { encodeFrames, hex } from "./frames.ts"
 
@@ -47,16 +47,20 @@ describe("ImsgWriter (msgbuf_write gathering)", () => {
   it("any sequence of partial writes sends the queue's bytes in order; each fd rides once, at its message's first byte, first in its batch; another writer on the same staging area in between changes nothing", () => {
     fc.assert(
       fc.property(
-        fc.array(msgArb, { maxLength: 40 }),
+        fc.array(msgArb, { maxLength: 60 }),
         fc.array(fc.nat(70_000), { minLength: 1, maxLength: 50 }),
         fc.array(fc.boolean(), { minLength: 1, maxLength: 20 }),
-        (input, accepts, interleave) => {
+        fc.option(fc.integer({ min: OWN_IOVEC + 15, max: 4096 }), { nil: undefined }),
+        (input, accepts, interleave, chunkSize) => {
       const msgs = input.map((m, i) => (m.fd === null ? m : { ...m, fd: 100 + i }))
       const staging = new Uint8Array(MAX_IMSGSIZE * 2)
-      const w = new ImsgWriter<number>(staging, { pid: PID })
+      // small compose chunks too, so that runs cross from chunk to chunk
+      const w = new ImsgWriter<number>(staging, { pid: PID, ...(chunkSize === undefined ? {} : { chunkSize }) })
       // another channel's writer on the same staging area
       const other = new ImsgWriter<number>(staging, { pid: PID })
-      msgs.forEach((m) => w.push(m))
+      // half queued now (pushAll), the rest one per write (push), so that small messages also extend a run partly written
+      let queued = Math.ceil(msgs.length / 2)
+      w.pushAll(msgs.slice(0, queued))
       const { bytes: expected, starts } = encodeFrames(
         msgs.map((m) => ({
           type: m.type,
@@ -71,7 +75,14 @@ describe("ImsgWriter (msgbuf_write gathering)", () => {
       const fdsAt = new Map<number, number>()
       let k = 0
       let again = false
-      for (let b = w.gather(); b !== null; b = w.gather()) {
+      /** Messages not completely written once `pos` bytes are: what `length` must say. */
+      const unfinished = (pos: number) =>
+        msgs.slice(0, queued).filter((m, i) => (starts[i] as number) + 16 + (m.data?.length ?? 0) > pos).length
+      for (let b = w.gather(); b !== null || queued < msgs.length; b = w.gather()) {
+        if (b === null) {
+          w.push(msgs[queued++]!)
+          continue
+        }
         expect(b.length).toBeGreaterThan(0)
         expect(b.count).toBeLessThanOrEqual(MAX_PIECES)
         expect(b.length).toBeLessThanOrEqual(MAX_BATCH)
@@ -93,6 +104,9 @@ describe("ImsgWriter (msgbuf_write gathering)", () => {
         sent.set(bytes.subarray(0, n), pos)
         pos += n
         w.written(n)
+        expect(w.length).toBe(unfinished(pos))
+        if (queued < msgs.length) w.push(msgs[queued++]!)
+        expect(w.length).toBe(unfinished(pos))
         if (interleave[k % interleave.length]) {
           // another channel's batch uses the staging area before this writer's next one
           other.push({ type: 9, peerid: 9, pid: 9, data: new Uint8Array(3000).fill(0xee) })
@@ -102,6 +116,7 @@ describe("ImsgWriter (msgbuf_write gathering)", () => {
         }
       }
       expect(w.length).toBe(0)
+      expect(w.holdsChunk).toBe(false)
       expect(pos).toBe(expected.length)
       const differ = sent.findIndex((x, i) => x !== expected[i])
       expect(differ).toBe(-1)
@@ -152,19 +167,43 @@ describe("ImsgWriter (msgbuf_write gathering)", () => {
     expect(flat(b!)).toEqual(hex("2c 00 00 00 14 00 01 00 00 00 00 00 01 02 03 04 00 00 00 00"))
   })
 
-  it("a large payload goes as its own piece (no copy), a small one is copied beside its header; a batch stops at MAX_BATCH", () => {
+  it("a large payload goes as its own piece (no copy), a small fd-less one is framed when queued; a batch stops at MAX_BATCH", () => {
     const w = new ImsgWriter<number>(new Uint8Array(MAX_BATCH), { pid: PID })
     const big = new Uint8Array(16000).fill(1)
-    w.push({ type: 1, peerid: 0, pid: 1, data: new Uint8Array(10).fill(2) })
+    const small = new Uint8Array(10).fill(2)
+    w.push({ type: 1, peerid: 0, pid: 1, data: small })
+    small.fill(9) // copied at push, as imsg_compose copies
     w.push({ type: 2, peerid: 0, pid: 1, data: big })
     w.push({ type: 3, peerid: 0, pid: 1, data: new Uint8Array(10).fill(3) })
     const b = w.gather()!
-    expect(b.count).toBe(3) // [hdr1 + 10 bytes + hdr2], big, [hdr3 + 10 bytes]
-    expect(b.bufs[1]).toBe(big)
-    expect(b.lens).toEqual([26 + 16, 16000, 26].slice(0, b.count))
+    expect(b.count).toBe(4) // [hdr1 + 10 bytes] (composed), [hdr2] (staged), big, [hdr3 + 10 bytes] (composed)
+    expect(b.bufs[2]).toBe(big)
+    expect(b.lens).toEqual([26, 16, 16000, 26])
+    expect(flat(b).subarray(16, 26)).toEqual(new Uint8Array(10).fill(2))
     w.written(b.length)
     for (let i = 0; i < 40; i++) w.push({ type: 4, peerid: 0, pid: 1, data: big })
     const c = w.gather()!
     expect(c.length).toBe(Math.floor(MAX_BATCH / 16016) * 16016)
+  })
+
+  it("consecutive small fd-less messages go as one piece; an idle writer holds no compose chunk, and chunks are reused", () => {
+    const w = new ImsgWriter<number>(new Uint8Array(MAX_BATCH), { pid: PID })
+    for (let i = 0; i < 100; i++) w.push({ type: i, peerid: 0, pid: 1, data: new Uint8Array(100).fill(i) })
+    expect(w.holdsChunk).toBe(true)
+    const b = w.gather()!
+    expect(b.count).toBe(1)
+    expect(b.length).toBe(100 * 116)
+    w.written(b.length)
+    expect(w.length).toBe(0)
+    expect(w.holdsChunk).toBe(false)
+    const pooled = pooledChunks()
+    expect(pooled).toBeGreaterThan(0)
+    // more than one chunk's worth: the next takes pooled chunks first
+    w.pushAll(Array.from({ length: 1000 }, () => ({ type: 1, peerid: 0, pid: 1, data: new Uint8Array(100) })))
+    expect(w.length).toBe(1000)
+    expect(pooledChunks()).toBe(Math.max(0, pooled - Math.ceil((1000 * 116) / CHUNK_SIZE)))
+    w.clear(() => {})
+    expect(w.holdsChunk).toBe(false)
+    expect(pooledChunks()).toBeGreaterThanOrEqual(pooled)
   })
 })
