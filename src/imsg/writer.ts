@@ -321,6 +321,7 @@ export class ImsgWriter<F> {
     const dv = this.#dv
     const head = q[this.#head] as Entry<F>
     const skip = this.#headSent
+    // the head's fd rides only on a batch that starts at its first byte (a run has none)
     b.fd = skip === 0 && !(head instanceof Run) ? (head.fd ?? null) : null
     let o = 0
     /** Start of the staged bytes not yet made a piece. */
@@ -344,6 +345,7 @@ export class ImsgWriter<F> {
       const size = IMSG_HEADER_SIZE + plen
       const own = plen >= OWN_IOVEC
       if (i > this.#head) {
+        // an fd-carrying message only begins a batch
         if (m.fd != null) break
         if (total + size > MAX_BATCH || b.count + 2 >= MAX_PIECES) break
         if (o + IMSG_HEADER_SIZE + (own ? 0 : plen) > st.length) break
