@@ -86,6 +86,12 @@ export interface ProcessService {
   readonly listenExits: (listener: (exit: ChildExit) => void) => Effect.Effect<void>
   /** Pids spawned and not yet reaped. */
   readonly children: Effect.Effect<ReadonlyArray<number>>
+  /**
+   * Look now whether child `pid` has exited, and if so reap and report it
+   * at once, as its own notice would: for a caller that has a hint (the
+   * VM's socket hit EOF). No-op where the layer learns exits otherwise.
+   */
+  readonly unsafeReapNow: (pid: number) => void
 }
 
 export class Process extends Context.Tag("vmd-vmm/Process")<Process, ProcessService>() {}
@@ -138,7 +144,8 @@ export const makeOr = <E>(
 export const tableService = (
   live: ReadonlyMap<number, unknown>,
   exits: ExitBox
-): Pick<ProcessService, "isAlive" | "exits" | "takeExits" | "listenExits" | "children"> => ({
+): Pick<ProcessService, "isAlive" | "exits" | "takeExits" | "listenExits" | "children" | "unsafeReapNow"> => ({
+  unsafeReapNow: () => {},
   isAlive: (pid) => Effect.sync(() => live.has(pid)),
   exits: exits.stream,
   takeExits: exits.takeAll,

@@ -137,6 +137,8 @@ export const startVmmServer = (parentFd: Fd, options: VmmOptions) =>
           },
           end: (error) => {
             if (error !== null) events.push({ _tag: "VmEnd", vm, error })
+            // EOF: most often the VM process has exited; if so, its exit is handled now, not after its pidfd's turn.
+            else if (vm.pid > 0) process.unsafeReapNow(vm.pid)
           }
         })
         vm.channel = channel

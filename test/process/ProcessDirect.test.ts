@@ -421,6 +421,32 @@ describe("ProcessDirect", () => {
     }).pipe(Effect.provide(layer))
   )
 
+  it.scopedLive("unsafeReapNow reaps and reports an exited child at once, without its pidfd's turn; a running one is left alone", () =>
+    Effect.gen(function* () {
+      const proc = yield* Process
+      const heard: Array<ChildExit> = []
+      yield* proc.listenExits((e) => heard.push(e))
+      const running = yield* proc.spawn({ command: child, args: ["sleep"], fds: [], stdio: "null" })
+      const done = yield* proc.spawn({ command: child, args: ["exit", "3"], fds: [], stdio: "null" })
+      spawned.push(running.pid, done.pid)
+      const report = yield* Effect.sync(() => {
+        // a zombie now, without a turn of the loop (where its pidfd's callback would reap it)
+        const until = Date.now() + 5000
+        while (procStat(done.pid)?.state !== "Z" && Date.now() < until) {}
+        const zombie = procStat(done.pid)?.state
+        proc.unsafeReapNow(running.pid)
+        proc.unsafeReapNow(done.pid)
+        return { zombie, heard: [...heard] }
+      })
+      expect(report.zombie).toBe("Z")
+      expect(report.heard).toEqual([{ pid: done.pid, status: { _tag: "Exited", code: 3 } }])
+      expect(yield* proc.isAlive(running.pid)).toBe(true)
+      yield* proc.kill(running.pid, "SIGKILL")
+      expect(yield* running.exit).toEqual({ _tag: "Signaled", signal: 9 })
+      expect(heard.map((e) => e.pid)).toEqual([done.pid, running.pid])
+    }).pipe(Effect.provide(layer))
+  )
+
   it.scopedLive("spawns from many fibers while children exit: takeExits sees each exactly once", () =>
     Effect.gen(function* () {
       const proc = yield* Process
