@@ -130,6 +130,8 @@ export const startVmmServer = (parentFd: Fd, options: VmmOptions) =>
         // per VM). EOF, or our own close, is no event: vmm.c just stops
         // watching the socket (the exit comes by SIGCHLD), and a dispatcher
         // turn for nothing would delay the spawner's exit report behind it.
+        // But EOF is a hint that the process has exited: the Process layer
+        // looks now (a no-op for a pid it has reaped, or one still running).
         // An error after vm_remove closed the channel cannot come.
         yield* channel.listen({
           messages: (ms) => {
@@ -137,7 +139,7 @@ export const startVmmServer = (parentFd: Fd, options: VmmOptions) =>
           },
           end: (error) => {
             if (error !== null) events.push({ _tag: "VmEnd", vm, error })
-            // EOF: most often the VM process has exited; if so, its exit is handled now, not after its pidfd's turn.
+            // its exit, if it has exited, handled now rather than after its pidfd's turn
             else if (vm.pid > 0) process.unsafeReapNow(vm.pid)
           }
         })
