@@ -138,6 +138,9 @@ type Entry<F> = QueuedImsg<F> | Run
 
 const entrySize = <F>(e: Entry<F>): number => (e instanceof Run ? e.end - e.start : sizeOf(e))
 
+/** Framed when queued, into a run: no fd, and a payload too small for an iovec of its own. */
+const composed = <F>(m: QueuedImsg<F>): boolean => m.fd == null && (m.data?.length ?? 0) < OWN_IOVEC
+
 /** The writer whose batch is in the (shared) staging area. */
 let stagingUser: object | null = null
 
@@ -198,8 +201,6 @@ export class ImsgWriter<F> {
   #pending = 0
   /** Where small messages are composed, while any is queued. */
   #chunk: Chunk | null = null
-  /** The queue's last entry, when it is a run that the next small message may extend. */
-  #open: Run | null = null
   readonly #batch = new Pieces<F>()
   /** #batch holds what is left of the last gather (valid while stagingUser is this writer). */
   #batchLive = false
@@ -252,21 +253,17 @@ export class ImsgWriter<F> {
     let i = 0
     while (i < n) {
       const first = list[i] as QueuedImsg<F>
-      const firstLen = first.data === undefined ? 0 : first.data.length
-      if (first.fd != null || firstLen >= OWN_IOVEC) {
-        this.#open = null
+      if (!composed(first)) {
         this.#queue.push(first)
         this.#pending++
         i++
         continue
       }
       // A run of small fd-less messages, framed into the chunk with its state in locals.
+      // (A full chunk still has runs unsent: it goes back to the pool when they are written.)
       const limit = this.#chunkSize
       let c = this.#chunk
-      if (c === null || c.used + IMSG_HEADER_SIZE + firstLen > limit) {
-        if (c !== null && c.runs === 0) giveChunk(c)
-        c = this.#chunk = takeChunk(limit)
-      }
+      if (c === null || c.used + IMSG_HEADER_SIZE + (first.data?.length ?? 0) > limit) c = this.#chunk = takeChunk(limit)
       const buf = c.buf
       const dv = c.dv
       const from = c.used
@@ -274,10 +271,11 @@ export class ImsgWriter<F> {
       let o = from
       for (; i < n; i++) {
         const m = list[i] as QueuedImsg<F>
+        if (!composed(m)) break
         const data = m.data
         const plen = data === undefined ? 0 : data.length
         const size = IMSG_HEADER_SIZE + plen
-        if (m.fd != null || plen >= OWN_IOVEC || o + size > limit) break
+        if (o + size > limit) break
         dv.setUint32(o, m.type, true)
         dv.setUint32(o + 4, size, true) // lenWord(size, false, either format): no fd, no flag
         dv.setUint32(o + 8, m.peerid, true)
@@ -288,15 +286,15 @@ export class ImsgWriter<F> {
       const count = i - begin
       c.used = o
       this.#pending += count
-      const r = this.#open
-      if (r !== null && r.chunk === c && r.end === from) {
-        r.end = o
-        r.count += count
+      // the queue's last entry, if it is the run these bytes continue, takes them
+      const q = this.#queue
+      const last = q.length > this.#head ? q[q.length - 1] : undefined
+      if (last instanceof Run && last.chunk === c && last.end === from) {
+        last.end = o
+        last.count += count
       } else {
-        const run = new Run(c, from, o, count)
         c.runs++
-        this.#queue.push(run)
-        this.#open = run
+        q.push(new Run(c, from, o, count))
       }
     }
   }
@@ -381,8 +379,11 @@ export class ImsgWriter<F> {
       return
     }
     this.#pending -= e.count
-    if (e === this.#open) this.#open = null
-    const c = e.chunk
+    this.#runGone(e.chunk)
+  }
+
+  /** A run of chunk `c` written or dropped. */
+  #runGone(c: Chunk): void {
     if (--c.runs === 0) {
       if (c !== this.#chunk) giveChunk(c)
       else c.used = 0 // nothing of it is unsent: compose from its start again
@@ -438,7 +439,6 @@ export class ImsgWriter<F> {
   /** Nothing queued: the current chunk goes back to the pool (an idle writer holds none). */
   #dropChunk(): void {
     const c = this.#chunk
-    this.#open = null
     if (c !== null && c.runs === 0) {
       this.#chunk = null
       giveChunk(c)
@@ -451,8 +451,7 @@ export class ImsgWriter<F> {
     for (let i = this.#head; i < q.length; i++) {
       const e = q[i] as Entry<F>
       if (e instanceof Run) {
-        const c = e.chunk
-        if (--c.runs === 0 && c !== this.#chunk) giveChunk(c)
+        this.#runGone(e.chunk)
         continue
       }
       const fd = e.fd

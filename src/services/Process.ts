@@ -139,7 +139,9 @@ export const makeOr = <E>(
 
 /**
  * What every Process layer derives the same way from its table of live
- * children (pid -> anything) and its ExitBox.
+ * children (pid -> anything) and its ExitBox; and `unsafeReapNow` as a
+ * no-op, for a layer told of each exit rather than looking (ProcessDirect,
+ * which looks, has its own).
  */
 export const tableService = (
   live: ReadonlyMap<number, unknown>,
