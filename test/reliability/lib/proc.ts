@@ -102,12 +102,15 @@ export const isAlive = (pid: number): boolean => {
   return st !== null && st.state !== "Z"
 }
 
-/** Wait (polling) until `pred` holds or `ms` pass; whether it held. */
-export const waitUntil = async (pred: () => boolean, ms: number, stepMs = 10): Promise<boolean> => {
+/**
+ * Wait (polling) until `pred` holds; rejects (the test fails, naming `what`)
+ * if it does not within `ms`.
+ */
+export const waitUntil = async (pred: () => boolean, ms: number, what: string, stepMs = 10): Promise<void> => {
   const end = Date.now() + ms
   for (;;) {
-    if (pred()) return true
-    if (Date.now() >= end) return false
+    if (pred()) return
+    if (Date.now() >= end) throw new Error(`timed out after ${ms} ms waiting for ${what}`)
     await new Promise((r) => setTimeout(r, stepMs))
   }
 }
