@@ -27,6 +27,8 @@ let programs: Programs
 let vmm: VmmProgram
 let kernel = ""
 let disks: Array<string> = []
+/** The vmm device the first test passes: a file of its own, which nothing above the vmm can hold open. */
+let device = ""
 
 beforeAll(async () => {
   programs = await buildPrograms("reliability-hygiene")
@@ -39,6 +41,8 @@ beforeAll(async () => {
     ftruncateSync(fd, 1 << 20)
     closeSync(fd)
   }
+  device = join(programs.dir, "vmm-device")
+  writeFileSync(device, "")
 }, 60_000)
 afterAll(() => rmSync(programs.dir, { recursive: true, force: true }))
 
@@ -107,12 +111,15 @@ describe("fd hygiene of bin/vmm and its VM processes", () => {
       const parent = yield* makeVmdParent({
         command: vmm,
         vmExec: programs.vmprog,
-        vmmDevice: "/dev/null",
+        // not /dev/null: some ancestor always holds that, and the received device fd would pass for inherited
+        vmmDevice: device,
         output: "ignore",
         timeoutMs: 20_000
       })
       const pid = parent.vmmPid
       const inherited = ancestorLinks()
+      // the vmm cannot have inherited it: it was opened (by the parent stand-in, in this process) after the vmm started
+      inherited.delete(device)
       const seen = new Set<string>()
       let inheritedSeen = 0
       let samples = 0
@@ -144,6 +151,10 @@ describe("fd hygiene of bin/vmm and its VM processes", () => {
       // fds inherited from above without the flag may stay so: no VM gets them (the spawner closes
       // everything at its start, ProcessNode seals them before each spawn; the next test checks the VMs)
       console.log(`vmm fd samples: ${samples}; fds not of its making (inherited, or opened by Node before the program runs) seen without close-on-exec: ${inheritedSeen}`)
+      // the received device fd was there to be sampled (the check above is not vacuous for it) and is close-on-exec
+      const deviceFds = [...fdLinks(pid)].filter(([, l]) => l === device).map(([fd]) => fd)
+      expect(deviceFds).toHaveLength(1)
+      expect((fdFlags(pid).get(deviceFds[0]!) ?? 0) & O_CLOEXEC_FLAG).toBe(O_CLOEXEC_FLAG)
       // fd 3, the parent channel, is close-on-exec once the channel is open
       expect((fdFlags(pid).get(3) ?? 0) & O_CLOEXEC_FLAG).toBe(O_CLOEXEC_FLAG)
       expect(yield* parent.close).toEqual({ _tag: "Exited", code: 0 })
