@@ -1,10 +1,11 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Effect } from "effect"
-import { closeSync, mkdtempSync, openSync, rmSync } from "node:fs"
+import { Effect, Either } from "effect"
+import { closeSync, mkdtempSync, openSync, rmSync, statSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import koffi from "koffi"
 import * as IoctlNative from "../../src/layers/IoctlNative.ts"
+import { openPty } from "../../src/parent/pty.ts"
 import { Errno } from "../../src/schema/errno.ts"
 import { VMM_IOC_INFO } from "../../src/schema/ioctl.ts"
 import { Ioctl } from "../../src/services/Ioctl.ts"
@@ -12,6 +13,8 @@ import { Ioctl } from "../../src/services/Ioctl.ts"
 // Linux request numbers: these tests exercise the binding on the build host.
 const FIONREAD = 0x541b
 const TIOCGWINSZ = 0x5413
+/** _IOR('T', 0x30, unsigned int): the pty number of a /dev/ptmx master. Above 2^31, like VMM_IOC_*. */
+const TIOCGPTN = 0x80045430
 
 const libc = koffi.load(null)
 const pipe2 = libc.func("int pipe2(_Out_ int *fds, int flags)")
@@ -60,7 +63,28 @@ describe.runIf(process.platform === "linux")("IoctlNative (Linux host)", () => {
     }).pipe(Effect.provide(IoctlNative.layer))
   )
 
-  it.effect("a request number above 2^31 (VMM_IOC_INFO) passes through as unsigned long: ENOTTY here", () =>
+  it.effect("a request number above 2^31 reaches the kernel intact: TIOCGPTN names the pty's slave", () =>
+    Effect.acquireUseRelease(
+      Effect.sync(() => Either.getOrThrow(openPty("ioctl test master"))),
+      (pty) =>
+        Effect.gen(function* () {
+          const { ioctl } = yield* Ioctl
+          expect(TIOCGPTN).toBeGreaterThan(0x7fffffff)
+          // Filled with a sentinel so that an ioctl that writes nothing cannot look like pty 0.
+          const out = new Uint8Array(4).fill(0xff)
+          yield* ioctl(pty.master.num, TIOCGPTN, out)
+          const n = new DataView(out.buffer).getUint32(0, true)
+          // ptsname_r (libc, the project's pty helper) named the slave independently of this binding.
+          expect(pty.name).toBe(`/dev/pts/${n}`)
+          // And the slave device node's minor number is that pty number (Linux dev_t layout).
+          const rdev = statSync(pty.name).rdev
+          expect((rdev & 0xff) | ((rdev >>> 12) & ~0xff)).toBe(n)
+        }),
+      (pty) => pty.master.close
+    ).pipe(Effect.provide(IoctlNative.layer))
+  )
+
+  it.effect("an IoctlError reports a request above 2^31 (VMM_IOC_INFO) unsigned, in its field and message", () =>
     Effect.gen(function* () {
       const { ioctl } = yield* Ioctl
       const dir = mkdtempSync(join(tmpdir(), "vmd-vmm-ioctl-"))
@@ -69,6 +93,7 @@ describe.runIf(process.platform === "linux")("IoctlNative (Linux host)", () => {
       closeSync(fd)
       rmSync(dir, { recursive: true })
       expect(err).toMatchObject({ request: 0xc0185603, errno: Errno.ENOTTY })
+      expect(err.message).toContain("0xC0185603")
     }).pipe(Effect.provide(IoctlNative.layer))
   )
 
