@@ -145,6 +145,12 @@ export const makeHarness = (options: HarnessOptions = {}): Effect.Effect<Harness
     logState.sink = (_level, line) => {
       logs.push(line)
     }
+    // The server catches a handler's defect, logs "internal error ..." and goes on (one bad
+    // message must not end the vmm); a test that provoked one fails here, whatever it checked.
+    yield* Effect.addFinalizer(() => {
+      const defects = logs.filter((l) => l.includes("internal error"))
+      return defects.length === 0 ? Effect.void : Effect.die(new Error(`the vmm logged a defect: ${defects.join(" | ")}`))
+    })
 
     // --- fork's fd copies: the vmm's copy of the child socket is a proxy -----
     interface ChildEnd {
