@@ -9,6 +9,7 @@ import { ImsgChannelNative } from "../../src/layers/ImsgChannelNative.ts"
 import * as libc from "../../src/native/libc.ts"
 import { Errno } from "../../src/schema/errno.ts"
 import { MAX_IMSG_PAYLOAD } from "../../src/schema/imsgHeader.ts"
+import { Fd } from "../../src/services/Fd.ts"
 import type { Imsg } from "../../src/services/ImsgChannel.ts"
 import { ImsgChannel } from "../../src/services/ImsgChannel.ts"
 import { encodeFrames, hex, toHex } from "./frames.ts"
@@ -172,9 +173,10 @@ describe("ImsgChannelNative over real socketpairs", () => {
         yield* ca.send({ type: 21, peerid: 3, pid: 1, fd: file, data: hex("aa") })
         const [m] = yield* take(cb.messages, 1)
         rmSync(dir, { recursive: true })
+        expect(m?.type).toBe(21)
         const got = m?.fd
-        expect(got).not.toBeNull()
-        if (!got) return
+        expect(got).toBeInstanceOf(Fd)
+        if (!got) throw new Error("no fd")
         expect(file.isOpen).toBe(false)
         expect(libc.fstatId(got.num)).toEqual(id)
         expect(libc.fcntl(got.num, libc.F_GETFD) & libc.FD_CLOEXEC).toBe(libc.FD_CLOEXEC)
