@@ -20,7 +20,8 @@ import { Process, type Child } from "../../src/services/Process.ts"
 
 export const TestLayers = Layer.mergeAll(ImsgChannelNative.layer, ProcessNode.layer)
 
-export const VMID = 7
+/** Four different bytes, so that an id answered from a constant or in the wrong byte order shows. */
+export const VMID = 0x01020304
 
 /** A VM program: `command args... -V fd -i -1 -j -1`. */
 export interface Program {

@@ -68,10 +68,10 @@ describe.each(["node", "c"])("VM program (%s)", (name) => {
       // PAUSE_VM as the vmm forwards it: peerid 0xffffffff, the parent's pid 1, a vmop_id.
       yield* imsg.writeRaw(vm.sock, frame(T.IMSG_VMDOP_PAUSE_VM, 0xffffffff, 1, vmopId(VMID)), 5000)
       const reply = yield* imsg.readRaw(vm.sock, 16 + 28, 5000)
-      // type 12, len 44, peerid and pid echoed, vmop_result {0, 7, 0, ""}
+      // type 12, len 44, peerid and pid echoed, vmop_result {0, 0x01020304, 0, ""}
       const golden = Uint8Array.from([
         12, 0, 0, 0, 44, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0,
-        0, 0, 0, 0, 7, 0, 0, 0, ...new Array<number>(20).fill(0)
+        0, 0, 0, 0, 4, 3, 2, 1, ...new Array<number>(20).fill(0)
       ])
       expect(Array.from(reply)).toEqual(Array.from(golden))
       // and the channel of the real layer decodes UNPAUSE's answer the same way
