@@ -1,9 +1,11 @@
 /**
  * bin/vmm's services (src/cli/layers.ts): `vmmServiceLayers`, built in one
  * scoped effect, gives what `vmmServiceLayersComposed` (Layer's combinators)
- * gives: the same kind of Process service for each spawn method, with the
- * same fallbacks, a working registry and device, and everything released
- * when the scope ends (the spawner process included).
+ * gives: the same kind of Process service for each spawn method (told apart
+ * by what this process holds while a child lives: the spawner's pid, a
+ * pidfd for the child, or neither), with the same fallbacks, a working
+ * registry and device, and everything released when the scope ends (the
+ * spawner process included).
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Context, Effect, Exit, Layer, Logger, Scope } from "effect"
@@ -12,6 +14,7 @@ import { vmmServiceLayers, vmmServiceLayersComposed } from "../../src/cli/layers
 import { Process } from "../../src/services/Process.ts"
 import { VmmDevice } from "../../src/services/VmmDevice.ts"
 import { VmRegistry } from "../../src/services/VmRegistry.ts"
+import { pidfdTargets } from "../e2e/pidfd.ts"
 import { procStat } from "../e2e/proc.ts"
 
 const alive = (pid: number) => {
@@ -30,14 +33,22 @@ const probe = (layer: Layer.Layer<Process | VmRegistry | VmmDevice>) =>
     const spawnerPid = "spawnerPid" in proc ? (proc.spawnerPid as number) : null
     const child = yield* proc.spawn({ command: "/bin/sh", args: ["-c", "exit 7"], fds: [], stdio: "null" })
     const status = yield* child.exit
+    // which backend: ProcessDirect holds a pidfd for each live child in this process; the others none
+    const sleeper = yield* proc.spawn({ command: "/bin/sleep", args: ["30"], fds: [], stdio: "null" })
+    const pidfds = pidfdTargets(process.pid).filter((pid) => pid === sleeper.pid).length
+    yield* proc.kill(sleeper.pid, "SIGKILL")
+    const sleeperStatus = yield* sleeper.exit
+    const pidfdsAfter = pidfdTargets(process.pid).filter((pid) => pid === sleeper.pid).length
     // the mock kernel's device answers only once /dev/vmm's fd is attached: an error, the same for both
     const info = yield* Effect.either(Context.get(ctx, VmmDevice).info)
     const vms = yield* Context.get(ctx, VmRegistry).all
     const spawnerAliveBefore = spawnerPid !== null && alive(spawnerPid)
     yield* Scope.close(scope, Exit.void)
     return {
-      kind: spawnerPid !== null ? "spawner" : "other",
+      kind: spawnerPid !== null ? "spawner" : pidfds === 1 ? "direct" : pidfds === 0 ? "node" : `${pidfds} pidfds`,
+      pidfdsAfter,
       status,
+      sleeperStatus,
       info: info._tag === "Right" ? info.right.length : `errno ${info.left.errno}`,
       vms: vms.length,
       spawnerAliveBefore,
@@ -61,7 +72,9 @@ describe("bin/vmm's services", () => {
         const composed = yield* probe(vmmServiceLayersComposed(backend, spawn))
         expect(one).toEqual(composed)
         expect(one.status).toEqual({ _tag: "Exited", code: 7 })
-        expect(one.kind).toBe(spawn === "spawner" ? "spawner" : "other")
+        expect(one.kind).toBe(spawn)
+        expect(one.pidfdsAfter, "the child's pidfd is closed once it is reaped").toBe(0)
+        expect(one.sleeperStatus).toEqual({ _tag: "Signaled", signal: 9 })
         if (spawn === "spawner") expect([one.spawnerAliveBefore, one.spawnerAliveAfter]).toEqual([true, false])
       })
     )
@@ -75,7 +88,7 @@ describe("bin/vmm's services", () => {
         const one = yield* probe(vmmServiceLayers("process", "spawner"))
         const composed = yield* probe(vmmServiceLayersComposed("process", "spawner"))
         expect(one).toEqual(composed)
-        expect(one.kind).toBe("other")
+        expect(one.kind).toBe("node")
         expect(one.warnings).toHaveLength(1)
         expect(one.warnings[0]).toMatch(/process spawner unavailable .*; using Node's spawn/)
       } finally {

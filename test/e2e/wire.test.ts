@@ -26,7 +26,8 @@ import {
   useFixture,
   withSpawn
 } from "./harness.ts"
-import { cmdline, fdKind, fdLinks, fdsOpenOn, type FileId, fileIdAt, procStat, running, sameFile } from "./proc.ts"
+import { pidfdTargets } from "./pidfd.ts"
+import { childrenOf, cmdline, fdKind, fdLinks, fdsOpenOn, type FileId, fileIdAt, procStat, running, sameFile } from "./proc.ts"
 import { nextMatching, prepareStart, rawVmm, type RawVmm, type SentFiles } from "./raw.ts"
 
 const fixture = useFixture("wire")
@@ -152,6 +153,11 @@ describe("end to end on the wire", () => {
         const argv = cmdline(pid)
         expect(argv.slice(-6)).toEqual(["-V", String(argAfter(argv, "-V")), "-i", "-1", "-j", "-1"])
         expect(procStat(pid)?.session, "setsid").toBe(pid)
+        // the spawn method really used: under direct (ProcessDirect) the vmm holds one pidfd per running VM,
+        // this VM's; under the spawner, only the helper's (its one child: the VMs are the helper's); under Node's spawn, none
+        const helper = spawn === "spawner" ? childrenOf(raw.vmm.pid) : []
+        expect(helper.includes(pid), "the VM is not the vmm's child under the spawner").toBe(false)
+        expect(pidfdTargets(raw.vmm.pid), "the vmm's pidfds").toEqual(spawn === "direct" ? [pid] : helper)
 
         // each file at the number the vmm had it (the number in struct vmd_vm), and only there
         for (const [what, id] of sentList(prep.sent)) {
@@ -173,6 +179,7 @@ describe("end to end on the wire", () => {
         yield* nextMatching(raw, (m) => m.type === T.IMSG_VMDOP_TERMINATE_VM_EVENT)
         expect(running(pid)).toBe(false)
         expect(kinds(fdLinks(raw.vmm.pid)), "the vmm holds nothing of the VM").toEqual(vmmFdsBefore)
+        expect(pidfdTargets(raw.vmm.pid), "no pidfd of the VM left").toEqual(helper)
       })
     )
 
@@ -227,17 +234,26 @@ describe("end to end on the wire", () => {
       ])
       expect(spyMessages(run, b.pid)[0]).toEqual([T.IMSG_CTL_VERBOSE, T.PEERID_NONE, 1, 4, 3])
 
-      // PRIV_GET_ADDR_RESPONSE (priv -> parent -> vmm): forwarded to the VM it names, dropped for an unknown one; no reply
+      // PRIV_GET_ADDR_RESPONSE (priv -> parent -> vmm): forwarded to the VM it names, dropped for an unknown one; no reply.
+      // The spy logs no payload of 16 bytes (its int column is 0 then); the vmm forwards the header's pid as it came,
+      // so each message carries its var_vmid there too, and the logs tell which one reached which VM.
       const addr = (vmid: number) =>
         Either.getOrThrow(encodeVmopAddrResult({ var_vmid: vmid, var_nic_idx: 0, var_addr: Uint8Array.of(0xfe, 0xe1, 0xbb, 0xd1, 1, 2) }))
-      yield* raw.send({ type: T.IMSG_VMDOP_PRIV_GET_ADDR_RESPONSE, peerid: 2, pid: 1, data: addr(2) })
-      yield* raw.send({ type: T.IMSG_VMDOP_PRIV_GET_ADDR_RESPONSE, peerid: 77, pid: 1, data: addr(77) })
-      yield* raw.send(M.pauseVm(52, 2, true)) // a round trip through VM b: the address came before it
+      const markA = spyMessages(run, a.pid).length
+      const markB = spyMessages(run, b.pid).length
+      yield* raw.send({ type: T.IMSG_VMDOP_PRIV_GET_ADDR_RESPONSE, peerid: 2, pid: 2, data: addr(2) })
+      yield* raw.send({ type: T.IMSG_VMDOP_PRIV_GET_ADDR_RESPONSE, peerid: 77, pid: 77, data: addr(77) })
+      // a round trip through each VM: whatever either address became reached its VM before this
+      yield* raw.send(M.pauseVm(52, 2, true))
       expect(result(yield* raw.next())).toMatchObject({ vmr_result: 0, vmr_id: 2 })
-      expect(spyMessages(run, b.pid).slice(-2).map((m) => m.slice(0, 4))).toEqual([
-        [T.IMSG_VMDOP_PRIV_GET_ADDR_RESPONSE, T.PEERID_NONE, 1, 16],
-        [T.IMSG_VMDOP_PAUSE_VM, T.PEERID_NONE, 1, 76]
+      yield* raw.send(M.pauseVm(53, 1, false))
+      expect(result(yield* raw.next())).toMatchObject({ vmr_result: 0, vmr_id: 1 })
+      // everything since the mark: b got its own address (pid 2) once, a none, vmid 77's nowhere
+      expect(spyMessages(run, b.pid).slice(markB)).toEqual([
+        [T.IMSG_VMDOP_PRIV_GET_ADDR_RESPONSE, T.PEERID_NONE, 2, 16, 0],
+        [T.IMSG_VMDOP_PAUSE_VM, T.PEERID_NONE, 1, 76, 0]
       ])
+      expect(spyMessages(run, a.pid).slice(markA)).toEqual([[T.IMSG_VMDOP_UNPAUSE_VM, T.PEERID_NONE, 1, 76, 0]])
 
       // graceful: VM_REBOOT (peerid 0, the vmm's pid); the spy exits 35, reported as 0
       yield* raw.send(M.terminateVm(60, 1, false))
