@@ -23,6 +23,9 @@
  *   answer-zero       answer id 0 and exit EINVAL (a failed VMM_IOC_CREATE)
  *   hang              never answer; wait for a signal
  *   garbage           after the handshake send the vmm an invalid imsg
+ *   deaf              after the handshake, EOF from the vmm does not end it:
+ *                     only a signal does (so that a vmm going away must end
+ *                     it itself, as vmm.c's vmm_shutdown does)
  */
 #include <sys/types.h>
 #include <errno.h>
@@ -143,8 +146,12 @@ main(int argc, char **argv)
 	}
 
 	for (;;) {
-		if (!readn(fd, h, sizeof(h)))
+		if (!readn(fd, h, sizeof(h))) {
+			if (strcmp(mode, "deaf") == 0)
+				for (;;)
+					pause();
 			return 0;			/* EOF from the vmm */
+		}
 		len = h[1] & ~FD_MARK;
 		if (len < HDR || len > MAX_IMSGSIZE)
 			return 1;

@@ -51,6 +51,27 @@ describe("end to end: how bin/vmm ends", () => {
     })
   )
 
+  e2e(fixture, "SIGTERM to bin/vmm whose VMs ignore EOF (vmprog's deaf mode): none outlives it, and it exits 0", (run) =>
+    Effect.gen(function* () {
+      const f = fixture()
+      // VMs that outlive their socket: only the vmm can end them, by vmm_shutdown's terminate or, for
+      // any left, the Process layer's SIGKILL as its scope closes (without both, this test fails: checked)
+      const parent = yield* makeVmdParent(run.options({ vmExec: f.vmprog, env: { VMM_TEST_VM_MODE: "deaf" } }))
+      const vms = yield* Effect.forEach(["d0", "d1", "d2", "d3"], (n) => parent.startVm(smallSpec(f, n)))
+      // should the vmm fail to, this test ends them (they would never exit by themselves)
+      yield* Effect.addFinalizer(() =>
+        Effect.sync(() => {
+          for (const vm of vms) if (running(vm.pid)) process.kill(vm.pid, "SIGKILL")
+        })
+      )
+      const mark = yield* parent.mark
+      process.kill(parent.vmmPid, "SIGTERM")
+      yield* parent.waitFor((e) => e._tag === "VmmGone", mark)
+      expect(yield* parent.close).toEqual({ _tag: "Exited", code: 0 })
+      expect(vms.filter((vm) => running(vm.pid))).toEqual([])
+    })
+  )
+
   e2e(
     fixture,
     "the stand-in is killed: bin/vmm reads EOF on fd 3, ends every VM and exits 0",
