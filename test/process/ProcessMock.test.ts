@@ -232,9 +232,15 @@ describe("ProcessMock properties", () => {
           yield* TestClock.adjust("30 seconds")
           const statuses: Array<ExitStatus> = yield* Effect.forEach(spawned, (s) => s.exit)
           const exits = yield* proc.exits.pipe(Stream.take(children.length), Stream.runCollect)
-          return { spawned, statuses, exits: Chunk.toReadonlyArray(exits), left: yield* proc.children }
+          // and no exit after those (a child reaped twice would show here)
+          const more = yield* Effect.fork(proc.exits.pipe(Stream.take(1), Stream.runCollect))
+          yield* TestClock.adjust("1 minute")
+          const extra = yield* Fiber.poll(more)
+          yield* Fiber.interrupt(more)
+          return { spawned, statuses, exits: Chunk.toReadonlyArray(exits), left: yield* proc.children, extra }
         }).pipe(Effect.provide(mock), Effect.provide(TestContext.TestContext))
-        const { spawned, statuses, exits, left } = await Effect.runPromise(run)
+        const { spawned, statuses, exits, left, extra } = await Effect.runPromise(run)
+        expect(Option.isNone(extra), "an exit beyond one per child").toBe(true)
         const expected = children.map((c): ExitStatus => {
           const killed = c.kill !== null && c.kill.at < c.seconds
           if (killed && c.kill?.signal === "SIGKILL") return { _tag: "Signaled", signal: SIGKILL }
