@@ -433,7 +433,10 @@ describe("ImsgChannelNative over real socketpairs", () => {
         b.closeSync()
         const f = devNull("queued")
         yield* ch.send({ type: 1, peerid: 0, pid: 1, fd: f })
+        for (let t = 2; t <= 4; t++) yield* ch.send({ type: t, peerid: 0, pid: 1, data: new Uint8Array(t) })
         yield* ch.flush
+        // the first write met EPIPE: nothing stays queued, the queued fd is closed
+        expect(yield* ch.queued).toBe(0)
         expect(f.isOpen).toBe(false)
         const got = yield* Stream.runCollect(ch.messages).pipe(Effect.map(Chunk.toArray))
         expect(got.map((m) => m.type)).toEqual([3])
