@@ -237,7 +237,9 @@ describe("VmmDeviceVmm properties", () => {
     )
   })
 
-  it("the RECEIVE_VMM_FD sweep (info, then TERM every vir_id) leaves the kernel empty", async () => {
+  // The device's half of the RECEIVE_VMM_FD sweep; dispatchParent's sweep itself is tested through
+  // the harness (test/vmm/messages.test.ts, test/reliability/faults.test.ts).
+  it("info, then TERM of every vir_id it lists (what the RECEIVE_VMM_FD sweep does), leaves the kernel empty", async () => {
     await fc.assert(
       fc.asyncProperty(fc.array(vm, { maxLength: 10 }), async (specs) => {
         const left = await run(
