@@ -56,6 +56,20 @@ const expectGolden = <A>(codec: Codec<A>, value: A, golden: Golden): void => {
   expect(codec.decode(golden.bytes)).toEqual(Either.right(value))
 }
 
+/** true exactly when A and B are the same type (readonly-ness included). */
+type Equals<A, B> = (<T>() => T extends A ? 1 : 2) extends <T>() => T extends B ? 1 : 2 ? true : false
+
+/** VmInfo's keys in struct order; `satisfies` and the test's `listed` make tsc hold it to exactly VmInfo's fields. */
+const vmInfoKeys = [
+  "vir_memory_size",
+  "vir_used_size",
+  "vir_ncpus",
+  "vir_vcpu_state",
+  "vir_creator_pid",
+  "vir_id",
+  "vir_name"
+] as const satisfies ReadonlyArray<keyof VmInfo>
+
 const vcpuState = Uint8Array.from({ length: 64 }, (_, i) => i % 5)
 const mac = [0xfe, 0xe1, 0xbb, 0xd1, 0x02, 0x03]
 const GiB = 1024n * 1024n * 1024n
@@ -299,10 +313,20 @@ describe("golden bytes (vmd.md §4 offsets, little-endian)", () => {
     expectGolden(S.VmTerminateParamsCodec, { vtp_vm_id: 5 }, new Golden(4).u32(0, 5))
   })
 
-  it("VmInfoResult is the VmInfo of services/VmmDevice.ts, both ways", () => {
-    const info: VmInfo = S.emptyVmInfoResult()
-    const back: S.VmInfoResult = info
-    expect(back).toEqual(S.emptyVmInfoResult())
+  it("VmInfo (services/VmmDevice.ts) has exactly the fields the vm_info_result codec decodes", () => {
+    // Compile time (tsc, part of `npm test`): the two types are the same, keys, readonly-ness and value types.
+    const same: Equals<VmInfo, S.VmInfoResult> = true
+    // ... and vmInfoKeys (top of the file) lists every key of VmInfo. The expect only uses the two.
+    const listed: Equals<(typeof vmInfoKeys)[number], keyof VmInfo> = true
+    expect([same, listed]).toEqual([true, true])
+    // Run time: the keys the compiled decoder builds, in order, are VmInfo's (vmd.md §4.6), and nothing else.
+    const decoded = S.decodeVmInfoResult(new Golden(160).u64(0, GiB).raw(24, vcpuState).str(96, "k").bytes)
+    expect(Either.map(decoded, (v) => Object.keys(v))).toEqual(Either.right([...vmInfoKeys]))
+    expect(Object.keys(S.emptyVmInfoResult())).toEqual([...vmInfoKeys])
+    // And each value has VmInfo's JS type.
+    expect(Either.map(decoded, (v) => vmInfoKeys.map((k) => (v[k] instanceof Uint8Array ? `Uint8Array(${v[k].length})` : typeof v[k])))).toEqual(
+      Either.right(["bigint", "bigint", "bigint", "Uint8Array(64)", "number", "number", "string"])
+    )
   })
 
   it("4-byte int / unsigned int payloads", () => {
