@@ -39,24 +39,25 @@ const validate = (p: VmopCreateParams): string | null => {
   return null
 }
 
-/** vm_register's defaults: 1 vcpu, 512 MiB, random locally administered MACs for zero ones. */
-const applyDefaults = (p: VmopCreateParams, random: () => number): VmopCreateParams => {
-  const memranges = p.vmc_memranges.map((r, i) =>
+/** vm_register's defaults before its checks: 1 vcpu, 512 MiB. */
+const applyDefaults = (p: VmopCreateParams): VmopCreateParams => ({
+  ...p,
+  vmc_ncpus: p.vmc_ncpus === 0n ? 1n : p.vmc_ncpus,
+  vmc_memranges: p.vmc_memranges.map((r, i) =>
     i === 0 && r.vmr_size === 0n ? { ...r, vmr_size: BigInt(VM_DEFAULT_MEMORY) } : r
   )
-  const macs = p.vmc_macs.map((mac, i) => {
+})
+
+/** vm_register's MACs, after its checks (so a refused VM draws no random words): a random locally administered one for each zero one. */
+const applyMacs = (p: VmopCreateParams, random: () => number): VmopCreateParams => ({
+  ...p,
+  vmc_macs: p.vmc_macs.map((mac, i) => {
     if (BigInt(i) >= p.vmc_nnics || mac.some((b) => b !== 0)) return mac
     // ether_fakeaddr() plus one, as vmd does: fe:e1:bb:d<i+1>:rr:rr
     const rng = random()
     return Uint8Array.of(0xfe, 0xe1, 0xbb, 0xd0 | ((i + 1) & 0xf), rng & 0xff, (rng >>> 8) & 0xff)
   })
-  return {
-    ...p,
-    vmc_ncpus: p.vmc_ncpus === 0n ? 1n : p.vmc_ncpus,
-    vmc_memranges: memranges,
-    vmc_macs: macs
-  }
-}
+})
 
 const newVm = (params: VmopCreateParams, vmid: number, uid: number): Vm => ({
   params,
@@ -124,6 +125,8 @@ export const makeVmRegistry = (options: RegistryOptions = {}) =>
     let vms: ReadonlyArray<Vm> = []
     /** env->vmd_nvm: the id counter for VMs registered without an id. */
     let nvm = 0
+    /** env->vmd_known: the id once given to each name and uid registered without an id (vm_claimid). */
+    let known = new Map<string, number>()
 
     const find = (pred: (vm: Vm) => boolean) => Effect.sync(() => vms.find(pred) ?? null)
     const unsafeByPid = (pid: number): Vm | null => vms.find((vm) => vm.pid === pid) ?? null
@@ -141,15 +144,29 @@ export const makeVmRegistry = (options: RegistryOptions = {}) =>
           return yield* fail(Errno.EALREADY, `vm ${params.vmc_name} already registered`, existing)
         }
         if (params.vmc_flags === 0) return yield* fail(VmdError.VMD_DISK_MISSING, "no create flags")
-        const p = applyDefaults(params, random)
-        const invalid = validate(p)
+        const checked = applyDefaults(params)
+        const invalid = validate(checked)
         if (invalid !== null) {
           yield* logWarnx(invalid)
           return yield* fail(Errno.EINVAL, invalid)
         }
-        nvm = (nvm + 1) >>> 0
-        if (nvm === 0) return yield* fail(Errno.ENOMEM, "too many vms")
-        const vm = newVm(p, id === 0 ? nvm : id, uid)
+        const p = applyMacs(checked, random)
+        let vmid = id
+        if (vmid === 0) {
+          // vm_claimid: the id this name and uid had before, else the next one
+          const key = `${uid}:${p.vmc_name}`
+          const before = known.get(key)
+          if (before !== undefined) vmid = before
+          else {
+            if (nvm === 0xffffffff) {
+              yield* logWarnx("too many vms")
+              return yield* fail(Errno.ENOMEM, "too many vms")
+            }
+            vmid = ++nvm
+            known.set(key, vmid)
+          }
+        }
+        const vm = newVm(p, vmid, uid)
         yield* logDebug(`vm_register: registering vm ${vm.vmid}`)
         vms = [...vms, vm]
         return vm
@@ -175,6 +192,7 @@ export const makeVmRegistry = (options: RegistryOptions = {}) =>
       purge: Effect.gen(function* () {
         for (const vm of vms) yield* remove(vm, "config_purge")
         nvm = 0
+        known = new Map()
       }),
       unsafeByPid,
       unsafeRemove

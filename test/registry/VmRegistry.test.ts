@@ -122,6 +122,33 @@ describe("register", () => {
     })
   )
 
+  it.effect("a non-zero id does not advance the counter (vm_claimid runs only for id 0)", () =>
+    Effect.gen(function* () {
+      const reg = yield* make()
+      yield* reg.register(params({ vmc_name: "given" }), 42, 0)
+      const next = yield* reg.register(params({ vmc_name: "claimed" }), 0, 0)
+      expect(next.vmid).toBe(1)
+    })
+  )
+
+  it.effect("id 0: a name and uid registered before get their old id back (vmd_known); another uid a new one", () =>
+    Effect.gen(function* () {
+      const reg = yield* make()
+      const a = yield* reg.register(params({ vmc_name: "a" }), 0, 1000)
+      yield* reg.register(params({ vmc_name: "b" }), 0, 1000)
+      yield* reg.remove(a, "test")
+      const again = yield* reg.register(params({ vmc_name: "a" }), 0, 1000)
+      expect(again.vmid).toBe(1)
+      yield* reg.remove(again, "test")
+      const otherUid = yield* reg.register(params({ vmc_name: "a" }), 0, 1001)
+      expect(otherUid.vmid).toBe(3)
+      // purge forgets the names as it zeroes the counter (config_purge, vmd.md §(b))
+      yield* reg.purge
+      const fresh = yield* reg.register(params({ vmc_name: "b" }), 0, 1000)
+      expect(fresh.vmid).toBe(1)
+    })
+  )
+
   it.effect("a refused registration (no flags, invalid) does not use up an id", () =>
     Effect.gen(function* () {
       const reg = yield* make()
@@ -220,6 +247,18 @@ describe("defaults (vm_register)", () => {
       expect(state.calls).toBe(3)
       // The caller's params are not written to.
       expect(input.vmc_macs[0]).toEqual(new Uint8Array(6))
+    })
+  )
+
+  it.effect("a refused registration draws no random word (the MACs are made after the checks)", () =>
+    Effect.gen(function* () {
+      const { random, state } = words(0x12345678)
+      const reg = yield* make(random)
+      const nic = { vmc_nnics: 1n }
+      yield* Effect.flip(reg.register(params({ vmc_name: "-bad", ...nic }), 0, 0))
+      expect(state.calls).toBe(0)
+      const vm = yield* reg.register(params({ vmc_name: "good", ...nic }), 0, 0)
+      expect(Array.from(vm.params.vmc_macs[0] ?? [])).toEqual([0xfe, 0xe1, 0xbb, 0xd1, 0x78, 0x56])
     })
   )
 
