@@ -82,7 +82,14 @@ export const composeParentNow = (ctx: VmmContext, type: number, peerid: number, 
 export const composeParent = (ctx: VmmContext, type: number, peerid: number, data: Uint8Array) =>
   Effect.sync(() => composeParentNow(ctx, type, peerid, data))
 
-/** imsg_compose_event on a VM's channel; false if the VM has no channel (not started yet) or it is closed. */
+/**
+ * imsg_compose_event on a VM's channel; false only if the VM has no channel
+ * (not started yet). A channel whose peer is gone (EPIPE, EOF) or that is
+ * closed takes the message and drops it, fd closed: vmm.c's imsgbuf of a
+ * dead pipe still queues (vmm_dispatch_vm only deletes its event), so a
+ * PAUSE gets no reply and a graceful TERMINATE answers 0 until the VM's
+ * exit is reaped.
+ */
 export const composeVm = (channel: Channel | null, msg: OutgoingImsg) => {
   if (channel === null) {
     msg.fd?.closeSync()
@@ -90,6 +97,6 @@ export const composeVm = (channel: Channel | null, msg: OutgoingImsg) => {
   }
   return channel.send(msg).pipe(
     Effect.as(true),
-    Effect.catchAll(() => Effect.sync(() => false))
+    Effect.catchAll(() => Effect.succeed(true))
   )
 }
