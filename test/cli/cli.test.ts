@@ -113,4 +113,30 @@ describe("bin/vmm start-up", () => {
     expect(stderr).toContain("vmm: code cache accepted")
     expect(code).toBe(0)
   }, 30_000)
+
+  it.runIf(process.platform === "linux")("SIGUSR1 is ignored, as proc.c does: no Node inspector opens, the vmm serves on and exits 0 at EOF", async () => {
+    const root = fileURLToPath(new URL("../../", import.meta.url))
+    const child = spawn(join(root, "bin/vmm"), ["-P", "vmm", "-d", "--backend", "process"], {
+      stdio: ["ignore", "ignore", "pipe", "pipe"],
+      env: { ...process.env, VMD_VMM_CACHE_REPORT: "1", NODE_OPTIONS: "" }
+    })
+    let stderr = ""
+    child.stderr!.setEncoding("utf8")
+    const loaded = new Promise<void>((resolve) =>
+      child.stderr!.on("data", (d: string) => {
+        stderr += d
+        if (stderr.includes("code cache")) resolve()
+      })
+    )
+    const exited = new Promise<number | null>((resolve) => child.once("exit", (c) => resolve(c)))
+    await loaded
+    child.kill("SIGUSR1")
+    child.kill("SIGUSR1")
+    await new Promise((r) => setTimeout(r, 500))
+    expect(child.exitCode).toBe(null)
+    ;(child.stdio[3] as NodeJS.ReadableStream & { destroy(): void }).destroy()
+    expect(await exited).toBe(0)
+    expect(stderr).not.toContain("Debugger listening")
+    expect(stderr).not.toContain("inspector")
+  }, 30_000)
 })
