@@ -69,6 +69,8 @@ export const SOL_SOCKET = PLATFORM.SOL_SOCKET
 export const SCM_RIGHTS = 1
 
 const EINTR = 4
+/** recvmsg's "no room for the passed fd" on OpenBSD (40; Linux's 90 never comes from a stream recvmsg). */
+const EMSGSIZE = IS_OPENBSD ? 40 : 90
 
 const c = {
   socketpair: self.func("int socketpair(int domain, int type, int protocol, _Out_ int *sv)"),
@@ -261,9 +263,16 @@ export class ScmBuffer {
     setPtr(this.#dv, MSGHDR + 32, this.#base + CMSG)
   }
 
+  /**
+   * msg_control and msg_controllen for a send: the one-fd control area, or
+   * none at all. With no fd, msg_control must be NULL, as libutil's
+   * msgbuf_write leaves it: OpenBSD's sendit() refuses a non-NULL
+   * msg_control shorter than a cmsghdr with EINVAL (Linux ignores it).
+   */
   #setFd(fd: number): void {
     const dv = this.#dv
     if (fd >= 0) {
+      setPtr(dv, MSGHDR + 32, this.#base + CMSG)
       dv.setUint32(MSGHDR + 40, CMSG_SPACE_1, true)
       dv.setUint32(CMSG, CMSG_LEN_1, true)
       dv.setUint32(CMSG + 4, 0, true)
@@ -273,8 +282,14 @@ export class ScmBuffer {
       dv.setInt32(CMSG + 16, fd, true)
       dv.setInt32(CMSG + 20, 0, true)
     } else {
+      setPtr(dv, MSGHDR + 32, 0)
       dv.setUint32(MSGHDR + 40, 0, true)
     }
+  }
+
+  /** A copy of the struct msghdr as the last call left it (tests). */
+  get msghdr(): Uint8Array {
+    return new Uint8Array(this.#dv.buffer, this.#dv.byteOffset + MSGHDR, 56).slice()
   }
 
   /**
@@ -336,10 +351,16 @@ export class ScmBuffer {
     this.fds.length = 0
     setPtr(dv, IOV, addressOf(into))
     dv.setUint32(IOV + 8, into.length, true)
-    dv.setUint32(MSGHDR + 40, CMSG_SPACE_1, true)
-    dv.setUint32(MSGHDR + 44, 0, true)
-    dv.setInt32(MSGHDR + MSG_FLAGS, 0, true)
-    const n = recvmsg(sock, this.#mem, MSG_CMSG_CLOEXEC)
+    setPtr(dv, MSGHDR + 32, this.#base + CMSG)
+    let n: number
+    do {
+      dv.setUint32(MSGHDR + 40, CMSG_SPACE_1, true)
+      dv.setUint32(MSGHDR + 44, 0, true)
+      dv.setInt32(MSGHDR + MSG_FLAGS, 0, true)
+      n = recvmsg(sock, this.#mem, MSG_CMSG_CLOEXEC)
+      // OpenBSD: no fd slot left for a passed fd; as libutil's msgbuf_read, read again,
+      // and the message comes without its fd (Linux sets MSG_CTRUNC instead)
+    } while (n === -EMSGSIZE)
     if (n < 0) return n
     this.flags = dv.getInt32(MSGHDR + MSG_FLAGS, true)
     const controllen = dv.getUint32(MSGHDR + 40, true)

@@ -185,6 +185,46 @@ describe("ImsgChannelNative over real socketpairs", () => {
     )
   )
 
+  it("a sendmsg without an fd has msg_control NULL and msg_controllen 0, as libutil's msgbuf_write (OpenBSD's sendit() refuses a non-NULL msg_control shorter than a cmsghdr with EINVAL; Linux does not check)", () => {
+    const pair = libc.socketpair(libc.AF_UNIX, libc.SOCK_STREAM | libc.SOCK_CLOEXEC)
+    if (typeof pair === "number") throw new Error(`socketpair: ${pair}`)
+    const [s0, s1] = pair
+    const scm = new libc.ScmBuffer(4)
+    // msghdr (LP64, both systems): msg_control at 32 (8 bytes), msg_controllen at 40
+    const control = () => {
+      const h = scm.msghdr
+      const dv = new DataView(h.buffer)
+      return { pointer: dv.getBigUint64(32, true), length: dv.getUint32(40, true) }
+    }
+    const payload = new Uint8Array(16)
+    const file = libc.open("/dev/null", libc.O_RDWR)
+    try {
+      expect(scm.send(s0, payload, -1)).toBe(16)
+      expect(control()).toEqual({ pointer: 0n, length: 0 })
+      expect(scm.send(s0, payload, file)).toBe(16)
+      expect(control().pointer).not.toBe(0n)
+      expect(control().length).toBe(24) // CMSG_SPACE(sizeof(int))
+      expect(scm.sendPieces(s0, 0, 2, [payload, payload], [0, 4], [4, 4], -1)).toBe(8)
+      expect(control()).toEqual({ pointer: 0n, length: 0 })
+      // and a receive hands the kernel its control area again (the passed fd arrives)
+      const into = new Uint8Array(64)
+      let bytes = 0
+      const fds: Array<number> = []
+      while (bytes < 40) {
+        const n = scm.recv(s1, into)
+        expect(n).toBeGreaterThan(0)
+        bytes += n
+        fds.push(...scm.fds)
+      }
+      expect(bytes).toBe(40)
+      expect(fds.length).toBe(1)
+      for (const fd of fds) libc.close(fd)
+    } finally {
+      scm.free()
+      for (const fd of [s0, s1, file]) libc.close(fd)
+    }
+  })
+
   it.live("a message with an fd and the fd-less ones after it leave in one sendmsg", () =>
     native(
       Effect.gen(function* () {
