@@ -1,24 +1,31 @@
 /**
  * The VM child's side of the start handshake (vm.c vm_main / start_vm,
- * vmd.md §7), on the -V socket before it speaks imsg:
+ * vmd.md §7), on the -V socket before it speaks imsg, in vm.c's order:
  *
- *   1. read struct vmd_vm raw (13352 bytes; short -> EIO);
- *   2. read struct local_prefix raw (40 bytes; short -> EIO);
- *   3. nothing to boot (no kernel, disk or cdrom) -> EINVAL;
- *   4. every fd the struct names must be open here at that number -> EBADF;
- *   5. write the 4-byte VM id. There is no vmm(4) to hand out a kernel id,
- *      so the answer is vm_vmid, vmd's id, which is never 0.
+ *   1. read struct vmd_vm raw (13352 bytes; short -> EIO, no answer);
+ *   2. read struct local_prefix raw (40 bytes; short -> EIO, no answer);
+ *   3. vm_kernel -1 ("failed to receive boot fd") -> EINVAL, no answer;
+ *   4. vmc_sev set without a psp fd (-j) -> EINVAL, no answer;
+ *   5. what vmm_create_vm refuses (ncpus > 64, ndisks > 4, nnics > 4) ->
+ *      a 4-byte 0 id, then EINVAL (the vmm reports EINVAL);
+ *   6. every fd the struct names must be open here at that number -> EBADF,
+ *      no answer (this port's own check: vm.c would fail later, after the id);
+ *   7. write the 4-byte VM id (answerId, in program.ts). There is no vmm(4)
+ *      to hand out a kernel id, so the answer is vm_vmid, vmd's id, which
+ *      is never 0.
  *
- * Failures write nothing, as vm.c does when it fails before VMM_IOC_CREATE
- * (the vmm then reads EOF and answers ENOMEM).
+ * "No answer" is vm.c exiting before start_vm writes anything: the vmm
+ * reads EOF and answers ENOMEM. Counts vm.c never reads are not checked:
+ * vmc_nmemranges (create_memory_map overwrites it) and vm_sev_nmemsegments
+ * (the child overwrites vm_sev_*, §4.5).
  */
 import { Effect, Either } from "effect"
 import { Errno } from "../schema/errno.ts"
-import { checkVmdVm, decodeLocalPrefix, decodeVmdVm, SIZEOF, type LocalPrefix, type VmdVm } from "../schema/structs.ts"
+import { decodeLocalPrefix, decodeVmdVm, SIZEOF, type LocalPrefix, type VmdVm } from "../schema/structs.ts"
 import { fstatId } from "../native/libc.ts"
 import type { ImsgChannelService } from "../services/ImsgChannel.ts"
 import type { Fd } from "../services/Fd.ts"
-import { hasBootMedia, namedFds } from "./vmStruct.ts"
+import { createFailure, namedFds } from "./vmStruct.ts"
 import { exitWith, type VmExit } from "./exit.ts"
 import type { TestMode } from "./testMode.ts"
 
@@ -42,16 +49,27 @@ export const missingFds = (vm: VmdVm) => namedFds(vm).filter((fd) => typeof fsta
 export const receiveStartData = (
   imsg: ImsgChannelService,
   sock: Fd,
-  mode: TestMode
+  mode: TestMode,
+  pspFd: number
 ): Effect.Effect<StartData, VmExit> =>
   Effect.gen(function* () {
     const raw = yield* readExactly(imsg, sock, SIZEOF.vmd_vm, "vm struct")
-    const vm = Either.flatMap(decodeVmdVm(raw), checkVmdVm)
-    if (Either.isLeft(vm)) return yield* exitWith(Errno.EINVAL, `bad vm struct: ${vm.left.field}: ${vm.left.message}`)
     if (mode === "die-in-handshake") return yield* exitWith(Errno.EIO, "test mode: died in the handshake")
-    const prefix = decodeLocalPrefix(yield* readExactly(imsg, sock, SIZEOF.local_prefix, "local prefix"))
+    const prefixRaw = yield* readExactly(imsg, sock, SIZEOF.local_prefix, "local prefix")
+    // Both decode only fail on a size other than the one just read.
+    const vm = decodeVmdVm(raw)
+    if (Either.isLeft(vm)) return yield* exitWith(Errno.EIO, `bad vm struct: ${vm.left.message}`)
+    const prefix = decodeLocalPrefix(prefixRaw)
     if (Either.isLeft(prefix)) return yield* exitWith(Errno.EIO, `bad local prefix: ${prefix.left.message}`)
-    if (!hasBootMedia(vm.right)) return yield* exitWith(Errno.EINVAL, "no kernel, disk or cdrom")
+    const name = vm.right.vm_params.vmc_name
+    if (vm.right.vm_kernel === -1) return yield* exitWith(Errno.EINVAL, `${name}: failed to receive boot fd`)
+    if (vm.right.vm_params.vmc_sev !== 0 && pspFd < 0) return yield* exitWith(Errno.EINVAL, "/dev/psp not available")
+    const refused = createFailure(vm.right)
+    if (refused !== undefined) {
+      // start_vm: "Let the vmm process know we failed by sending a 0 vm id"; a failed write is ignored.
+      yield* answerId(imsg, sock, 0).pipe(Effect.ignore)
+      return yield* exitWith(Errno.EINVAL, `${name}: could not create vm: ${refused}`)
+    }
     const missing = missingFds(vm.right)
     if (missing.length > 0) {
       const list = missing.map((fd) => `${fd.label}=${fd.num}`).join(", ")

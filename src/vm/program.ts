@@ -57,7 +57,7 @@ const run = (args: VmArgs) =>
     if (r < 0) return yield* exitWith(Errno.EBADF, `vm socket ${args.vmFd}: ${errnoName(fromHostErrno(-r))}`)
     const sock = nativeFd(args.vmFd, "vmm channel")
 
-    const { vm } = yield* receiveStartData(imsg, sock, mode)
+    const { vm } = yield* receiveStartData(imsg, sock, mode, args.pspFd)
     // vm.c: setproctitle(vmc_name); log lines carry the VM's name.
     logState.title = `vm/${vm.vm_params.vmc_name}`
     if (mode === "hang") {

@@ -1,8 +1,9 @@
 /**
  * What the VM process reads from the struct vmd_vm the vmm sent it
- * (vmd.md §4.5, §7): the fds it was given and whether it has something to
- * boot. Pure.
+ * (vmd.md §4.5, §7): the fds it was given and whether vm.c's create would
+ * accept it. Pure.
  */
+import { VM_MAX_DISKS_PER_VM, VM_MAX_NICS_PER_VM, VMM_MAX_VCPUS_PER_VM } from "../schema/constants.ts"
 import type { VmdVm } from "../schema/structs.ts"
 
 export interface NamedFd {
@@ -27,6 +28,16 @@ export const namedFds = (vm: VmdVm): ReadonlyArray<NamedFd> => {
   return [...fds.filter((fd) => fd.num !== -1), { label: "vm_tty", num: vm.vm_tty }]
 }
 
-/** vm_main: a kernel (vmd always sends the BIOS as one), or at least a disk or cdrom to boot from. */
-export const hasBootMedia = (vm: VmdVm): boolean =>
-  vm.vm_kernel !== -1 || vm.vm_params.vmc_ndisks > 0n || vm.vm_params.vmc_cdrom.length > 0
+/**
+ * Why vm.c's vmm_create_vm would refuse this VM before VMM_IOC_CREATE
+ * (vmd.md §7 start_vm: ncpus > 64, ndisks > 4, nnics > 4 are EINVAL), or
+ * undefined. vmc_nmemranges is not checked: start_vm's create_memory_map
+ * overwrites it first, so whatever the parent sent is never used.
+ */
+export const createFailure = (vm: VmdVm): string | undefined => {
+  const p = vm.vm_params
+  if (p.vmc_ncpus > BigInt(VMM_MAX_VCPUS_PER_VM)) return `vmc_ncpus ${p.vmc_ncpus} > ${VMM_MAX_VCPUS_PER_VM}`
+  if (p.vmc_ndisks > BigInt(VM_MAX_DISKS_PER_VM)) return `vmc_ndisks ${p.vmc_ndisks} > ${VM_MAX_DISKS_PER_VM}`
+  if (p.vmc_nnics > BigInt(VM_MAX_NICS_PER_VM)) return `vmc_nnics ${p.vmc_nnics} > ${VM_MAX_NICS_PER_VM}`
+  return undefined
+}

@@ -18,7 +18,7 @@ import { Process } from "../../src/services/Process.ts"
 import { buildDir, bundleVmProgram, compileVmprog } from "../../src/vm/build.ts"
 import { GARBAGE_IMSG_TYPE } from "../../src/vm/testMode.ts"
 import { ioctl } from "../../src/native/sys.ts"
-import { fdLinks, frame, givenFds, handshake, launch, structBytes, TestLayers, vmFiles, vmStruct, VMID, type Program } from "./harness.ts"
+import { fdLinks, frame, givenFds, handshake, launch, prefixBytes, structBytes, TestLayers, vmFiles, vmStruct, VMID, type Program } from "./harness.ts"
 
 let dir = ""
 const programs: Array<Program> = []
@@ -218,6 +218,70 @@ describe.each(["node", "c"])("VM program (%s)", (name) => {
       const channel = yield* imsg.open(garbage.sock)
       const [m] = yield* channel.messages.pipe(Stream.take(1), Stream.runCollect)
       expect(m?.type).toBe(GARBAGE_IMSG_TYPE)
+    }).pipe(Effect.provide(TestLayers))
+  )
+})
+
+/**
+ * vm.c's checks between the local prefix and the id (vmd.md §7), in the
+ * Node VM only (c/vmprog.c, a test double, keeps its simpler rule). What the
+ * vmm sees: an EOF where vm_main exits before start_vm (the vmm answers
+ * ENOMEM), a 0 id where vmm_create_vm refuses the VM (EINVAL).
+ */
+describe("VM program (node): vm.c's checks after the local prefix", () => {
+  type Vm = ReturnType<typeof vmStruct>
+  /** Write struct and prefix as the vmm does; the 4 bytes back (or the read's failure) and the exit. */
+  const answer = (change: (vm: Vm) => Vm) =>
+    Effect.gen(function* () {
+      const imsg = yield* ImsgChannel
+      const files = yield* vmFiles(dir)
+      const vm = yield* launch(program("node"), givenFds(files))
+      yield* imsg.writeRaw(vm.sock, structBytes(change(vmStruct(files))), 5000)
+      yield* imsg.writeRaw(vm.sock, prefixBytes(), 5000)
+      const id = yield* Effect.either(imsg.readRaw(vm.sock, 4, 5000))
+      vm.sock.closeSync() // a VM that wrongly started ends on this EOF (exit 0)
+      const exit = yield* vm.child.exit
+      return {
+        id: Either.isLeft(id) ? id.left.reason : new DataView(id.right.buffer, id.right.byteOffset, 4).getUint32(0, true),
+        exit
+      }
+    })
+  const params = (p: Partial<Vm["vm_params"]>) => (vm: Vm): Vm => ({ ...vm, vm_params: { ...vm.vm_params, ...p } })
+
+  it.scopedLive("vm_kernel -1 is EINVAL with no answer, even with a disk (\"failed to receive boot fd\")", () =>
+    Effect.gen(function* () {
+      const r = yield* answer((vm) => ({ ...vm, vm_kernel: -1 }))
+      expect(r).toEqual({ id: "Eof", exit: exited(Errno.EINVAL) })
+    }).pipe(Effect.provide(TestLayers))
+  )
+
+  it.scopedLive("vmc_sev without a psp fd is EINVAL with no answer", () =>
+    Effect.gen(function* () {
+      expect(yield* answer(params({ vmc_sev: 1 }))).toEqual({ id: "Eof", exit: exited(Errno.EINVAL) })
+    }).pipe(Effect.provide(TestLayers))
+  )
+
+  it.scopedLive("what vmm_create_vm refuses (ndisks > 4, nnics > 4, ncpus > 64) reads the prefix, answers 0 and exits EINVAL", () =>
+    Effect.gen(function* () {
+      for (const p of [{ vmc_ndisks: 5n }, { vmc_nnics: 5n }, { vmc_ncpus: 65n }]) {
+        expect(yield* answer(params(p))).toEqual({ id: 0, exit: exited(Errno.EINVAL) })
+      }
+    }).pipe(Effect.provide(TestLayers))
+  )
+
+  it.scopedLive("counts vm.c never reads do not matter: vmc_nmemranges 17, vm_sev_nmemsegments 129, ncpus 64 start", () =>
+    Effect.gen(function* () {
+      for (const change of [
+        params({ vmc_nmemranges: 17n }),
+        params({ vmc_ncpus: 64n }),
+        (vm: Vm): Vm => ({ ...vm, vm_sev_nmemsegments: 129n })
+      ]) {
+        const files = yield* vmFiles(dir)
+        const vm = yield* launch(program("node"), givenFds(files))
+        expect(yield* handshake(vm, change(vmStruct(files)))).toBe(VMID)
+        vm.sock.closeSync()
+        expect(yield* vm.child.exit).toEqual(exited(0))
+      }
     }).pipe(Effect.provide(TestLayers))
   )
 })
