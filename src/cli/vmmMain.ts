@@ -30,7 +30,9 @@ export const vmExecOf = (args: VmmArgs): { command: string; prefix: ReadonlyArra
 
 export const runVmm = async (args: VmmArgs): Promise<number> => {
   logState.title = "vmm"
-  if (!args.debug) {
+  // VMD_VMM_LOG_STDERR=1: logs on stderr without -d (which would also give
+  // the VMs this process's stdio), e.g. for a supervisor or a test reading them.
+  if (!args.debug && process.env["VMD_VMM_LOG_STDERR"] !== "1") {
     const syslog = openSyslog("vmd")
     if (syslog !== null) logState.sink = (level, line) => syslog(level, line)
   }

@@ -2,8 +2,10 @@
  * A real vmm process (bin/vmm, or a bundle of the current sources) with its
  * imsg channel on fd 3, as vmd's parent starts it, for the fuzzing parent
  * and the soak: our end of the channel as an ImsgChannel, the vmm's log
- * lines (stderr: there is no syslog here, and without -d the VMs' stdio is
- * /dev/null) counted by pattern, and a scope that makes sure it is gone.
+ * lines (on stderr whether or not the host has a syslog: VMD_VMM_LOG_STDERR,
+ * since without it a host with /dev/log would take them and the checks on
+ * them would see nothing; without -d the VMs' stdio is /dev/null) counted by
+ * pattern, and a scope that makes sure it is gone.
  */
 import { spawn } from "node:child_process"
 import { createInterface } from "node:readline"
@@ -73,7 +75,7 @@ export const startRealVmm = (o: RealVmmOptions): Effect.Effect<RealVmm, never, S
       Effect.sync(() => {
         const c = spawn(o.program.command, args, {
           stdio: ["ignore", "ignore", "pipe", theirs.num],
-          env: { ...process.env, ...o.env }
+          env: { ...process.env, VMD_VMM_LOG_STDERR: "1", ...o.env }
         })
         c.once("exit", (code, sig) =>
           Deferred.unsafeDone(exit, Exit.succeed<ExitStatus>(code !== null ? { _tag: "Exited", code } : { _tag: "Signaled", signal: sig === "SIGKILL" ? 9 : 15 }))

@@ -144,8 +144,12 @@ interface Result {
   readonly pid: number
 }
 
-/** The parent's side: replies by key, awaited by whoever registered the key first. */
-const makeParent = (vmm: RealVmm) =>
+/**
+ * The parent's side: replies by key, awaited by whoever registered the key
+ * first. A reply nobody waits for (an event reported twice, or for no
+ * reason) is a failure, as vmd's parent would act on it.
+ */
+const makeParent = (vmm: RealVmm, fail: (why: string) => void) =>
   Effect.gen(function* () {
     const waiting = new Map<string, Deferred.Deferred<Result>>()
     const infoRows = new Map<number, Array<number>>()
@@ -155,12 +159,14 @@ const makeParent = (vmm: RealVmm) =>
         waiting.set(key, d)
         return Deferred.await(d).pipe(
           Effect.timeoutFail({ duration: Duration.seconds(30), onTimeout: () => new Error(`no ${key} within 30 s`) }),
-          Effect.ensuring(Effect.sync(() => waiting.delete(key)))
+          Effect.ensuring(Effect.sync(() => waiting.get(key) === d && waiting.delete(key)))
         )
       })
     const resolve = (key: string, r: Result) => {
       const d = waiting.get(key)
-      if (d !== undefined) Deferred.unsafeDone(d, Effect.succeed(r))
+      if (d === undefined) return fail(`${key} that nobody waited for (res ${r.res}, id ${r.id}): reported twice, or for no reason`)
+      waiting.delete(key)
+      Deferred.unsafeDone(d, Effect.succeed(r))
     }
     yield* vmm.channel.messages.pipe(
       Stream.runForEach((m) =>
@@ -224,7 +230,7 @@ export const runSoak = (o: SoakOptions): Effect.Effect<SoakReport, Error, Scope.
     const vmm = yield* startRealVmm({ program: o.program, vmExec: o.vmprog, ...(o.spawn === undefined ? {} : { spawn: o.spawn }) })
     const w = watch(o.procwatch, vmm.pid)
     yield* Effect.addFinalizer(() => Effect.sync(() => w.stop()))
-    const parent = yield* makeParent(vmm)
+    const parent = yield* makeParent(vmm, fail)
     yield* parent.send({ type: T.IMSG_VMDOP_RECEIVE_VMM_FD, peerid: T.PEERID_NONE, pid: 1, fd: devNull("/dev/vmm") })
     yield* parent.send({ type: T.IMSG_VMDOP_CONFIG, peerid: T.PEERID_NONE, pid: 1, data: Either.getOrThrow(encodeVmdConfig(emptyVmdConfig())) })
     // an info round trip: the vmm is up and has read both
