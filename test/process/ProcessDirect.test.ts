@@ -14,7 +14,7 @@ import { chmodSync, copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSy
 import { constants as osConstants, tmpdir } from "node:os"
 import { join } from "node:path"
 import koffi from "koffi"
-import { afterAll, beforeAll } from "vitest"
+import { afterAll, beforeAll, vi } from "vitest"
 import { layerEndTest, sharedProcessTests } from "./shared.ts"
 import { FAN_ALLOW, fanotifyWorks, holdExecs } from "./execGate.ts"
 import {
@@ -33,6 +33,15 @@ import { Either } from "effect"
 import { parseArgs } from "../../src/cli/args.ts"
 import { processLayer } from "../../src/cli/layers.ts"
 import * as ProcessDirect from "../../src/layers/ProcessDirect.ts"
+import {
+  FileActions,
+  POSIX_SPAWN_SETSID,
+  POSIX_SPAWN_SETSIGDEF,
+  POSIX_SPAWN_SETSIGMASK,
+  posixSpawnp,
+  SpawnAttr,
+  waitpid
+} from "../../src/native/spawn.ts"
 import { Errno } from "../../src/schema/errno.ts"
 import { Process } from "../../src/services/Process.ts"
 import type { ChildExit } from "../../src/services/Process.ts"
@@ -110,11 +119,15 @@ describe("ProcessDirect", () => {
 
   it.scopedLive("the child starts with no signal blocked or ignored, though this process ignores SIGPIPE and blocks SIGUSR2", () =>
     Effect.gen(function* () {
-      const proc = yield* Process
       const libc = koffi.load(null)
       const pthreadSigmask = libc.func("int pthread_sigmask(int how, const void *set, void *old)")
       const sigemptyset = libc.func("int sigemptyset(void *set)")
       const sigaddset = libc.func("int sigaddset(void *set, int signo)")
+      const getflags = libc.func("int posix_spawnattr_getflags(const void *attr, _Out_ int16_t *flags)")
+      const getsigmask = libc.func("int posix_spawnattr_getsigmask(const void *attr, void *set)")
+      // The layer's own attributes: the SpawnAttr it builds (and inits) when it is built.
+      const init = vi.spyOn(SpawnAttr.prototype, "init")
+      yield* Effect.addFinalizer(() => Effect.sync(() => init.mockRestore()))
       // What would leak without SETSIGDEF/SETSIGMASK: Node ignores SIGPIPE, and we block SIGUSR2 on this thread.
       expect(signalMasks(process.pid).ignored & bit(SIGPIPE)).toBe(bit(SIGPIPE))
       const set = Buffer.alloc(128)
@@ -122,16 +135,47 @@ describe("ProcessDirect", () => {
       sigemptyset(set)
       sigaddset(set, SIGUSR2)
       expect(pthreadSigmask(0 /* SIG_BLOCK */, set, old)).toBe(0)
-      const c = yield* proc
-        .spawn({ command: child, args: ["sleep"], fds: [], stdio: "null" })
-        .pipe(Effect.ensuring(Effect.sync(() => pthreadSigmask(2 /* SIG_SETMASK */, old, null))))
-      spawned.push(c.pid)
-      const masks = signalMasks(c.pid)
-      expect(masks.blocked).toBe(0n)
-      expect(masks.ignored).toBe(0n) // SIGPIPE, and glibc's internal 32 and 33, at their defaults
-      yield* proc.kill(c.pid, "SIGTERM")
-      expect(yield* c.exit).toEqual({ _tag: "Signaled", signal: SIGTERM })
-    }).pipe(Effect.provide(layer))
+      yield* Effect.gen(function* () {
+        const proc = yield* Process
+        // posix_spawn runs on a pool thread, whose mask is not this thread's: this
+        // observes SETSIGDEF (the SIGPIPE this process ignores), not SETSIGMASK.
+        const c = yield* proc.spawn({ command: child, args: ["sleep"], fds: [], stdio: "null" })
+        spawned.push(c.pid)
+        const masks = signalMasks(c.pid)
+        expect(masks.blocked).toBe(0n)
+        expect(masks.ignored).toBe(0n) // SIGPIPE, and glibc's internal 32 and 33, at their defaults
+        yield* proc.kill(c.pid, "SIGTERM")
+        expect(yield* c.exit).toEqual({ _tag: "Signaled", signal: SIGTERM })
+
+        // The attributes the layer spawned with: SETSIGMASK with an empty set, SETSIGDEF, SETSID.
+        expect(init.mock.contexts.length).toBe(1)
+        const attr = init.mock.contexts[0] as SpawnAttr
+        const flags = [0]
+        expect(getflags(attr.buf, flags)).toBe(0)
+        const want = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSID
+        expect((flags[0] ?? 0) & want).toBe(want)
+        const mask = Buffer.alloc(128, 0xff)
+        expect(getsigmask(attr.buf, mask)).toBe(0)
+        expect(mask.every((byte) => byte === 0)).toBe(true)
+        // And spawned with them from this thread, SIGUSR2 blocked here: the child has nothing blocked.
+        const fa = new FileActions()
+        expect(fa.init()).toBe(0)
+        const pid = posixSpawnp(child, fa, attr, [child, "sleep"], null)
+        fa.destroy()
+        expect(pid).toBeGreaterThan(0)
+        spawned.push(pid)
+        try {
+          expect(signalMasks(pid).blocked).toBe(0n)
+          expect(signalMasks(pid).ignored).toBe(0n)
+        } finally {
+          process.kill(pid, "SIGKILL")
+          expect(waitpid(pid, true)).toBe(pid)
+        }
+      }).pipe(
+        Effect.provide(layer),
+        Effect.ensuring(Effect.sync(() => pthreadSigmask(2 /* SIG_SETMASK */, old, null)))
+      )
+    })
   )
 
   it.scopedLive("PATH search, and the environment: this process's (as changed since start) with env laid over", () =>
