@@ -163,6 +163,8 @@ describe("end to end: VM processes that misbehave", () => {
       expect(yield* Effect.flatMap(VmRegistry, (r) => r.all).pipe(Effect.provide(layers))).toEqual([])
       yield* Effect.sleep(Duration.millis(100))
       expect(yield* Queue.size(inbox), "no TERMINATE_VM_EVENT for a VM that never started").toBe(0)
+      // the in-process vmm's log (warnings and up, at verbose 0): no defect caught by the server
+      expect(lines.filter((l) => l.includes("internal error"))).toEqual([])
     })
 
   for (const spawn of SPAWN_METHODS)
