@@ -304,6 +304,17 @@ export const fuzzRealVmm = (rng: Rng, o: RealFuzzOptions, stats: RealFuzzStats):
       if (stats.parentMessages >= o.parentMessages && fuzzVms.size === 0 && stats.vmMessages < o.vmMessages) yield* Effect.sleep("20 millis")
     }
 
+    // every hostile VM, those of the last round too, is ended by the vmm itself (not by the
+    // shutdown below, which would end it anyway)
+    for (;;) {
+      readVmfuzzLog(o.logPath, vmlog, stats)
+      const pending = [...vmlog.hostileAt].filter(([pid]) => !vmlog.exited.has(pid) && isAlive(pid))
+      if (pending.length === 0) break
+      const late = pending.find(([, h]) => Date.now() - h.at > END_WITHIN_MS)
+      if (late !== undefined) return yield* fail("dispatchVm", `hostile VM ${late[0]} (${late[1].kind}) still running after ${END_WITHIN_MS} ms`)
+      yield* Effect.sleep("20 millis")
+    }
+
     // the end: fd 3 closes, the vmm ends every VM and exits 0
     const children = childrenOf(vmm.pid).map((c) => c.pid)
     yield* vmm.channel.close
