@@ -240,7 +240,7 @@ describe("ProcessDirect", () => {
     }).pipe(Effect.provide(layer))
   )
 
-  it.scopedLive("spawns overlap (posix_spawn runs on the thread pool): 16 at once, each child with its own fds", () =>
+  it.scopedLive("16 spawns asked for at once (posix_spawn on the thread pool), each child with its own fds", () =>
     Effect.gen(function* () {
       const proc = yield* Process
       const outs = yield* Effect.forEach(Array.from({ length: 16 }, (_, i) => i), (i) => tempFd(`out${i}`))
