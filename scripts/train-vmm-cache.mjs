@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // Makes dist/vmm.cache, V8's code cache of dist/vmm.cjs (see bin/vmm), from a
-// training run: bin/vmm -P vmm starts on a socketpair, answers one
+// training run: bin/vmm -P vmm (as a non-root user: as root on OpenBSD it would
+// drop to _vmd and pledge, and could not write the cache) starts on a socketpair, answers one
 // GET_INFO_VM_REQUEST and exits when its channel closes; at exit it writes
 // the cache with every function compiled by then, i.e. what start-up runs.
 // Run after scripts/build.mjs and scripts/build-spawner.mjs (npm run build):
@@ -8,7 +9,7 @@
 //
 // It never fails the build: without a cache bin/vmm compiles from source.
 import { spawn } from "node:child_process"
-import { existsSync, rmSync } from "node:fs"
+import { existsSync, readFileSync, rmSync } from "node:fs"
 import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
 
@@ -31,10 +32,14 @@ rmSync(cache, { force: true })
 
 const env = { ...process.env, VMD_VMM_CACHE_OUT: cache }
 delete env.NODE_OPTIONS // the cache is for the flags bin/vmm runs with
-// bin/vmm itself, so that the run has the V8 flags of its #! line.
+// bin/vmm under the V8 flags of its #! line (the cache is only accepted under
+// them), run by this Node rather than through the #! line: OpenBSD's env(1)
+// has no -S, so bin/vmm cannot be run as a program there.
+const shebang = (readFileSync(join(root, "bin", "vmm"), "utf8").split("\n")[0] ?? "").split(/\s+/)
+const v8flags = shebang.slice(shebang.indexOf("node") + 1).filter((w) => w.startsWith("--"))
 const child = spawn(
-  join(root, "bin", "vmm"),
-  ["-P", "vmm", "-d", "--backend", "process", "--vm-exec", process.execPath],
+  process.execPath,
+  [...v8flags, join(root, "bin", "vmm"), "-P", "vmm", "-d", "--backend", "process", "--vm-exec", process.execPath],
   { stdio: ["ignore", "ignore", "pipe", "pipe"], env }
 )
 let stderr = ""
