@@ -11,21 +11,25 @@ import { nativeFd } from "../native/libc.ts"
 import { openSyslog } from "../native/syslog.ts"
 import { PROC_PARENT_SOCK_FILENO } from "../schema/imsgTypes.ts"
 import * as ImsgChannelNative from "../layers/ImsgChannelNative.ts"
-import { logDebug, logState, logWarnx, withVmdLogger } from "../vmm/log.ts"
-import { applyPrivsep } from "../native/privsep.ts"
+import { logState, logWarnx, withVmdLogger } from "../vmm/log.ts"
+import { privsepOrExit } from "../native/privsep.ts"
 import { startVmmServer } from "../vmm/server.ts"
 import { withTrace } from "../vmm/trace.ts"
 import { vmmServices } from "./layers.ts"
 import { ImsgChannel } from "../services/ImsgChannel.ts"
 import type { VmmOptions } from "../vmm/context.ts"
 
-/** The program exec'd for each VM: --vm-exec, or this program itself (vmd execs its own argv0). */
+/**
+ * The program exec'd for each VM: --vm-exec, or this program itself (vmd
+ * execs its own argv0): Node with this process's V8 flags and script
+ * (bin/vmm, dist/vmm.mjs, or a .ts under tsx), not the script as a program:
+ * bin/vmm's `#!/usr/bin/env -S node ...` needs env's -S, which OpenBSD's env
+ * does not have.
+ */
 export const vmExecOf = (args: VmmArgs): { command: string; prefix: ReadonlyArray<string> } => {
   if (args.vmExec !== null) return { command: resolve(args.vmExec), prefix: [] }
   const self = process.argv[1] ?? ""
-  // Run as a script (tsx, node dist/vmm.mjs): exec the interpreter with it.
-  if (/\.(m?[jt]s)$/.test(self)) return { command: process.execPath, prefix: [...process.execArgv, resolve(self)] }
-  return { command: isAbsolute(self) ? self : resolve(self), prefix: [] }
+  return { command: process.execPath, prefix: [...process.execArgv, isAbsolute(self) ? self : resolve(self)] }
 }
 
 export const runVmm = async (args: VmmArgs): Promise<number> => {
@@ -47,8 +51,9 @@ export const runVmm = async (args: VmmArgs): Promise<number> => {
 
   const serve = Effect.gen(function* () {
     const runtime = yield* Effect.runtime<never>()
-    const privsep = applyPrivsep(options.vmExec)
-    yield* logDebug(`privsep: ${privsep.note}`)
+    // A failed drop, unveil or pledge is fatal before serving anything.
+    const privsepExit = yield* privsepOrExit(options.vmExec)
+    if (privsepExit !== null) return privsepExit
     const handle = yield* startVmmServer(nativeFd(PROC_PARENT_SOCK_FILENO, "parent"), options)
     const stop = (sig: string) => () => {
       Runtime.runFork(runtime)(handle.shutdown(`received ${sig}`))

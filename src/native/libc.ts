@@ -173,10 +173,19 @@ export interface FileId {
 
 const statBuf = new BigUint64Array(32) // struct stat is 144 (x86_64) or 128 (aarch64) bytes
 
-/** st_dev and st_ino from fstat(2) (both at offsets 0 and 8 on x86_64 and aarch64), or -errno. */
+// OpenBSD: st_mode (u32) at 0, st_dev (int32 dev_t) at 4; native byte order.
+const statDevOpenBSD = new Int32Array(statBuf.buffer, 4, 1)
+
+/**
+ * st_dev and st_ino from fstat(2), or -errno. st_ino (u64) is at offset 8
+ * everywhere we run; st_dev is a u64 at 0 on Linux (x86_64, aarch64) but an
+ * int32 at 4 on OpenBSD (after st_mode).
+ */
 export const fstatId = (fd: number): FileId | number => {
   const r = ret(c.fstat(fd, statBuf))
-  return r < 0 ? r : { dev: statBuf[0] ?? 0n, ino: statBuf[1] ?? 0n }
+  if (r < 0) return r
+  const dev = process.platform === "openbsd" ? BigInt(statDevOpenBSD[0] ?? 0) : (statBuf[0] ?? 0n)
+  return { dev, ino: statBuf[1] ?? 0n }
 }
 
 /** Count of double closes seen by the native backend (a bug if non-zero). */
