@@ -79,9 +79,13 @@ const guestFiles = Effect.acquireRelease(
     }
     const kernel = join(dir, "bsd.rd")
     writeFileSync(kernel, Buffer.from("\x7fELF null guest kernel\n"))
+    // what vmd sends as the kernel of a VM that boots from its disk (VM_DEFAULT_BIOS)
+    const bios = join(dir, "vmm-bios")
+    writeFileSync(bios, Buffer.from("null guest BIOS\n"))
     return {
       dir,
       kernel,
+      bios,
       cdrom: image("install78.iso", 600n * MiB),
       disk: (name: string, size: bigint) => image(name, size)
     }
@@ -129,6 +133,7 @@ const demo = (args: DemoArgs) =>
       backend: "process",
       debug: args.debug,
       verbose: args.verbose,
+      bios: files.bios,
       ...(args.vmExec === undefined ? {} : { vmExec: args.vmExec })
     })
     yield* say(`    vmm is pid ${parent.vmmPid}, talking imsg on its fd 3; sent CONFIG (struct vmd_config)`)

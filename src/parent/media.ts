@@ -9,7 +9,7 @@
  */
 import { Either } from "effect"
 import * as libc from "../native/libc.ts"
-import { fromHostErrno } from "../schema/errno.ts"
+import { fromHostErrno, VmdError } from "../schema/errno.ts"
 import type { Fd } from "../services/Fd.ts"
 import { parentError, type ParentError } from "./errors.ts"
 import type { StartFds } from "./messages.ts"
@@ -22,7 +22,10 @@ export interface Media {
   readonly hostTaps: ReadonlyArray<Fd>
 }
 
-export const openMedia = (spec: VmSpec, ttyMaster: Fd): Either.Either<Media, ParentError> => {
+/** vmd's VM_DEFAULT_BIOS: what config_setvm sends as the kernel of a VM that names none. */
+export const VM_DEFAULT_BIOS = "/etc/firmware/vmm-bios"
+
+export const openMedia = (spec: VmSpec, ttyMaster: Fd, bios: string = VM_DEFAULT_BIOS): Either.Either<Media, ParentError> => {
   const opened: Array<Fd> = []
   /** A new fd number (or -errno) as an owned Fd, remembered for the cleanup. */
   const own = (num: number, what: string): Either.Either<Fd, ParentError> => {
@@ -36,10 +39,16 @@ export const openMedia = (spec: VmSpec, ttyMaster: Fd): Either.Either<Media, Par
     return Either.left(e)
   }
 
-  let kernel: Fd | null = null
+  // config_setvm: the kernel named, else the BIOS (VMD_BIOS_MISSING if it cannot be opened);
+  // vm.c needs a boot fd ("failed to receive boot fd")
+  let kernel: Fd
   if (spec.kernel !== undefined) {
     const r = own(libc.open(spec.kernel, libc.O_RDONLY), spec.kernel)
     if (Either.isLeft(r)) return failed(r.left)
+    kernel = r.right
+  } else {
+    const r = own(libc.open(bios, libc.O_RDONLY), bios)
+    if (Either.isLeft(r)) return failed(parentError("start", VmdError.VMD_BIOS_MISSING, `can't open ${bios}`))
     kernel = r.right
   }
   let cdrom: Fd | null = null

@@ -38,7 +38,7 @@ import { defaultVmdConfig } from "../vmm/defaults.ts"
 import { dispatchVmm } from "./dispatch.ts"
 import { parentError, type ParentError, type ParentOp } from "./errors.ts"
 import { makeEventLog, type ParentEvent } from "./events.ts"
-import { openMedia } from "./media.ts"
+import { openMedia, VM_DEFAULT_BIOS } from "./media.ts"
 import * as M from "./messages.ts"
 import { openPty } from "./pty.ts"
 import { completeInfo, isRunning, snapshot, stopRecord, type TrackedVm, type VmRecord } from "./records.ts"
@@ -54,6 +54,12 @@ export interface VmdParentOptions extends VmmSpawnOptions {
   readonly config?: VmdConfig
   /** How long to wait for a reply or an awaited event. */
   readonly timeoutMs?: number
+  /**
+   * What a VM without a kernel boots: config_setvm opens vmd's
+   * VM_DEFAULT_BIOS (/etc/firmware/vmm-bios) and sends it as the kernel fd,
+   * and fails the start with VMD_BIOS_MISSING if it cannot. Absent: that path.
+   */
+  readonly bios?: string
 }
 
 export interface StopOptions {
@@ -127,7 +133,7 @@ export const makeVmdParent = (o: VmdParentOptions): Effect.Effect<VmdParent, Par
         }
         vm.startedAt = now
         if (vm.tty === null) vm.tty = yield* openPty(`${vm.spec.name} tty master`)
-        const media = yield* openMedia(vm.spec, vm.tty.master)
+        const media = yield* openMedia(vm.spec, vm.tty.master, o.bios ?? VM_DEFAULT_BIOS)
         vm.hostTaps = media.hostTaps
         const params = yield* createParamsBytes(vm.params)
         const reply = yield* requests.request("start", `start:${vm.id}`, M.startVm(vm.id, params, media.fds))
