@@ -46,13 +46,12 @@ import * as libc from "../src/native/libc.ts"
 import { MAX_IMSG_PAYLOAD } from "../src/schema/imsgHeader.ts"
 import type { Channel, Imsg } from "../src/services/ImsgChannel.ts"
 import { ImsgChannel, releaseImsg } from "../src/services/ImsgChannel.ts"
+import { binVmmV8Flags } from "./vmm-flags.mjs"
 
 const here = dirname(fileURLToPath(import.meta.url))
 
 if (process.argv.includes("--vmm-flags") && process.env["BENCH_IMSG_VMM_FLAGS"] === undefined) {
-  // bin/vmm's V8 flags: the words after "node" on its #! line
-  const shebang = readFileSync(join(here, "..", "bin", "vmm"), "utf8").split("\n")[0] ?? ""
-  const flags = shebang.split(/\s+/).slice(shebang.split(/\s+/).indexOf("node") + 1).filter((w) => w.startsWith("--"))
+  const flags = binVmmV8Flags(join(here, "..", "bin", "vmm"))
   console.error(`(re-running under bin/vmm's flags: ${flags.join(" ")})`)
   const r = spawnSync(process.execPath, [...flags, ...process.execArgv, ...process.argv.slice(1)], {
     stdio: "inherit",

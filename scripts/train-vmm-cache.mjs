@@ -9,9 +9,10 @@
 //
 // It never fails the build: without a cache bin/vmm compiles from source.
 import { spawn } from "node:child_process"
-import { existsSync, readFileSync, rmSync } from "node:fs"
+import { existsSync, rmSync } from "node:fs"
 import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
+import { binVmmV8Flags } from "./vmm-flags.mjs"
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..")
 const cache = join(root, "dist", "vmm.cache")
@@ -35,11 +36,9 @@ delete env.NODE_OPTIONS // the cache is for the flags bin/vmm runs with
 // bin/vmm under the V8 flags of its #! line (the cache is only accepted under
 // them), run by this Node rather than through the #! line: OpenBSD's env(1)
 // has no -S, so bin/vmm cannot be run as a program there.
-const shebang = (readFileSync(join(root, "bin", "vmm"), "utf8").split("\n")[0] ?? "").split(/\s+/)
-const v8flags = shebang.slice(shebang.indexOf("node") + 1).filter((w) => w.startsWith("--"))
 const child = spawn(
   process.execPath,
-  [...v8flags, join(root, "bin", "vmm"), "-P", "vmm", "-d", "--backend", "process", "--vm-exec", process.execPath],
+  [...binVmmV8Flags(join(root, "bin", "vmm")), join(root, "bin", "vmm"), "-P", "vmm", "-d", "--backend", "process", "--vm-exec", process.execPath],
   { stdio: ["ignore", "ignore", "pipe", "pipe"], env }
 )
 let stderr = ""

@@ -10,6 +10,7 @@ import { tmpdir } from "node:os"
 import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { binVmmV8Flags } from "../../scripts/vmm-flags.mjs"
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..")
 let dir = ""
@@ -68,8 +69,7 @@ describe("c/vmd-dispatch.c (OpenBSD deployment)", () => {
   })
 
   it("its V8 flags are bin/vmm's #! line's (the code cache is accepted only under them)", () => {
-    const shebang = (readFileSync(join(root, "bin", "vmm"), "utf8").split("\n")[0] ?? "").split(/\s+/)
-    const binFlags = shebang.slice(shebang.indexOf("node") + 1).filter((w) => w.startsWith("--"))
+    const binFlags = binVmmV8Flags(join(root, "bin", "vmm"))
     const source = readFileSync(join(root, "c", "vmd-dispatch.c"), "utf8")
     const cFlags = [...(/v8flags\[\] = \{([^}]*)\}/.exec(source)?.[1] ?? "").matchAll(/"([^"]*)"/g)].map((m) => m[1])
     expect(cFlags).toEqual(binFlags)
