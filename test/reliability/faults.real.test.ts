@@ -17,7 +17,8 @@ import * as T from "../../src/schema/imsgTypes.ts"
 import type { Imsg } from "../../src/services/ImsgChannel.ts"
 import { createParams } from "../vmm/wire.ts"
 import { buildPrograms, bundledVmm, type Programs, type VmmProgram } from "./lib/build.ts"
-import { descendants, fdFlags, fdLinks, waitUntil } from "./lib/proc.ts"
+import { eventually } from "../e2e/harness.ts"
+import { descendants, fdFlags, fdLinks } from "./lib/proc.ts"
 import { devNull, startRealVmm } from "./lib/realVmm.ts"
 
 let programs: Programs
@@ -87,9 +88,7 @@ const threeStarts = (vmExec: string, env: Readonly<Record<string, string>>) =>
       yield* v.channel.send({ type: T.IMSG_VMDOP_START_VM_END, peerid: vmid, pid: 1, fd: devNull("tty") })
       injected++
       // the fault has played out: a reply, and (for a started VM) its end, and no VM process left
-      yield* Effect.promise(() =>
-        waitUntil(() => heard.some((m) => m.type === T.IMSG_VMDOP_START_VM_RESPONSE) && vmsBelow() === 0, 10_000, "a START_VM_RESPONSE and no VM process left")
-      )
+      yield* eventually(() => heard.some((m) => m.type === T.IMSG_VMDOP_START_VM_RESPONSE) && vmsBelow() === 0, "a START_VM_RESPONSE and no VM process left", 10_000)
       yield* Effect.sleep("300 millis")
       replies.push(heard.map((m) => ({ type: T.imsgTypeName(m.type), res: i32(m.data, 0) })))
       if (i === 0) first = vmmFds(v.pid)
@@ -145,9 +144,7 @@ describe("faults through the real layers", () => {
         Effect.gen(function* () {
           yield* v.channel.send({ type: T.IMSG_VMDOP_START_VM_REQUEST, peerid: vmid, pid: 1, data: createParams({ name }), fd: devNull("kernel") })
           yield* v.channel.send({ type: T.IMSG_VMDOP_START_VM_END, peerid: vmid, pid: 1, fd: devNull("tty") })
-          yield* Effect.promise(() =>
-            waitUntil(() => heard.some((m) => m.type === T.IMSG_VMDOP_START_VM_RESPONSE && m.peerid === vmid), 10_000, `START_VM_RESPONSE for vm ${vmid}`)
-          )
+          yield* eventually(() => heard.some((m) => m.type === T.IMSG_VMDOP_START_VM_RESPONSE && m.peerid === vmid), `START_VM_RESPONSE for vm ${vmid}`, 10_000)
           const r = heard.find((m) => m.type === T.IMSG_VMDOP_START_VM_RESPONSE && m.peerid === vmid)!
           return { res: i32(r.data, 0), id: i32(r.data, 4), pid: i32(r.data, 8) }
         })
@@ -158,10 +155,10 @@ describe("faults through the real layers", () => {
       const impostor = yield* start(50, "fz-id-1")
       expect(impostor).toEqual({ res: Errno.EINVAL, id: 50, pid: 0 })
       // the impostor is killed; the good VM is the only one left below the vmm, and info lists it alone
-      yield* Effect.promise(() => waitUntil(() => descendants(v.pid).filter((p) => p.comm !== "spawner").length === 1, 10_000, "the impostor killed, one VM process left"))
+      yield* eventually(() => descendants(v.pid).filter((p) => p.comm !== "spawner").length === 1, "the impostor killed, one VM process left", 10_000)
       heard.length = 0
       yield* v.channel.send({ type: T.IMSG_VMDOP_GET_INFO_VM_REQUEST, peerid: 7, pid: 1 })
-      yield* Effect.promise(() => waitUntil(() => heard.some((m) => m.type === T.IMSG_VMDOP_GET_INFO_VM_END_DATA), 10_000, "GET_INFO_VM_END_DATA"))
+      yield* eventually(() => heard.some((m) => m.type === T.IMSG_VMDOP_GET_INFO_VM_END_DATA), "GET_INFO_VM_END_DATA", 10_000)
       const data = heard.filter((m) => m.type === T.IMSG_VMDOP_GET_INFO_VM_DATA)
       expect(data.map((m) => [i32(m.data, 92), i32(m.data, 88)])).toEqual([[1, good.pid]])
       yield* v.channel.close
@@ -202,7 +199,7 @@ describe("faults through the real layers", () => {
       )
       yield* v.channel.send({ type: T.IMSG_VMDOP_START_VM_REQUEST, peerid: 4, pid: 1, data: createParams({ name: "resetter" }), fd: devNull("kernel") })
       yield* v.channel.send({ type: T.IMSG_VMDOP_START_VM_END, peerid: 4, pid: 1, fd: devNull("tty") })
-      yield* Effect.promise(() => waitUntil(() => heard.length > 0, 10_000, "START_VM_RESPONSE"))
+      yield* eventually(() => heard.length > 0, "START_VM_RESPONSE", 10_000)
       const pid = i32(heard[0]!.data, 8)
       expect(i32(heard[0]!.data, 0)).toBe(0)
       // the VM stops reading; the vmm sends it something; then the guest resets (exit 35)
@@ -212,7 +209,7 @@ describe("faults through the real layers", () => {
       injected++
       process.kill(pid, "SIGHUP")
       process.kill(pid, "SIGCONT")
-      yield* Effect.promise(() => waitUntil(() => heard.length > 1, 10_000, "TERMINATE_VM_EVENT"))
+      yield* eventually(() => heard.length > 1, "TERMINATE_VM_EVENT", 10_000)
       expect(heard.slice(1).map((m) => ({ type: T.imsgTypeName(m.type), res: i32(m.data, 0) }))).toEqual([
         { type: "IMSG_VMDOP_TERMINATE_VM_EVENT", res: Errno.EAGAIN }
       ])

@@ -102,15 +102,3 @@ export const isAlive = (pid: number): boolean => {
   return st !== null && st.state !== "Z"
 }
 
-/**
- * Wait (polling) until `pred` holds; rejects (the test fails, naming `what`)
- * if it does not within `ms`.
- */
-export const waitUntil = async (pred: () => boolean, ms: number, what: string, stepMs = 10): Promise<void> => {
-  const end = Date.now() + ms
-  for (;;) {
-    if (pred()) return
-    if (Date.now() >= end) throw new Error(`timed out after ${ms} ms waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, stepMs))
-  }
-}
