@@ -7,8 +7,9 @@ import { Either } from "effect"
 import { parseArgs } from "./args.ts"
 import { runVmm } from "./vmmMain.ts"
 
-// SIGUSR1 ignored as proc.c does, not Node's inspector (bin/vmm does this first; here for tsx runs).
-process.on("SIGUSR1", () => {})
+// SIGUSR1 ignored as proc.c does, not Node's inspector: bin/vmm does this first; here for runs
+// without it (tsx, node dist/vmm.mjs).
+if (process.listenerCount("SIGUSR1") === 0) process.on("SIGUSR1", () => {})
 
 const main = async (): Promise<number> => {
   const args = parseArgs(process.argv.slice(2))

@@ -5,7 +5,7 @@
  * every VM process is ended before we exit.
  */
 import { Context, Effect, Exit, Layer, Runtime } from "effect"
-import { isAbsolute, resolve } from "node:path"
+import { resolve } from "node:path"
 import type { VmmArgs } from "./args.ts"
 import { nativeFd } from "../native/libc.ts"
 import { openSyslog } from "../native/syslog.ts"
@@ -29,7 +29,7 @@ import type { VmmOptions } from "../vmm/context.ts"
 export const vmExecOf = (args: VmmArgs): { command: string; prefix: ReadonlyArray<string> } => {
   if (args.vmExec !== null) return { command: resolve(args.vmExec), prefix: [] }
   const self = process.argv[1] ?? ""
-  return { command: process.execPath, prefix: [...process.execArgv, isAbsolute(self) ? self : resolve(self)] }
+  return { command: process.execPath, prefix: [...process.execArgv, resolve(self)] }
 }
 
 export const runVmm = async (args: VmmArgs): Promise<number> => {

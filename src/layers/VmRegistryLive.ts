@@ -15,9 +15,9 @@ import {
   VM_MAX_DISKS_PER_VM,
   VM_MAX_NICS_PER_VM,
   VM_STATE_RUNNING,
-  VM_STATE_SHUTDOWN,
-  VMM_MAX_VCPUS_PER_VM
+  VM_STATE_SHUTDOWN
 } from "../schema/constants.ts"
+import { overVmmLimit, type OverLimit } from "../schema/limits.ts"
 import type { VmopCreateParams } from "../schema/structs.ts"
 import { emitLog, logDebug, logWarnx } from "../vmm/log.ts"
 import { RegisterError, type Vm, VmRegistry } from "../services/VmRegistry.ts"
@@ -25,11 +25,17 @@ import type { Fd } from "../services/Fd.ts"
 
 const VALID_NAME = /^[A-Za-z0-9._-]+$/
 
+/** vm_register's warning for each count over vmm(4)'s limit. */
+const LIMIT_WARNING: Record<OverLimit["field"], string> = {
+  vmc_ncpus: "invalid number of CPUs",
+  vmc_ndisks: "invalid number of disks",
+  vmc_nnics: "invalid number of interfaces"
+}
+
 /** Why vm_register refuses a VM, or null. Mirrors the order of checks in vmd.c. */
 const validate = (p: VmopCreateParams): string | null => {
-  if (p.vmc_ncpus > BigInt(VMM_MAX_VCPUS_PER_VM)) return "invalid number of CPUs"
-  if (p.vmc_ndisks > BigInt(VM_MAX_DISKS_PER_VM)) return "invalid number of disks"
-  if (p.vmc_nnics > BigInt(VM_MAX_NICS_PER_VM)) return "invalid number of interfaces"
+  const over = overVmmLimit(p)
+  if (over !== null) return LIMIT_WARNING[over.field]
   if (p.vmc_kernel === -1 && p.vmc_ndisks === 0n && p.vmc_cdrom.length === 0)
     return "no kernel or disk/cdrom specified"
   if (p.vmc_name.length === 0) return "invalid VM name"

@@ -184,7 +184,7 @@ const statDevOpenBSD = new Int32Array(statBuf.buffer, 4, 1)
 export const fstatId = (fd: number): FileId | number => {
   const r = ret(c.fstat(fd, statBuf))
   if (r < 0) return r
-  const dev = process.platform === "openbsd" ? BigInt(statDevOpenBSD[0] ?? 0) : (statBuf[0] ?? 0n)
+  const dev = IS_OPENBSD ? BigInt(statDevOpenBSD[0] ?? 0) : (statBuf[0] ?? 0n)
   return { dev, ino: statBuf[1] ?? 0n }
 }
 

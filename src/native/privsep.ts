@@ -40,18 +40,18 @@ export interface PrivsepDeps {
   readonly errno: () => number
 }
 
-let libcCalls: Pick<PrivsepDeps, "unveil" | "pledge"> | undefined
-const libc = () => {
-  if (libcCalls === undefined) {
+/** unveil(2) and pledge(2) from libc, bound on first use (they exist only on OpenBSD). */
+type CFunction = ReturnType<ReturnType<typeof koffi.load>["func"]>
+let bound: { readonly unveil: CFunction; readonly pledge: CFunction } | undefined
+const native = () => {
+  if (bound === undefined) {
     const c = koffi.load(null)
-    const unveil = c.func("int unveil(const char *path, const char *permissions)")
-    const pledge = c.func("int pledge(const char *promises, const char *execpromises)")
-    libcCalls = {
-      unveil: (path, permissions) => unveil(path, permissions) as number,
-      pledge: (promises, execpromises) => pledge(promises, execpromises) as number
+    bound = {
+      unveil: c.func("int unveil(const char *path, const char *permissions)"),
+      pledge: c.func("int pledge(const char *promises, const char *execpromises)")
     }
   }
-  return libcCalls
+  return bound
 }
 
 export const realPrivsepDeps: PrivsepDeps = {
@@ -60,8 +60,8 @@ export const realPrivsepDeps: PrivsepDeps = {
   setgroups: (groups) => process.setgroups?.(groups),
   setgid: (id) => process.setgid?.(id),
   setuid: (id) => process.setuid?.(id),
-  unveil: (path, permissions) => libc().unveil(path, permissions),
-  pledge: (promises, execpromises) => libc().pledge(promises, execpromises),
+  unveil: (path, permissions) => native().unveil(path, permissions) as number,
+  pledge: (promises, execpromises) => native().pledge(promises, execpromises) as number,
   errno: () => koffi.errno()
 }
 

@@ -41,16 +41,12 @@ export const openMedia = (spec: VmSpec, ttyMaster: Fd, bios: string = VM_DEFAULT
 
   // config_setvm: the kernel named, else the BIOS (VMD_BIOS_MISSING if it cannot be opened);
   // vm.c needs a boot fd ("failed to receive boot fd")
-  let kernel: Fd
-  if (spec.kernel !== undefined) {
-    const r = own(libc.open(spec.kernel, libc.O_RDONLY), spec.kernel)
-    if (Either.isLeft(r)) return failed(r.left)
-    kernel = r.right
-  } else {
-    const r = own(libc.open(bios, libc.O_RDONLY), bios)
-    if (Either.isLeft(r)) return failed(parentError("start", VmdError.VMD_BIOS_MISSING, `can't open ${bios}`))
-    kernel = r.right
+  const boot = spec.kernel ?? bios
+  const kernelFd = own(libc.open(boot, libc.O_RDONLY), boot)
+  if (Either.isLeft(kernelFd)) {
+    return failed(spec.kernel !== undefined ? kernelFd.left : parentError("start", VmdError.VMD_BIOS_MISSING, `can't open ${bios}`))
   }
+  const kernel = kernelFd.right
   let cdrom: Fd | null = null
   if (spec.cdrom !== undefined) {
     const r = own(libc.open(spec.cdrom, libc.O_RDONLY), spec.cdrom)

@@ -38,7 +38,7 @@ import { defaultVmdConfig } from "../vmm/defaults.ts"
 import { dispatchVmm } from "./dispatch.ts"
 import { parentError, type ParentError, type ParentOp } from "./errors.ts"
 import { makeEventLog, type ParentEvent } from "./events.ts"
-import { openMedia, VM_DEFAULT_BIOS } from "./media.ts"
+import { openMedia } from "./media.ts"
 import * as M from "./messages.ts"
 import { openPty } from "./pty.ts"
 import { completeInfo, isRunning, snapshot, stopRecord, type TrackedVm, type VmRecord } from "./records.ts"
@@ -133,7 +133,7 @@ export const makeVmdParent = (o: VmdParentOptions): Effect.Effect<VmdParent, Par
         }
         vm.startedAt = now
         if (vm.tty === null) vm.tty = yield* openPty(`${vm.spec.name} tty master`)
-        const media = yield* openMedia(vm.spec, vm.tty.master, o.bios ?? VM_DEFAULT_BIOS)
+        const media = yield* openMedia(vm.spec, vm.tty.master, o.bios)
         vm.hostTaps = media.hostTaps
         const params = yield* createParamsBytes(vm.params)
         const reply = yield* requests.request("start", `start:${vm.id}`, M.startVm(vm.id, params, media.fds))

@@ -3,7 +3,7 @@
  * (vmd.md §4.5, §7): the fds it was given and whether vm.c's create would
  * accept it. Pure.
  */
-import { VM_MAX_DISKS_PER_VM, VM_MAX_NICS_PER_VM, VMM_MAX_VCPUS_PER_VM } from "../schema/constants.ts"
+import { overVmmLimit } from "../schema/limits.ts"
 import type { VmdVm } from "../schema/structs.ts"
 
 export interface NamedFd {
@@ -30,14 +30,11 @@ export const namedFds = (vm: VmdVm): ReadonlyArray<NamedFd> => {
 
 /**
  * Why vm.c's vmm_create_vm would refuse this VM before VMM_IOC_CREATE
- * (vmd.md §7 start_vm: ncpus > 64, ndisks > 4, nnics > 4 are EINVAL), or
+ * (vmd.md §7 start_vm: a count over vmm(4)'s limit is EINVAL), or
  * undefined. vmc_nmemranges is not checked: start_vm's create_memory_map
  * overwrites it first, so whatever the parent sent is never used.
  */
 export const createFailure = (vm: VmdVm): string | undefined => {
-  const p = vm.vm_params
-  if (p.vmc_ncpus > BigInt(VMM_MAX_VCPUS_PER_VM)) return `vmc_ncpus ${p.vmc_ncpus} > ${VMM_MAX_VCPUS_PER_VM}`
-  if (p.vmc_ndisks > BigInt(VM_MAX_DISKS_PER_VM)) return `vmc_ndisks ${p.vmc_ndisks} > ${VM_MAX_DISKS_PER_VM}`
-  if (p.vmc_nnics > BigInt(VM_MAX_NICS_PER_VM)) return `vmc_nnics ${p.vmc_nnics} > ${VM_MAX_NICS_PER_VM}`
-  return undefined
+  const over = overVmmLimit(vm.vm_params)
+  return over === null ? undefined : `${over.field} ${over.value} > ${over.max}`
 }

@@ -95,8 +95,5 @@ export const composeVm = (channel: Channel | null, msg: OutgoingImsg) => {
     msg.fd?.closeSync()
     return Effect.succeed(false)
   }
-  return channel.send(msg).pipe(
-    Effect.as(true),
-    Effect.catchAll(() => Effect.succeed(true))
-  )
+  return channel.send(msg).pipe(Effect.ignore, Effect.as(true))
 }
