@@ -32,7 +32,9 @@
  *    close-on-exec when the layer is built, dup2'ed onto each) or this
  *    process's own ("inherit": dup2(n, n)); each of `req.fds` at its own
  *    number by dup2(fd, fd), which clears close-on-exec on the child's copy
- *    (glibc >= 2.29), and which wins over stdio for an fd numbered 0-2;
+ *    (glibc >= 2.29), and which wins over stdio for an fd numbered 0-2, or
+ *    at the number `req.at` gives it (a source that another fd's dup2, or
+ *    stdio's, would replace first is moved above every target beforehand);
  *  - nothing else reaches the child: every fd this process makes is
  *    close-on-exec, the fds it inherited without the flag get it when the
  *    layer is built (`sealInheritedFds`), and the child closes every fd
@@ -96,7 +98,7 @@ import * as native from "../native/spawn.ts"
 import { sealInheritedFds } from "../native/sys.ts"
 import { ChildWatch } from "../native/childWatch.ts"
 import { Errno, errnoName, fromErrorCode, fromHostErrno } from "../schema/errno.ts"
-import { ExitBox, makeOr, Process, SpawnError, tableService, waitAtMost } from "../services/Process.ts"
+import { childNumbers, ExitBox, makeOr, Process, SpawnError, tableService, waitAtMost } from "../services/Process.ts"
 import type { Child, ExitStatus, ProcessService, SignalName, SpawnRequest } from "../services/Process.ts"
 import * as ProcessNode from "./ProcessNode.ts"
 
@@ -288,22 +290,52 @@ export const make = (options: DirectOptions = {}): Effect.Effect<ProcessService,
         return fail(Errno.EINVAL, "a NUL byte in the command, an argument or the environment")
       }
 
+      const at = childNumbers(req)
+      if (typeof at === "string") return fail(Errno.EINVAL, at)
+
       if (sealEachSpawn) sealInheritedFds()
+      // A source that is another fd's target, or 0-2 (which stdio's dup2s
+      // replace), would be gone by its own dup2: a close-on-exec duplicate
+      // above every target stands in for it, closed when posix_spawn is back.
+      const mine = new Set(at)
+      const top = Math.max(2, ...mine)
+      const moved: Array<number> = []
+      const dropMoved = (): void => {
+        for (const n of moved.splice(0)) libc.close(n)
+      }
+      const sources: Array<number> = []
+      for (const [i, fd] of req.fds.entries()) {
+        const n = fd.num
+        if (n === at[i] || (n > 2 && !mine.has(n))) {
+          sources.push(n)
+          continue
+        }
+        const d = libc.fcntl(n, libc.F_DUPFD_CLOEXEC, top + 1)
+        if (d < 0) {
+          dropMoved()
+          return fail(fromHostErrno(-d), `moving fd ${n} out of the way: ${errnoName(fromHostErrno(-d))}`)
+        }
+        moved.push(d)
+        sources.push(d)
+      }
       // Its own file actions: spawns may overlap now.
       const fa = new native.FileActions()
       const init = fa.init()
-      if (init < 0) return fail(fromHostErrno(-init))
-      const mine = new Set(req.fds.map((fd) => fd.num))
+      if (init < 0) {
+        dropMoved()
+        return fail(fromHostErrno(-init))
+      }
       let r = 0
       for (const n of [0, 1, 2]) {
         if (mine.has(n) || r < 0) continue
         if (req.stdio === "null") r = fa.dup2(devnull, n)
         else if (libc.fcntl(n, libc.F_GETFD) >= 0) r = fa.dup2(n, n)
       }
-      for (const n of mine) if (r >= 0) r = fa.dup2(n, n)
-      if (r >= 0 && !sealEachSpawn) r = fa.closefrom(Math.max(2, ...mine) + 1)
+      for (const [i, n] of sources.entries()) if (r >= 0) r = fa.dup2(n, at[i]!)
+      if (r >= 0 && !sealEachSpawn) r = fa.closefrom(top + 1)
       if (r < 0) {
         fa.destroy()
+        dropMoved()
         return fail(fromHostErrno(-r), `posix_spawn_file_actions: ${errnoName(fromHostErrno(-r))}`)
       }
 
@@ -311,6 +343,7 @@ export const make = (options: DirectOptions = {}): Effect.Effect<ProcessService,
       const back = (pid: number): void => {
         try {
           fa.destroy()
+          dropMoved()
           if (pid < 0) {
             if (!abandoned) fail(fromHostErrno(-pid))
             return
@@ -341,6 +374,7 @@ export const make = (options: DirectOptions = {}): Effect.Effect<ProcessService,
       } catch (e) {
         // koffi refused the call (it converts the arguments first): nothing started.
         fa.destroy()
+        dropMoved()
         return fail(Errno.EIO, `posix_spawn not called: ${e instanceof Error ? e.message : String(e)}`)
       }
       // (`back` runs later, on this thread, never inside the call above.)

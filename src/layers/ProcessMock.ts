@@ -29,7 +29,7 @@ import { Clock, Context, Deferred, Effect, Exit, Fiber, Layer, Queue } from "eff
 import type { Scope } from "effect"
 import { constants as osConstants } from "node:os"
 import { Errno, errnoName } from "../schema/errno.ts"
-import { ExitBox, Process, SpawnError, tableService } from "../services/Process.ts"
+import { childNumbers, ExitBox, Process, SpawnError, tableService } from "../services/Process.ts"
 import type { ExitStatus, ProcessService, SignalName, SpawnRequest } from "../services/Process.ts"
 import { reasonOf } from "./ProcessNode.ts"
 
@@ -131,6 +131,8 @@ export const make = (
         if (injected !== undefined) return yield* fail(injected, `spawn ${req.command}`)
         const closed = req.fds.find((fd) => !fd.isOpen)
         if (closed !== undefined) return yield* fail(Errno.EBADF, `spawn ${req.command}: ${closed.toString()}`)
+        const at = childNumbers(req)
+        if (typeof at === "string") return yield* fail(Errno.EINVAL, `spawn ${req.command}: ${at}`)
         const pid = nextPid++
         const child: MockChild = {
           pid,

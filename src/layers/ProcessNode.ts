@@ -4,10 +4,10 @@
  *
  * The child side of vmm_start_vm, as Node's spawn gives it:
  *  - setsid(): `detached: true`;
- *  - every given fd at its own number: the stdio array has one slot per
- *    number up to the highest fd, the fd's own number in its slot and
- *    'ignore' in the holes (Node compacts an array with holes, which would
- *    move the fds down); libuv dup2s each into place and clears
+ *  - every given fd at its own number, or the one `at` gives it: the stdio
+ *    array has one slot per number up to the highest, the fd's number in
+ *    its slot and 'ignore' in the holes (Node compacts an array with holes,
+ *    which would move the fds down); libuv dup2s each into place and clears
  *    close-on-exec on the child's copy only;
  *  - nothing else reaches the child: every fd this process made is
  *    close-on-exec, and before each spawn the fds it inherited without the
@@ -45,7 +45,7 @@ import { Deferred, Duration, Effect, Exit, Layer, Option } from "effect"
 import type { Scope } from "effect"
 import { sealInheritedFds } from "../native/sys.ts"
 import { Errno, errnoName, fromErrorCode } from "../schema/errno.ts"
-import { ExitBox, Process, SpawnError, tableService, waitAtMost } from "../services/Process.ts"
+import { childNumbers, ExitBox, Process, SpawnError, tableService, waitAtMost } from "../services/Process.ts"
 import type {
   ExitStatus,
   ProcessService,
@@ -59,13 +59,17 @@ const REAP_TIMEOUT = Duration.seconds(10)
 
 type StdioSlot = "ignore" | "inherit" | number
 
-/** The stdio array that puts each of `req.fds` at its own number in the child. */
-export const stdioFor = (req: SpawnRequest): Array<StdioSlot> => {
-  const top = req.fds.reduce((max, fd) => Math.max(max, fd.num), 2)
+/**
+ * The stdio array that puts each of `req.fds` at its child number (`at`,
+ * else its own). libuv moves a source out of the way before another slot's
+ * dup2 would replace it (uv__process_child_init's first loop).
+ */
+export const stdioFor = (req: SpawnRequest, at: ReadonlyArray<number> = req.fds.map((fd) => fd.num)): Array<StdioSlot> => {
+  const top = at.reduce((max, n) => Math.max(max, n), 2)
   const slots: Array<StdioSlot> = Array.from({ length: top + 1 }, (_, i) =>
     i <= 2 && req.stdio === "inherit" ? "inherit" : "ignore"
   )
-  for (const fd of req.fds) slots[fd.num] = fd.num
+  for (const [i, fd] of req.fds.entries()) slots[at[i] ?? fd.num] = fd.num
   return slots
 }
 
@@ -130,13 +134,15 @@ export const make: Effect.Effect<ProcessService, never, Scope.Scope> = Effect.ge
       if (closed !== undefined) {
         return yield* Effect.fail(spawnError(Errno.EBADF, `${req.command}: ${closed.toString()} is closed`))
       }
+      const at = childNumbers(req)
+      if (typeof at === "string") return yield* Effect.fail(spawnError(Errno.EINVAL, `spawn ${req.command}: ${at}`))
       const exit = yield* Deferred.make<ExitStatus>()
       sealInheritedFds()
       let child: ChildProcess
       try {
         child = nodeSpawn(req.command, [...req.args], {
           detached: true,
-          stdio: stdioFor(req),
+          stdio: stdioFor(req, at),
           ...(req.env !== undefined ? { env: { ...process.env, ...req.env } } : {})
         })
       } catch (e) {

@@ -62,7 +62,7 @@ import * as spawn from "../native/spawn.ts"
 import { ChildWatch } from "../native/childWatch.ts"
 import { closePoll, UV_DISCONNECT, UV_READABLE, UV_WRITABLE, UvPoll } from "../native/uvpoll.ts"
 import { Errno, errnoName, fromErrorCode, fromHostErrno } from "../schema/errno.ts"
-import { ExitBox, makeOr, Process, SpawnError, tableService, waitAtMost } from "../services/Process.ts"
+import { childNumbers, ExitBox, makeOr, Process, SpawnError, tableService, waitAtMost } from "../services/Process.ts"
 import type { Child, ExitStatus, ProcessService, SignalName, SpawnRequest } from "../services/Process.ts"
 import * as ProcessNode from "./ProcessNode.ts"
 
@@ -655,7 +655,10 @@ export const make = (options: SpawnerOptions = {}): Effect.Effect<SpawnerProcess
       const service: SpawnerProcess = {
         spawnerPid,
         spawnAt,
-        spawn: (req) => spawnAt(req, req.fds.map((fd) => fd.num)),
+        spawn: (req) => {
+          const at = childNumbers(req)
+          return typeof at === "string" ? Effect.fail(spawnError(Errno.EINVAL, `spawn ${req.command}: ${at}`)) : spawnAt(req, at)
+        },
         kill,
         ...tableService(live, exits)
       }

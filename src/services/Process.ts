@@ -23,11 +23,20 @@ export interface SpawnRequest {
   readonly command: string
   readonly args: ReadonlyArray<string>
   /**
-   * fds the child gets, each at its own number (the numbers written into
-   * struct vmd_vm are the child's numbers, as after fork). Every other fd
-   * is closed in the child. The caller keeps ownership of these Fds.
+   * fds the child gets, each at its own number unless `at` says otherwise
+   * (the numbers written into struct vmd_vm are the child's numbers). Every
+   * other fd is closed in the child. The caller keeps ownership of these Fds.
    */
   readonly fds: ReadonlyArray<Fd>
+  /**
+   * The child's number for each of `fds` (`at[i]` for `fds[i]`), instead of
+   * its own: each at least 3 and all different. The vmm packs a VM's fds
+   * from 3 up, so that the numbers it passes (`-V`, `-i`, struct vmd_vm's)
+   * stay low however many fds it holds itself: vm.c refuses a `-V` or `-i`
+   * above 128. A source may be another fd's target (the layer moves it
+   * out of the way first).
+   */
+  readonly at?: ReadonlyArray<number>
   /** "null": stdin/out/err on /dev/null; "inherit": this process's stdio (vmd -d). */
   readonly stdio: "null" | "inherit"
   /** Extra environment; the child otherwise inherits this process's. */
@@ -40,6 +49,18 @@ export interface SpawnRequest {
    * ProcessMock) may ignore it.
    */
   readonly early?: boolean
+}
+
+/**
+ * The child's number for each of `req.fds` (`req.at`, else each fd's own),
+ * or why `req.at` cannot be used (a layer fails the spawn with EINVAL).
+ */
+export const childNumbers = (req: SpawnRequest): ReadonlyArray<number> | string => {
+  if (req.at === undefined) return req.fds.map((fd) => fd.num)
+  if (req.at.length !== req.fds.length) return `${req.at.length} child numbers for ${req.fds.length} fds`
+  if (req.at.some((n) => !Number.isInteger(n) || n < 3)) return `child fd numbers must be integers from 3: ${req.at.join(" ")}`
+  if (new Set(req.at).size !== req.at.length) return `child fd numbers must differ: ${req.at.join(" ")}`
+  return req.at
 }
 
 export type SpawnErrorReason = "NotFound" | "Resources" | "Other"

@@ -3,7 +3,9 @@
  * start handshake (vmd.md §7).
  *
  *   1. socketpair; spawn `argv0 -V <fd> -i <vmm fd> -j <psp fd> [-d] [-v|-vv]`
- *      in its own session with the VM's fds at their own numbers;
+ *      in its own session with the VM's fds packed from 3 up (vmm.c's fork
+ *      leaves each at the vmm's own number; this process holds more fds
+ *      than C's, and vm.c refuses a -V or -i above 128);
  *   2. write struct vmd_vm raw, close our copies of the passed fds, write the
  *      local prefix raw, read the 4-byte kernel VM id (0 means the child failed);
  *   3. the socket becomes the VM's imsg channel (vmm_pipe). The channel is
@@ -16,7 +18,8 @@
  */
 import { Effect, Either } from "effect"
 import { Errno } from "../schema/errno.ts"
-import { vmdVmBytes } from "./vmdVm.ts"
+import { vmdVmBytes, type ChildNumber } from "./vmdVm.ts"
+import type { Fd } from "../services/Fd.ts"
 import { localPrefixBytes } from "./wire.ts"
 import type { Vm } from "../services/VmRegistry.ts"
 import type { Channel, Imsg } from "../services/ImsgChannel.ts"
@@ -32,16 +35,16 @@ export interface Started {
   readonly pid: number
 }
 
-/** The argv vmm.c builds for the child (after argv0). */
-export const vmArgv = (ctx: VmmContext, childSocket: number): Array<string> => {
+/** The argv vmm.c builds for the child (after argv0), with the child's fd numbers. */
+export const vmArgv = (ctx: VmmContext, childSocket: Fd, num: ChildNumber): Array<string> => {
   const args = [
     ...ctx.options.vmExecArgs,
     "-V",
-    String(childSocket),
+    String(num(childSocket)),
     "-i",
-    String(ctx.state.vmmFd?.num ?? -1),
+    String(num(ctx.state.vmmFd)),
     "-j",
-    String(ctx.state.pspFd?.num ?? -1)
+    String(num(ctx.state.pspFd))
   ]
   if (ctx.options.debug) args.push("-d")
   if (ctx.state.verbose === 1) args.push("-v")
@@ -84,11 +87,16 @@ const handshake = (ctx: VmmContext, vm: Vm, imsg: Imsg): Effect.Effect<Either.Ei
     const [ours, theirs] = pair.right
 
     const extra = [ctx.state.vmmFd, ctx.state.pspFd].filter((fd) => fd !== null)
+    const fds = [theirs, ...extra, ...heldFds(vm)]
+    const at = fds.map((_, i) => 3 + i)
+    const childNumber = new Map(fds.map((fd, i) => [fd, at[i]!]))
+    const num: ChildNumber = (fd) => (fd === null ? -1 : (childNumber.get(fd) ?? -1))
     const child = yield* Effect.either(
       ctx.process.spawn({
         command: ctx.options.vmExec,
-        args: vmArgv(ctx, theirs.num),
-        fds: [theirs, ...extra, ...heldFds(vm)],
+        args: vmArgv(ctx, theirs, num),
+        fds,
+        at,
         stdio: ctx.options.debug ? "inherit" : "null",
         // As vmm.c's fork: back with the pid at once, so that struct vmd_vm
         // (which carries it) is written while the child execs; a failed exec
@@ -117,7 +125,7 @@ const handshake = (ctx: VmmContext, vm: Vm, imsg: Imsg): Effect.Effect<Either.Ei
       })
 
     const timeout = ctx.options.handshakeTimeoutMs
-    const wroteVm = yield* Effect.either(ctx.imsg.writeRaw(ours, vmdVmBytes(vm), timeout))
+    const wroteVm = yield* Effect.either(ctx.imsg.writeRaw(ours, vmdVmBytes(vm, num), timeout))
     // As the parent/vmm process, we no longer need these fds.
     closeHeldFds(vm)
     if (Either.isLeft(wroteVm)) {

@@ -8,7 +8,7 @@
 import { expect, it } from "@effect/vitest"
 import { Chunk, Effect, Exit, Scope, Stream } from "effect"
 import type { Layer } from "effect"
-import { openSync, readFileSync } from "node:fs"
+import { openSync, readdirSync, readFileSync, readlinkSync } from "node:fs"
 import { join } from "node:path"
 import { clearCloexec, devnullId, fsBackend, identity, parseReport, SIGKILL, SIGTERM, sorted, type tempFdIn, untilWritten } from "./kit.ts"
 import { procStat } from "../e2e/proc.ts"
@@ -28,6 +28,16 @@ export interface LayerUnderTest {
   readonly whenReaped?: Effect.Effect<void, unknown, Process | Scope.Scope>
   readonly afterKill?: Effect.Effect<void, unknown, Process | Scope.Scope>
 }
+
+/** This process's fds open on `path`. */
+const fdsOnPath = (path: string): Array<number> =>
+  readdirSync("/proc/self/fd").flatMap((n) => {
+    try {
+      return readlinkSync(`/proc/self/fd/${n}`) === path ? [Number(n)] : []
+    } catch {
+      return []
+    }
+  })
 
 export const sharedProcessTests = (t: LayerUnderTest): void => {
   const { layer, tempFd, spawned } = t
@@ -129,6 +139,51 @@ export const sharedProcessTests = (t: LayerUnderTest): void => {
       const report = parseReport(readFileSync(out.path, "utf8"))
       for (const f of kept) expect(report.fds.get(f.fd.num)).toBe(identity(f.fd.num))
       expect(report.open).toEqual(sorted([0, 1, 2, out.fd.num, ...kept.map((f) => f.fd.num)]))
+    }).pipe(Effect.provide(layer))
+  )
+
+  it.scopedLive("`at` puts each fd at the number asked for: packed from 3, swapped, above a hole", () =>
+    Effect.gen(function* () {
+      const proc = yield* Process
+      const files = yield* Effect.forEach([0, 1, 2, 3], (i) => tempFd(`at${i}`))
+      const [out, a, b, c] = files.map((f) => f.fd)
+      if (!out || !a || !b || !c) return yield* Effect.die(new Error("files"))
+      // a and b trade numbers (each one's source is the other's target); out goes to 3, c far above.
+      const high = Math.max(out.num, a.num, b.num, c.num) + 7
+      const before = files.map((f) => identity(f.fd.num))
+      const at = [3, b.num, a.num, high]
+      const k = yield* proc.spawn({
+        command: t.child(),
+        args: ["fdinfo", "3", "0", "1", "2", String(a.num), String(b.num), String(high)],
+        fds: [out, a, b, c],
+        at,
+        stdio: "null"
+      })
+      spawned.push(k.pid)
+      expect(yield* k.exit).toEqual({ _tag: "Exited", code: 0 })
+      const report = parseReport(readFileSync(files[0]?.path ?? "", "utf8"))
+      expect(report.fds.get(a.num)).toBe(identity(b.num))
+      expect(report.fds.get(b.num)).toBe(identity(a.num))
+      expect(report.fds.get(high)).toBe(identity(c.num))
+      for (const n of [0, 1, 2]) expect(report.fds.get(n)).toBe(devnullId())
+      expect(report.open).toEqual(sorted([0, 1, 2, ...at]))
+      // and this process holds each file once, at its own number (a source moved out of the way is closed)
+      for (const f of files) expect(fdsOnPath(f.path), f.path).toEqual([f.fd.num])
+      expect(files.map((f) => identity(f.fd.num))).toEqual(before)
+    }).pipe(Effect.provide(layer))
+  )
+
+  it.scopedLive("`at` below 3, repeated, or not one per fd is EINVAL, and nothing is started", () =>
+    Effect.gen(function* () {
+      const proc = yield* Process
+      const a = yield* tempFd("bad-at-a")
+      const b = yield* tempFd("bad-at-b")
+      const before = yield* proc.children
+      for (const at of [[2, 4], [5, 5], [3]]) {
+        const err = yield* Effect.flip(proc.spawn({ command: t.child(), args: ["exit", "0"], fds: [a.fd, b.fd], at, stdio: "null" }))
+        expect(err.errno, `at ${at.join(" ")}`).toBe(Errno.EINVAL)
+      }
+      expect(yield* proc.children).toEqual(before)
     }).pipe(Effect.provide(layer))
   )
 

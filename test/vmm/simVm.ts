@@ -15,6 +15,7 @@ import type { MemorySocketTable } from "../../src/layers/ImsgChannelMemory.ts"
 import type { MockProgram, MockProgramContext } from "../../src/layers/ProcessMock.ts"
 import type { VmmKernelService } from "../../src/layers/VmmDeviceMock.ts"
 import type { Fd } from "../../src/services/Fd.ts"
+import { childNumbers } from "../../src/services/Process.ts"
 import type { Channel, Imsg, ImsgChannelService } from "../../src/services/ImsgChannel.ts"
 import { E, M, readVmdVm, SIZE, uint32, vmopResult } from "./wire.ts"
 import type { VmdVmView } from "./wire.ts"
@@ -74,8 +75,10 @@ export type VmEnd = { readonly _tag: "Exited"; readonly code: number } | { reado
 export interface SimVm {
   readonly pid: number
   readonly argv: ReadonlyArray<string>
-  /** The fd numbers the child was given (its fd table after fork). */
+  /** The fd numbers the child was given (its fd table after the exec). */
   readonly fdNums: ReadonlyArray<number>
+  /** What the child holds at each of those numbers. */
+  readonly fdAt: ReadonlyMap<number, Fd>
   /** The struct vmd_vm it read (null if it died first). */
   vmdVm: VmdVmView | null
   prefix: Uint8Array | null
@@ -221,10 +224,13 @@ const runVm = (sim: SimVm, sock: Fd, ctx: MockProgramContext): Effect.Effect<num
 
 const program: MockProgram = (req, ctx) =>
   Effect.gen(function* () {
+    const nums = childNumbers(req)
+    if (typeof nums === "string") return 1
     const sim: SimVm = {
       pid: ctx.pid,
       argv: req.args,
-      fdNums: req.fds.map((fd) => fd.num),
+      fdNums: nums,
+      fdAt: new Map(nums.map((n, i) => [n, req.fds[i]!])),
       vmdVm: null,
       prefix: null,
       kernelId: 0,
@@ -235,7 +241,7 @@ const program: MockProgram = (req, ctx) =>
     }
     sims.set(ctx.pid, sim)
     const at = req.args.indexOf("-V")
-    const sock = req.fds.find((fd) => fd.num === Number(req.args[at + 1]))
+    const sock = sim.fdAt.get(Number(req.args[at + 1]))
     if (sock === undefined) return 1
     const early = closeAtStart.shift()
     const body =

@@ -32,14 +32,19 @@ describe("START_VM_*", () => {
       expect(vm.diskbases).toEqual([2, 1, 0, 0])
       const structFds = [vm.kernel, vm.cdrom, ...vm.disks.flat(), ...vm.ifs, vm.tty].filter((n) => n !== -1)
       expect(structFds).toHaveLength(2 + 3 + 2 + 1)
-      for (const n of structFds) expect(sim.fdNums).toContain(n)
+      // The child's fds are packed from 3 up (its socket, /dev/vmm, then the VM's), whatever
+      // their numbers in the vmm; each number in the struct names the file sent for it.
+      expect(sim.fdNums).toEqual(Array.from({ length: 2 + structFds.length }, (_, i) => 3 + i))
+      const label = (n: number) => sim.fdAt.get(n)?.label
+      expect(structFds.map(label)).toEqual(sent.map((s) => s.fd).filter((l) => l !== ""))
       expect(vm.vmcKernel).toBe(vm.kernel)
       expect(vm.disks[0]?.slice(2)).toEqual([-1, -1])
       expect(vm.disks[2]).toEqual([-1, -1, -1, -1])
       expect(vm.ifs.slice(2)).toEqual([-1, -1])
-      // argv: -V <child socket> -i <vmm fd> -j -1 (no psp)
-      expect(sim.argv.slice(0, 1)).toEqual(["-V"])
-      expect(sim.argv.slice(2)).toEqual(["-i", String(h.table.openFds().find((f) => f.label === DEV_VMM)?.num), "-j", "-1"])
+      // argv: -V <child socket> -i <vmm fd> -j -1 (no psp), child numbers
+      expect(sim.argv).toEqual(["-V", "3", "-i", "4", "-j", "-1"])
+      expect(label(4)).toBe(DEV_VMM)
+      expect(h.table.openFds().find((f) => f.label === DEV_VMM)?.num, "the vmm's own /dev/vmm is not at 4").not.toBe(4)
       expect(sim.prefix).toEqual(DEFAULT_PREFIX)
       // The vmm closed its copies of every passed fd; it keeps its socket end, the child has the other.
       expect(sent.map((s) => s.fd).filter((l) => openLabels(h).includes(l))).toEqual([])
@@ -378,8 +383,8 @@ describe("START_VM_*", () => {
       yield* h.send({ type: M.RECEIVE_PSP_FD, fd: h.makeFd("psp again") })
       const pid = yield* startRunning(h, 1, { name: "a" })
       const sim = h.simByPid(pid)
-      expect(sim.argv.slice(4, 6)).toEqual(["-j", String(psp.num)])
-      expect(sim.fdNums).toContain(psp.num)
+      expect(sim.argv.slice(4, 6)).toEqual(["-j", "5"])
+      expect(sim.fdAt.get(5)).toBe(psp)
       expectOpen(h, [...idleFds, "/dev/psp", ...vmSocketFds(1)])
     })
   )
