@@ -5,6 +5,8 @@
  *
  *   vmprog -V fd [-i vmmfd] [-j pspfd] [-d] [-v|-vv] [-x mode]
  *
+ * A -V or -i above 128 (or -j) is refused as vm.c's strtonum does: exit 1.
+ *
  * Handshake: read struct vmd_vm (13352 bytes, short -> exit EIO) and the
  * local prefix (40, short -> EIO); no kernel, disk or cdrom -> exit EINVAL;
  * an fd named in the struct that is not open here -> exit EBADF (nothing
@@ -87,6 +89,21 @@ reply(int fd, uint32_t type, uint32_t peerid, uint32_t pid, uint32_t vmid)
 		exit(0);			/* EPIPE: the vmm is gone */
 }
 
+/* strtonum(s, min, 128) into *out: 0 (and a fatalx-like line) if out of range */
+static int
+fdnum(const char *s, int min, int *out)
+{
+	char *end;
+	long n = strtol(s, &end, 10);
+
+	if (*s == '\0' || *end != '\0' || n < min || n > 128) {
+		fprintf(stderr, "vmprog: invalid fd %s (vm.c accepts %d..128)\n", s, min);
+		return 0;
+	}
+	*out = (int)n;
+	return 1;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -95,14 +112,23 @@ main(int argc, char **argv)
 	const char *mode = getenv("VMM_TEST_VM_MODE");
 	uint32_t h[4], vmid, len;
 	uint64_t ndisks;
-	int ch, fd = -1;
+	int ch, fd = -1, ignored;
 
 	while ((ch = getopt(argc, argv, "V:i:j:dvx:")) != -1) {
 		switch (ch) {
-		case 'V': fd = atoi(optarg); break;
+		/* vm.c: -V and -i by strtonum(0..128), -j (-1..128), fatalx otherwise
+		 * (-i -1 allowed here: the process backend has no vmm device) */
+		case 'V':
+			if (!fdnum(optarg, 0, &fd))
+				return 1;
+			break;
+		case 'i': case 'j':
+			if (!fdnum(optarg, -1, &ignored))
+				return 1;
+			break;
 		case 'v': verbose++; break;
 		case 'x': mode = optarg; break;
-		case 'i': case 'j': case 'd': break;
+		case 'd': break;
 		default: return 1;
 		}
 	}

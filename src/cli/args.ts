@@ -102,9 +102,10 @@ export const parseArgs = (argv: ReadonlyArray<string>): Either.Either<Args, stri
 
   const vmFd = opts.get("V")
   if (vmFd !== undefined) {
-    const vm = num(vmFd, 0, 1 << 20)
-    const vmm = num(opts.get("i") ?? "-1", -1, 1 << 20)
-    const psp = num(opts.get("j") ?? "-1", -1, 1 << 20)
+    // vm.c: -V and -i by strtonum(0..128), -j (-1..128); -i -1 here is the process backend's "no device"
+    const vm = num(vmFd, 0, 128)
+    const vmm = num(opts.get("i") ?? "-1", -1, 128)
+    const psp = num(opts.get("j") ?? "-1", -1, 128)
     if (vm === null) return Either.left("invalid vm fd")
     if (vmm === null) return Either.left("invalid vmm fd")
     if (psp === null) return Either.left("invalid psp fd")

@@ -32,6 +32,11 @@ describe("bin/vmm flags", () => {
     expect(message(["-P", "priv"])).toBe('invalid process name priv: only "vmm" is implemented')
     expect(message(["-P", "vmm", "-z"])).toMatch(/^unknown option -z\nusage: vmm -P vmm /)
     expect(message(["-V", "x"])).toBe("invalid vm fd")
+    // vm.c's strtonum bounds
+    expect(message(["-V", "128", "-i", "128", "-j", "128"])).toBe("(accepted)")
+    expect(message(["-V", "129"])).toBe("invalid vm fd")
+    expect(message(["-V", "3", "-i", "129"])).toBe("invalid vmm fd")
+    expect(message(["-V", "3", "-j", "-2"])).toBe("invalid psp fd")
     expect(message(["-P", "vmm", "--backend", "kvm"])).toMatch(/^unknown backend kvm\nusage: /)
   })
 })

@@ -52,6 +52,25 @@ const holdsMedia = (vm: TrackedVm, spec: VmSpec) => {
 }
 
 describe("end to end: the stand-in, bin/vmm and our VM process", () => {
+  for (const spawn of ["direct", "node"] as const) {
+    e2e(fixture, `--spawn ${spawn}: 140 VMs at once, each VM process at -V 3 (vm.c refuses a -V above 128, which the vmm's own numbers pass)`, (run) =>
+      Effect.gen(function* () {
+        const f = fixture()
+        // vmprog refuses -V/-i above 128 as vm.c does; had the vmm passed its own numbers, the 54th VM
+        // (posix_spawn: a socket and a pidfd per VM) or the 108th (Node's spawn) was refused (checked)
+        const parent = yield* makeVmdParent(run.options({ vmExec: f.vmprog, vmmDevice: "/dev/null", command: { command: binVmmPath, args: ["--spawn", spawn] } }))
+        const vms = yield* Effect.forEach(Array.from({ length: 140 }, (_, i) => `many${i}`), (n) => parent.startVm(smallSpec(f, n)))
+        expect(vms.filter((vm) => !running(vm.pid))).toEqual([])
+        const argvs = vms.map((vm) => cmdline(vm.pid))
+        expect(new Set(argvs.map((a) => a.slice(a.indexOf("-V"), a.indexOf("-V") + 4).join(" ")))).toEqual(new Set(["-V 3 -i 4"]))
+        expect(fromVmm(yield* parent.info).map((r) => r.vir_name).sort()).toEqual(vms.map((vm) => vm.name).sort())
+        expect(yield* parent.close).toEqual({ _tag: "Exited", code: 0 })
+        expect(vms.filter((vm) => running(vm.pid))).toEqual([])
+      }),
+      120_000
+    )
+  }
+
   e2e(fixture, "start with kernel, cdrom, layered disks, nics and a pty; info; pause, unpause; graceful and forced stop", (run) =>
     Effect.gen(function* () {
       const f = fixture()
