@@ -1,12 +1,14 @@
 /**
- * Entry of the VM process: `bin/vmm -V fd -i vmmfd -j pspfd [-d] [-v|-vv]`
+ * Entry of the VM process: `bin/vmm -V fd -i vmmfd -j pspfd [-d] [-v|-vv] [--trace]`
  * (src/cli/vmm.ts parses the flags and calls runVmProcess). Resolves with
  * the exit code; the caller exits with it.
  */
-import { Effect, Either } from "effect"
+import { Effect, Either, Layer } from "effect"
 import { parseArgs, type VmArgs } from "../cli/args.ts"
 import * as ImsgChannelNative from "../layers/ImsgChannelNative.ts"
 import { logState } from "../vmm/log.ts"
+import { withTrace } from "../vmm/trace.ts"
+import type { ImsgChannel } from "../services/ImsgChannel.ts"
 import { vmProcess } from "./program.ts"
 
 export { vmProcess } from "./program.ts"
@@ -26,5 +28,9 @@ export const runVmProcess = (input: VmArgs | ReadonlyArray<string>): Promise<num
     return Promise.resolve(1)
   }
   logState.title = "vm"
-  return Effect.runPromise(vmProcess(args.right).pipe(Effect.provide(ImsgChannelNative.layer)))
+  return Effect.runPromise(vmProcess(args.right).pipe(Effect.provide(vmChannels(args.right))))
 }
+
+/** The VM process's ImsgChannel service: native, traced under --trace (the raw handshake included). */
+export const vmChannels = (args: Pick<VmArgs, "trace">): Layer.Layer<ImsgChannel> =>
+  args.trace ? withTrace.pipe(Layer.provide(ImsgChannelNative.layer)) : ImsgChannelNative.layer

@@ -1,7 +1,10 @@
 /**
  * --trace: every imsg in and out, on every channel, by name with its
- * payload decoded field by field. A decorator over the ImsgChannel service,
- * so it sees exactly what goes on the wire and costs nothing when off.
+ * payload decoded field by field; and the raw start handshake before a VM's
+ * socket becomes a channel (struct vmd_vm, the local prefix, the 4-byte id,
+ * or why a read failed), in both the vmm and our VM process. A decorator
+ * over the ImsgChannel service, so it sees exactly what goes on the wire
+ * and costs nothing when off.
  */
 import { Effect, Either, Layer, Stream } from "effect"
 import * as T from "../schema/imsgTypes.ts"
@@ -58,6 +61,38 @@ export const describeImsg = (type: number, peerid: number, pid: number, data: Ui
 const line = (fd: number, dir: "<" | ">", text: string) =>
   logState.sink("info", `${logState.title}: trace fd ${fd} ${dir} ${text}`)
 
+const v4 = (b: Uint8Array) => [...b].join(".")
+const v6 = (b: Uint8Array) => Array.from({ length: 8 }, (_, i) => ((b[2 * i]! << 8) | b[2 * i + 1]!).toString(16)).join(":")
+const fdList = (ns: ReadonlyArray<number>) => `[${ns.filter((n) => n !== -1).join(",")}]`
+
+/**
+ * The raw handshake's pieces, told apart by their sizes (vmd.md §7): what a
+ * VM process is told (its ids, state, name and every fd number it must
+ * find), the prefix, the id; anything else in hex.
+ */
+export const describeRaw = (data: Uint8Array): string => {
+  if (data.length === S.SIZEOF.vmd_vm) {
+    const d = S.decodeVmdVm(data)
+    if (Either.isLeft(d)) return `struct vmd_vm len=${data.length} (undecodable: ${d.left.message})`
+    const vm = d.right
+    const p = vm.vm_params
+    return (
+      `struct vmd_vm len=${data.length} {vm_vmid=${vm.vm_vmid} vm_pid=${vm.vm_pid} vm_state=${vm.vm_state}` +
+      ` vmc_name=${JSON.stringify(p.vmc_name)} vmc_ncpus=${p.vmc_ncpus} vmc_ndisks=${p.vmc_ndisks} vmc_nnics=${p.vmc_nnics}` +
+      ` vm_kernel=${vm.vm_kernel} vm_cdrom=${vm.vm_cdrom} vm_disks=[${vm.vm_disks.map(fdList).join(",")}]` +
+      ` vif_fd=${fdList(vm.vm_ifs.map((i) => i.vif_fd))} vm_tty=${vm.vm_tty}}`
+    )
+  }
+  if (data.length === S.SIZEOF.local_prefix) {
+    const d = S.decodeLocalPrefix(data)
+    if (Either.isLeft(d)) return `struct local_prefix len=${data.length} (undecodable: ${d.left.message})`
+    const lp = d.right
+    return `struct local_prefix len=${data.length} {lp_in=${v4(lp.lp_in)} lp_mask=${v4(lp.lp_mask)} lp_in6=${v6(lp.lp_in6)} lp_mask6=${v6(lp.lp_mask6)}}`
+  }
+  if (data.length === 4) return `vm id ${new DataView(data.buffer, data.byteOffset, 4).getUint32(0, true)}`
+  return `len=${data.length} data=${Buffer.from(data.subarray(0, 64)).toString("hex")}`
+}
+
 const traceOut = (ch: Channel, msg: OutgoingImsg) =>
   line(ch.fd, ">", describeImsg(msg.type, msg.peerid, msg.pid, msg.data ?? new Uint8Array(0), msg.fd != null))
 
@@ -96,6 +131,15 @@ export const withTrace = Layer.effect(
   Effect.map(ImsgChannel, (svc) => ({
     ...svc,
     open: (fd) => Effect.map(svc.open(fd), traceChannel),
-    openOwned: (fd, options) => Effect.map(svc.openOwned(fd, options), traceChannel)
+    openOwned: (fd, options) => Effect.map(svc.openOwned(fd, options), traceChannel),
+    writeRaw: (fd, bytes, timeoutMs) =>
+      Effect.zipRight(Effect.sync(() => line(fd.num, ">", `raw ${describeRaw(bytes)}`)), svc.writeRaw(fd, bytes, timeoutMs)),
+    readRaw: (fd, n, timeoutMs, blockMs) =>
+      svc.readRaw(fd, n, timeoutMs, blockMs).pipe(
+        Effect.tapBoth({
+          onSuccess: (bytes) => Effect.sync(() => line(fd.num, "<", `raw ${describeRaw(bytes)}`)),
+          onFailure: (e) => Effect.sync(() => line(fd.num, "<", `raw ${n} bytes: ${e.message}`))
+        })
+      )
   }))
 )

@@ -8,8 +8,11 @@ import { ImsgChannelMemory } from "../../src/layers/ImsgChannelMemory.ts"
 import { ImsgChannel } from "../../src/services/ImsgChannel.ts"
 import { logState } from "../../src/vmm/log.ts"
 import { describeImsg, withTrace } from "../../src/vmm/trace.ts"
+import { vmChannels } from "../../src/vm/main.ts"
 import * as T from "../../src/schema/imsgTypes.ts"
-import { encodeVmopResult } from "../../src/schema/structs.ts"
+import { emptyVmdVm, encodeVmdVm, encodeVmopResult, SIZEOF } from "../../src/schema/structs.ts"
+import { defaultLocalPrefix } from "../../src/vmm/defaults.ts"
+import { localPrefixBytes } from "../../src/vmm/wire.ts"
 
 describe("bin/vmm flags", () => {
   it("accepts the argv vmd's proc_exec builds for the vmm child, ignoring the other children's flags", () => {
@@ -96,6 +99,84 @@ describe("--trace on every channel", () => {
       expect(traced.filter((l) => l.includes("< IMSG_VMDOP_UNPAUSE_VM")).length).toBe(1)
       expect(traced.filter((l) => l.includes("> IMSG_VMDOP_TERMINATE_VM_EVENT")).length).toBe(1)
       expect(traced.filter((l) => l.includes("< IMSG_VMDOP_TERMINATE_VM_EVENT")).length).toBe(1)
+    })
+  )
+})
+
+describe("--trace of the raw start handshake", () => {
+  it.effect("shows struct vmd_vm's ids, name and fd numbers, the prefix, the id, and a read that failed, on each side", () =>
+    Effect.gen(function* () {
+      const lines: Array<string> = []
+      const sink = logState.sink
+      logState.sink = (_level, line) => void lines.push(line)
+      const base = emptyVmdVm()
+      const vm = {
+        ...base,
+        vm_params: { ...base.vm_params, vmc_name: "web", vmc_ncpus: 2n, vmc_ndisks: 1n, vmc_nnics: 1n },
+        vm_vmid: 7,
+        vm_pid: 4242,
+        vm_state: 1,
+        vm_kernel: 5,
+        vm_cdrom: -1,
+        vm_disks: base.vm_disks.map((layers, d) => layers.map((_, l) => (d === 0 && l < 2 ? 6 + l : -1))),
+        vm_ifs: base.vm_ifs.map((vif, i) => ({ ...vif, vif_fd: i === 0 ? 8 : -1 })),
+        vm_tty: 9
+      }
+      try {
+        yield* Effect.scoped(
+          Effect.gen(function* () {
+            const svc = yield* ImsgChannel
+            const [vmm, child] = yield* svc.socketpair("t")
+            yield* svc.writeRaw(vmm, Either.getOrThrow(encodeVmdVm(vm)), 1000)
+            yield* svc.readRaw(child, SIZEOF.vmd_vm, 1000)
+            yield* svc.writeRaw(vmm, localPrefixBytes(defaultLocalPrefix()), 1000)
+            yield* svc.readRaw(child, SIZEOF.local_prefix, 1000)
+            yield* svc.writeRaw(child, Uint8Array.of(3, 0, 0, 0), 1000)
+            yield* svc.readRaw(vmm, 4, 1000)
+            child.closeSync()
+            expect(Either.isLeft(yield* Effect.either(svc.readRaw(vmm, 4, 1000)))).toBe(true)
+          })
+        ).pipe(Effect.provide(withTrace.pipe(Layer.provide(ImsgChannelMemory.layer))))
+      } finally {
+        logState.sink = sink
+      }
+      const traced = lines.filter((l) => l.includes("trace fd")).map((l) => l.replace(/^.*trace fd \d+ /, ""))
+      const struct =
+        'raw struct vmd_vm len=13352 {vm_vmid=7 vm_pid=4242 vm_state=1 vmc_name="web" vmc_ncpus=2 vmc_ndisks=1 vmc_nnics=1' +
+        " vm_kernel=5 vm_cdrom=-1 vm_disks=[[6,7],[],[],[]] vif_fd=[8] vm_tty=9}"
+      const prefix = "raw struct local_prefix len=40 {lp_in=100.64.0.0 lp_mask=255.192.0.0 lp_in6=fd00:0:0:0:0:0:0:0 lp_mask6=ff00:0:0:0:0:0:0:0}"
+      expect(traced.slice(0, 6)).toEqual([`> ${struct}`, `< ${struct}`, `> ${prefix}`, `< ${prefix}`, "> raw vm id 3", "< raw vm id 3"])
+      expect(traced[6]).toMatch(/^< raw 4 bytes: /)
+      expect(traced).toHaveLength(7)
+    })
+  )
+})
+
+describe("--trace in our VM process (bin/vmm -V ... --trace)", () => {
+  it.scoped("its channels are traced, the raw handshake included; without the flag nothing is", () =>
+    Effect.gen(function* () {
+      const lines: Array<string> = []
+      const sink = logState.sink
+      logState.sink = (_level, line) => void lines.push(line)
+      const idOnce = Effect.gen(function* () {
+        const svc = yield* ImsgChannel
+        const [a, b] = yield* svc.socketpair("t")
+        yield* svc.writeRaw(a, Uint8Array.of(9, 0, 0, 0), 1000)
+        yield* svc.readRaw(b, 4, 1000)
+        a.closeSync()
+        b.closeSync()
+      })
+      try {
+        yield* idOnce.pipe(Effect.provide(vmChannels({ trace: false })))
+        expect(lines.filter((l) => l.includes("trace fd"))).toEqual([])
+        yield* idOnce.pipe(Effect.provide(vmChannels({ trace: true })))
+      } finally {
+        logState.sink = sink
+      }
+      expect(lines.filter((l) => l.includes("trace fd")).map((l) => l.replace(/^.*trace fd \d+ /, ""))).toEqual([
+        "> raw vm id 9",
+        "< raw vm id 9"
+      ])
     })
   )
 })
