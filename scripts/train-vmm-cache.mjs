@@ -1,15 +1,16 @@
 #!/usr/bin/env node
 // Makes dist/vmm.cache, V8's code cache of dist/vmm.cjs (see bin/vmm), from a
-// training run: bin/vmm -P vmm (as a non-root user: as root on OpenBSD it would
-// drop to _vmd and pledge, and could not write the cache) starts on a socketpair, answers one
+// training run: bin/vmm -P vmm starts on a socketpair, answers one
 // GET_INFO_VM_REQUEST and exits when its channel closes; at exit it writes
-// the cache with every function compiled by then, i.e. what start-up runs.
+// the cache with every function compiled by then, i.e. what start-up runs
+// (through a descriptor it opened before it ran anything: on OpenBSD the
+// run unveils and pledges, and as root drops to _vmd, like the real vmm).
 // Run after scripts/build.mjs and scripts/build-spawner.mjs (npm run build):
 // the run starts the spawner as bin/vmm does by default.
 //
 // It never fails the build: without a cache bin/vmm compiles from source.
 import { spawn } from "node:child_process"
-import { existsSync, rmSync } from "node:fs"
+import { existsSync, rmSync, statSync } from "node:fs"
 import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { binVmmV8Flags } from "./vmm-flags.mjs"
@@ -79,5 +80,5 @@ child.on("error", (err) => {
 child.on("exit", (code, signal) => {
   clearTimeout(timer)
   if (!answered || code !== 0) giveUp(`bin/vmm ${signal === null ? `exited ${code}` : `was killed by ${signal}`}${answered ? "" : " before answering"}`, stderr)
-  if (!existsSync(cache)) giveUp("bin/vmm wrote no cache", stderr)
+  if (!existsSync(cache) || statSync(cache).size <= 64) giveUp("bin/vmm wrote no cache", stderr)
 })

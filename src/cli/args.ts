@@ -80,6 +80,7 @@ export const parseArgs = (argv: ReadonlyArray<string>): Either.Either<Args, stri
       continue
     }
     if (a === "--") break
+    if (a.startsWith("--")) return Either.left(`unknown option ${a}\n${usage}`)
     if (!a.startsWith("-") || a === "-") return Either.left(`unexpected argument ${a}\n${usage}`)
     // a cluster of short options, getopt style: -dvv, -P vmm, -Pvmm
     for (let j = 1; j < a.length; j++) {

@@ -34,6 +34,7 @@ describe("bin/vmm flags", () => {
     const message = (argv: ReadonlyArray<string>) => Either.getLeft(parseArgs(argv)).pipe(Option.getOrElse(() => "(accepted)"))
     expect(message(["-P", "priv"])).toBe('invalid process name priv: only "vmm" is implemented')
     expect(message(["-P", "vmm", "-z"])).toMatch(/^unknown option -z\nusage: vmm -P vmm /)
+    expect(message(["-P", "vmm", "--bogus"])).toMatch(/^unknown option --bogus\nusage: /)
     expect(message(["-V", "x"])).toBe("invalid vm fd")
     // vm.c's strtonum bounds
     expect(message(["-V", "128", "-i", "128", "-j", "128"])).toBe("(accepted)")
