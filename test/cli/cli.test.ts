@@ -61,45 +61,46 @@ describe("--trace", () => {
   })
 })
 
-describe("--trace on every channel", () => {
-  it.effect("traces a channel from open and one from openOwned consumed by listen, both ways, sent by send or unsafeSend", () =>
-    Effect.gen(function* () {
+/** Run `body` with the vmm's log sink capturing: the "trace fd N" lines it logged, from the direction on. */
+const traceOf = <A, E, R>(body: Effect.Effect<A, E, R>): Effect.Effect<ReadonlyArray<string>, E, R> =>
+  Effect.acquireUseRelease(
+    Effect.sync(() => {
       const lines: Array<string> = []
       const sink = logState.sink
       logState.sink = (_level, line) => void lines.push(line)
-      try {
-        yield* Effect.scoped(
-          Effect.gen(function* () {
-            const svc = yield* ImsgChannel
-            const [a, b] = yield* svc.socketpair("t")
-            const parent = yield* svc.open(a)
-            const vm = yield* svc.openOwned(b)
-            const heard: Array<number> = []
-            yield* vm.listen({ messages: (ms) => heard.push(...ms.map((m) => m.type)), end: () => {} })
-            yield* parent.send({ type: T.IMSG_VMDOP_PAUSE_VM, peerid: 1, pid: 0 })
-            yield* vm.send({ type: T.IMSG_VMDOP_UNPAUSE_VM, peerid: 2, pid: 0 })
-            // the vmm's replies to its parent and TERMINATE_VM_EVENT go this way
-            expect(vm.unsafeSend({ type: T.IMSG_VMDOP_TERMINATE_VM_EVENT, peerid: 3, pid: 0 })).toBeNull()
-            yield* parent.flush
-            yield* vm.flush
-            const back: Array<number> = []
-            while (back.length < 2) back.push(...((yield* parent.receive) ?? []).map((m) => m.type))
-            for (let i = 0; i < 10 && heard.length === 0; i++) yield* Effect.yieldNow()
-            expect(heard).toEqual([T.IMSG_VMDOP_PAUSE_VM])
-            expect(back).toEqual([T.IMSG_VMDOP_UNPAUSE_VM, T.IMSG_VMDOP_TERMINATE_VM_EVENT])
-            yield* vm.close
-          })
-        ).pipe(Effect.provide(withTrace.pipe(Layer.provide(ImsgChannelMemory.layer))))
-      } finally {
-        logState.sink = sink
-      }
-      const traced = lines.filter((l) => l.includes("trace fd"))
-      expect(traced.filter((l) => l.includes("> IMSG_VMDOP_PAUSE_VM")).length).toBe(1)
-      expect(traced.filter((l) => l.includes("< IMSG_VMDOP_PAUSE_VM")).length).toBe(1)
-      expect(traced.filter((l) => l.includes("> IMSG_VMDOP_UNPAUSE_VM")).length).toBe(1)
-      expect(traced.filter((l) => l.includes("< IMSG_VMDOP_UNPAUSE_VM")).length).toBe(1)
-      expect(traced.filter((l) => l.includes("> IMSG_VMDOP_TERMINATE_VM_EVENT")).length).toBe(1)
-      expect(traced.filter((l) => l.includes("< IMSG_VMDOP_TERMINATE_VM_EVENT")).length).toBe(1)
+      return { lines, sink }
+    }),
+    ({ lines }) => Effect.as(body, lines),
+    ({ sink }) => Effect.sync(() => void (logState.sink = sink))
+  ).pipe(Effect.map((lines) => lines.filter((l) => l.includes("trace fd")).map((l) => l.replace(/^.*trace fd \d+ /, ""))))
+
+describe("--trace on every channel", () => {
+  it.effect("traces a channel from open and one from openOwned consumed by listen, both ways, sent by send or unsafeSend", () =>
+    Effect.gen(function* () {
+      const exchange = Effect.gen(function* () {
+        const svc = yield* ImsgChannel
+        const [a, b] = yield* svc.socketpair("t")
+        const parent = yield* svc.open(a)
+        const vm = yield* svc.openOwned(b)
+        const heard: Array<number> = []
+        yield* vm.listen({ messages: (ms) => heard.push(...ms.map((m) => m.type)), end: () => {} })
+        yield* parent.send({ type: T.IMSG_VMDOP_PAUSE_VM, peerid: 1, pid: 0 })
+        yield* vm.send({ type: T.IMSG_VMDOP_UNPAUSE_VM, peerid: 2, pid: 0 })
+        // the vmm's replies to its parent and TERMINATE_VM_EVENT go this way
+        expect(vm.unsafeSend({ type: T.IMSG_VMDOP_TERMINATE_VM_EVENT, peerid: 3, pid: 0 })).toBeNull()
+        yield* parent.flush
+        yield* vm.flush
+        const back: Array<number> = []
+        while (back.length < 2) back.push(...((yield* parent.receive) ?? []).map((m) => m.type))
+        for (let i = 0; i < 10 && heard.length === 0; i++) yield* Effect.yieldNow()
+        expect(heard).toEqual([T.IMSG_VMDOP_PAUSE_VM])
+        expect(back).toEqual([T.IMSG_VMDOP_UNPAUSE_VM, T.IMSG_VMDOP_TERMINATE_VM_EVENT])
+        yield* vm.close
+      })
+      const traced = yield* traceOf(Effect.scoped(exchange).pipe(Effect.provide(withTrace.pipe(Layer.provide(ImsgChannelMemory.layer)))))
+      for (const dir of [">", "<"])
+        for (const name of ["IMSG_VMDOP_PAUSE_VM", "IMSG_VMDOP_UNPAUSE_VM", "IMSG_VMDOP_TERMINATE_VM_EVENT"])
+          expect(traced.filter((l) => l.startsWith(`${dir} ${name} `)), `${dir} ${name}`).toHaveLength(1)
     })
   )
 })
@@ -107,9 +108,6 @@ describe("--trace on every channel", () => {
 describe("--trace of the raw start handshake", () => {
   it.effect("shows struct vmd_vm's ids, name and fd numbers, the prefix, the id, and a read that failed, on each side", () =>
     Effect.gen(function* () {
-      const lines: Array<string> = []
-      const sink = logState.sink
-      logState.sink = (_level, line) => void lines.push(line)
       const base = emptyVmdVm()
       const vm = {
         ...base,
@@ -123,25 +121,19 @@ describe("--trace of the raw start handshake", () => {
         vm_ifs: base.vm_ifs.map((vif, i) => ({ ...vif, vif_fd: i === 0 ? 8 : -1 })),
         vm_tty: 9
       }
-      try {
-        yield* Effect.scoped(
-          Effect.gen(function* () {
-            const svc = yield* ImsgChannel
-            const [vmm, child] = yield* svc.socketpair("t")
-            yield* svc.writeRaw(vmm, Either.getOrThrow(encodeVmdVm(vm)), 1000)
-            yield* svc.readRaw(child, SIZEOF.vmd_vm, 1000)
-            yield* svc.writeRaw(vmm, localPrefixBytes(defaultLocalPrefix()), 1000)
-            yield* svc.readRaw(child, SIZEOF.local_prefix, 1000)
-            yield* svc.writeRaw(child, Uint8Array.of(3, 0, 0, 0), 1000)
-            yield* svc.readRaw(vmm, 4, 1000)
-            child.closeSync()
-            expect(Either.isLeft(yield* Effect.either(svc.readRaw(vmm, 4, 1000)))).toBe(true)
-          })
-        ).pipe(Effect.provide(withTrace.pipe(Layer.provide(ImsgChannelMemory.layer))))
-      } finally {
-        logState.sink = sink
-      }
-      const traced = lines.filter((l) => l.includes("trace fd")).map((l) => l.replace(/^.*trace fd \d+ /, ""))
+      const handshake = Effect.gen(function* () {
+        const svc = yield* ImsgChannel
+        const [vmm, child] = yield* svc.socketpair("t")
+        yield* svc.writeRaw(vmm, Either.getOrThrow(encodeVmdVm(vm)), 1000)
+        yield* svc.readRaw(child, SIZEOF.vmd_vm, 1000)
+        yield* svc.writeRaw(vmm, localPrefixBytes(defaultLocalPrefix()), 1000)
+        yield* svc.readRaw(child, SIZEOF.local_prefix, 1000)
+        yield* svc.writeRaw(child, Uint8Array.of(3, 0, 0, 0), 1000)
+        yield* svc.readRaw(vmm, 4, 1000)
+        child.closeSync()
+        expect(Either.isLeft(yield* Effect.either(svc.readRaw(vmm, 4, 1000)))).toBe(true)
+      })
+      const traced = yield* traceOf(Effect.scoped(handshake).pipe(Effect.provide(withTrace.pipe(Layer.provide(ImsgChannelMemory.layer)))))
       const struct =
         'raw struct vmd_vm len=13352 {vm_vmid=7 vm_pid=4242 vm_state=1 vmc_name="web" vmc_ncpus=2 vmc_ndisks=1 vmc_nnics=1' +
         " vm_kernel=5 vm_cdrom=-1 vm_disks=[[6,7],[],[],[]] vif_fd=[8] vm_tty=9}"
@@ -156,9 +148,6 @@ describe("--trace of the raw start handshake", () => {
 describe("--trace in our VM process (bin/vmm -V ... --trace)", () => {
   it.scoped("its channels are traced, the raw handshake included; without the flag nothing is", () =>
     Effect.gen(function* () {
-      const lines: Array<string> = []
-      const sink = logState.sink
-      logState.sink = (_level, line) => void lines.push(line)
       const idOnce = Effect.gen(function* () {
         const svc = yield* ImsgChannel
         const [a, b] = yield* svc.socketpair("t")
@@ -167,17 +156,8 @@ describe("--trace in our VM process (bin/vmm -V ... --trace)", () => {
         a.closeSync()
         b.closeSync()
       })
-      try {
-        yield* idOnce.pipe(Effect.provide(vmChannels({ trace: false })))
-        expect(lines.filter((l) => l.includes("trace fd"))).toEqual([])
-        yield* idOnce.pipe(Effect.provide(vmChannels({ trace: true })))
-      } finally {
-        logState.sink = sink
-      }
-      expect(lines.filter((l) => l.includes("trace fd")).map((l) => l.replace(/^.*trace fd \d+ /, ""))).toEqual([
-        "> raw vm id 9",
-        "< raw vm id 9"
-      ])
+      expect(yield* traceOf(idOnce.pipe(Effect.provide(vmChannels({ trace: false }))))).toEqual([])
+      expect(yield* traceOf(idOnce.pipe(Effect.provide(vmChannels({ trace: true }))))).toEqual(["> raw vm id 9", "< raw vm id 9"])
     })
   )
 })
