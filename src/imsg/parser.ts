@@ -10,7 +10,9 @@
  * rest are closed at once. The kept fd goes to the first header completed
  * by the bytes of that same read whose len has the fd mark; if no such
  * header is completed, the fd is closed at the end of the call. A marked
- * header with no fd to take gets fd null.
+ * header with no fd to take gets fd null, and `fdMissing` (the peer sent
+ * none, or the kernel dropped it: MSG_CTRUNC, out of file descriptors;
+ * libutil's imsg_get gives fd -1 alike).
  *
  * A masked len < 16 or > maxSize is a framing error (libutil: ERANGE), found
  * as soon as the header is complete; the parser then refuses further input.
@@ -60,6 +62,8 @@ export interface ParsedImsg<F> {
   readonly pid: number
   readonly data: Uint8Array
   readonly fd: F | null
+  /** The header was marked as carrying an fd, and none came with it. */
+  readonly fdMissing?: boolean
 }
 
 export type FeedResult = { readonly ok: true } | { readonly ok: false; readonly len: number }
@@ -117,7 +121,8 @@ class Received<F> implements ParsedImsg<F> {
     readonly pid: number,
     readonly data: Uint8Array,
     readonly fd: F | null,
-    region: Region | null
+    region: Region | null,
+    readonly fdMissing: boolean
   ) {
     this.#region = region
   }
@@ -213,6 +218,8 @@ export class ImsgParser<F> {
   #headerDone = false
   #len = 0
   #fd: F | null = null
+  /** The header at #start has the fd mark. */
+  #marked = false
   #failed: FeedResult | null = null
 
   constructor(options: ParserOptions<F>) {
@@ -310,7 +317,8 @@ export class ImsgParser<F> {
           break
         }
         this.#len = len
-        if (fd !== null && (this.#current ? word >= IMSG_FD_MARK : ((word >>> 16) & IMSGF_HASFD_LEGACY) !== 0)) {
+        this.#marked = this.#current ? word >= IMSG_FD_MARK : ((word >>> 16) & IMSGF_HASFD_LEGACY) !== 0
+        if (fd !== null && this.#marked) {
           this.#fd = fd
           fd = null
         }
@@ -334,7 +342,9 @@ export class ImsgParser<F> {
         held = into
         into.refs++
       }
-      out.push(new Received<F>(dv.getUint32(p, true), dv.getUint32(p + 8, true), dv.getUint32(p + 12, true), data, this.#fd, held))
+      out.push(
+        new Received<F>(dv.getUint32(p, true), dv.getUint32(p + 8, true), dv.getUint32(p + 12, true), data, this.#fd, held, this.#marked && this.#fd === null)
+      )
       this.#fd = null
       p += len
     }

@@ -49,8 +49,8 @@ export class VmSource extends Context.Tag("vmd-vmm/VmSource")<VmSource, ProcessB
 export interface VmmDeviceProcessOptions {
   /** SIGTERM → SIGKILL delay (default 10 s, vm_timeout_ev in 1.143). */
   readonly killAfter?: Duration.DurationInput
-  /** Resident bytes of a process; null if it is gone. Default: /proc/<pid>/statm (StatmFiles). */
-  readonly residentBytes?: (pid: number) => bigint | null | VmmError
+  /** Resident bytes of a process; null if it is gone; NO_FD if no fd is left to read it. Default: /proc/<pid>/statm (StatmFiles). */
+  readonly residentBytes?: (pid: number) => bigint | null | typeof NO_FD | VmmError
 }
 
 export const KILL_AFTER = Duration.seconds(10)
@@ -87,6 +87,9 @@ const residentPages = (buf: Uint8Array, n: number): number => {
  * descriptor names that process, not the number, so a reused pid cannot be
  * read by mistake: a reaped process reads as gone (ESRCH or an empty read).
  */
+/** StatmFiles.read's answer when no fd is left to open a statm with. */
+export const NO_FD = "no fd" as const
+
 export class StatmFiles {
   readonly #fds = new Map<number, number>()
   readonly #buf = new Uint8Array(256)
@@ -97,8 +100,12 @@ export class StatmFiles {
     return this.#fds.size
   }
 
-  /** Resident bytes; null if the process is gone; a VmmError if statm cannot be read. */
-  read(pid: number): bigint | null | VmmError {
+  /**
+   * Resident bytes; null if the process is gone; NO_FD when this process is
+   * out of file descriptors to open its statm with; a VmmError if statm
+   * cannot be read.
+   */
+  read(pid: number): bigint | null | typeof NO_FD | VmmError {
     if (process.platform !== "linux") return 0n
     let fd = this.#fds.get(pid)
     if (fd === undefined) {
@@ -107,6 +114,7 @@ export class StatmFiles {
       } catch (e) {
         const code = codeOf(e)
         if (code === "ENOENT" || code === "ESRCH") return null
+        if (code === "EMFILE" || code === "ENFILE") return NO_FD
         return vmmError(fromErrorCode(code), `/proc/${pid}/statm`)
       }
       this.#fds.set(pid, fd)
@@ -196,10 +204,17 @@ export const make = (
       const listed = yield* vms
       const alive = new Set(yield* proc.children)
       const entries: Array<VmInfo> = []
+      let unread = 0
       for (const vm of listed) {
         if (vm.pid <= 0 || !alive.has(vm.pid)) continue
-        const used = residentBytes(vm.pid)
+        let used = residentBytes(vm.pid)
         if (used === null) continue
+        // Out of fds (statm needs one per VM here; vmm(4)'s VMM_IOC_INFO none): the VM is
+        // still listed, its memory in use as 0, rather than the whole answer lost to EMFILE.
+        if (used === NO_FD) {
+          unread++
+          used = 0n
+        }
         if (typeof used !== "bigint") return yield* Effect.fail(used)
         entries.push({
           vir_memory_size: vm.memorySize,
@@ -212,6 +227,7 @@ export const make = (
         })
       }
       statm.retain(alive)
+      if (unread > 0) yield* Effect.logWarning(`info: out of file descriptors: memory in use of ${unread} VM(s) reported as 0`)
       return entries
     })
 

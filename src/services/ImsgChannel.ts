@@ -24,6 +24,12 @@ export interface Imsg {
   readonly pid: number
   readonly data: Uint8Array
   readonly fd: Fd | null
+  /**
+   * The header was marked as carrying an fd and none came with it: the peer
+   * sent none, or the kernel dropped it (MSG_CTRUNC: this process is out of
+   * file descriptors). `fd` is null then, as libutil's imsg_get gives -1.
+   */
+  readonly fdMissing?: boolean
 }
 
 /**

@@ -200,6 +200,12 @@ const handle = (ctx: VmmContext, imsg: Imsg): Effect.Effect<Reply> =>
 /** Handle one parent message and send vmm.c's reply, if it has one. */
 export const dispatchParent = (ctx: VmmContext, imsg: Imsg) =>
   Effect.gen(function* () {
+    // The handler then goes on without it (vmm.c's imsg_get_fd gives -1 alike), and its
+    // own complaint ("can't get tty", "no kernel or disk/cdrom specified") says less.
+    if (imsg.fdMissing === true)
+      yield* logWarnx(
+        `vmm_dispatch_parent: ${T.imsgTypeName(imsg.type)} (peerid ${imsg.peerid | 0}) came without the fd its header announced (the parent sent none, or this process is out of file descriptors)`
+      )
     const r = yield* handle(ctx, imsg)
     if (r.cmd === T.IMSG_NONE || !("res" in r)) return
     const vmId = imsg.peerid

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Effect, Exit, Layer, Scope, TestClock } from "effect"
+import { Context, Effect, Exit, Layer, Logger, Scope, TestClock } from "effect"
 import { spawn, spawnSync } from "node:child_process"
 import { readdirSync } from "node:fs"
 import { constants as osConstants } from "node:os"
@@ -180,6 +180,27 @@ describe("VmmDeviceProcess info", () => {
         mockDevice({ residentBytes: () => new VmmError({ errno: Errno.EACCES, message: "statm" }) })
       )
     )
+  )
+
+  it.effect("out of fds to read a VM's statm with: that VM is still listed, its memory in use 0, and a warning says so", () =>
+    Effect.gen(function* () {
+      yield* reset
+      const proc = yield* Process
+      const device = yield* VmmDevice
+      const a = yield* proc.spawn(vmReq("plain"))
+      const b = yield* proc.spawn(vmReq("plain"))
+      registry.push(vm(1, a.pid, "alpha"), vm(2, b.pid, "beta"))
+      const warnings: Array<string> = []
+      const logger = Logger.make(({ logLevel, message }) => {
+        if (logLevel._tag === "Warning") warnings.push(String(message))
+      })
+      const info = yield* device.info.pipe(Effect.provide(Logger.replace(Logger.defaultLogger, logger)))
+      expect(info.map((e) => [e.vir_name, e.vir_used_size])).toEqual([
+        ["alpha", 0n],
+        ["beta", BigInt(b.pid) * 4096n]
+      ])
+      expect(warnings).toEqual(["info: out of file descriptors: memory in use of 1 VM(s) reported as 0"])
+    }).pipe(Effect.provide(mockDevice({ residentBytes: (pid) => (pid === 1000 ? VmmDeviceProcess.NO_FD : BigInt(pid) * 4096n) })))
   )
 
   it.effect("attach keeps the fd and closes it once at the layer's end", () =>

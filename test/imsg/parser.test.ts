@@ -74,17 +74,34 @@ describe("ImsgParser", () => {
       })
       expect(out.map(plain)).toEqual(frames.map(plainFrame))
       expect(out.map((m) => m.fd)).toEqual(expectedFd)
+      // a marked header that got no fd says so; one that got its fd, or was never marked, does not
+      expect(out.map((m) => m.fdMissing)).toEqual(frames.map((f, i) => f.marked && expectedFd[i] === null))
       expect([...closed].sort((x, y) => x - y)).toEqual(expectedClosed.sort((x, y) => x - y))
       })
     )
   })
 
-  it("a marked header with no fd in its read yields fd null", () => {
+  it("a marked header with no fd in its read yields fd null and fdMissing, also when the fd came in an earlier read", () => {
     const { parser } = recording()
     const out: Array<ParsedImsg<number>> = []
-    const { bytes } = encodeFrames([{ type: 1, peerid: 2, pid: 3, data: new Uint8Array([9]), marked: true }])
+    const { bytes } = encodeFrames([
+      { type: 1, peerid: 2, pid: 3, data: new Uint8Array([9]), marked: true },
+      { type: 4, peerid: 5, pid: 6, data: new Uint8Array([7]), marked: false }
+    ])
     parser.feed(bytes, 0, bytes.length, [], out)
-    expect(out).toEqual([{ type: 1, peerid: 2, pid: 3, data: new Uint8Array([9]), fd: null }])
+    expect(out).toEqual([
+      { type: 1, peerid: 2, pid: 3, data: new Uint8Array([9]), fd: null, fdMissing: true },
+      { type: 4, peerid: 5, pid: 6, data: new Uint8Array([7]), fd: null, fdMissing: false }
+    ])
+    // its header split over two reads, the fd with the second (where the header completes): no miss
+    const again = recording()
+    const got: Array<ParsedImsg<number>> = []
+    again.parser.feed(bytes, 0, 8, [], got)
+    again.parser.feed(bytes, 8, bytes.length, [42], got)
+    expect(got.map((m) => [m.fd, m.fdMissing])).toEqual([
+      [42, false],
+      [null, false]
+    ])
   })
 
   it("an fd whose read completes no marked header is closed; extra fds of one read are closed at once", () => {
@@ -129,7 +146,7 @@ describe("ImsgParser", () => {
     const out: Array<ParsedImsg<number>> = []
     const b = hex("2c 00 00 00 14 00 01 00 00 00 00 00 04 03 02 01 00 00 00 00")
     expect(parser.feed(b, 0, b.length, [42], out)).toEqual({ ok: true })
-    expect(out).toEqual([{ type: 44, peerid: 0, pid: 0x01020304, data: new Uint8Array(4), fd: 42 }])
+    expect(out).toEqual([{ type: 44, peerid: 0, pid: 0x01020304, data: new Uint8Array(4), fd: 42, fdMissing: false }])
   })
 
   it("dispose closes the fd of an unfinished message", () => {

@@ -15,7 +15,7 @@ import * as ImsgChannelNative from "../../src/layers/ImsgChannelNative.ts"
 import { Errno } from "../../src/schema/errno.ts"
 import * as T from "../../src/schema/imsgTypes.ts"
 import type { Imsg } from "../../src/services/ImsgChannel.ts"
-import { createParams } from "../vmm/wire.ts"
+import { createParams, vmopId } from "../vmm/wire.ts"
 import { buildPrograms, bundledVmm, type Programs, type VmmProgram } from "./lib/build.ts"
 import { eventually } from "../e2e/harness.ts"
 import { descendants, fdFlags, fdLinks } from "./lib/proc.ts"
@@ -216,4 +216,74 @@ describe("faults through the real layers", () => {
       expect(v.recent.filter((l) => l.includes("terminating it"))).toEqual([])
     }).pipe(Effect.scoped, Effect.provide(ImsgChannelNative.layer))
   , 30_000)
+
+  it.live("out of file descriptors (ulimit -n 48): failed starts are answered and say why, info lists every VM, and once VMs end, starts succeed again", () =>
+    Effect.gen(function* () {
+      // sh sets soft and hard limits alike, so Node cannot raise its soft limit past it
+      const limited = { command: "/bin/sh", args: ["-c", 'ulimit -n 48 && exec "$0" "$@"', vmm.command, ...vmm.args] }
+      const v = yield* startRealVmm({ program: limited, vmExec: programs.vmprog })
+      const heard: Array<Imsg> = []
+      yield* v.channel.messages.pipe(
+        Stream.runForEach((m) => Effect.sync(() => heard.push(m))),
+        Effect.ignore,
+        Effect.forkScoped
+      )
+      const results = (vmid: number) => heard.filter((m) => m.type === T.IMSG_VMDOP_START_VM_RESPONSE && m.peerid === vmid).map((m) => i32(m.data, 0))
+      const start = (vmid: number) =>
+        Effect.gen(function* () {
+          yield* v.channel.send({ type: T.IMSG_VMDOP_START_VM_REQUEST, peerid: vmid, pid: 1, data: createParams({ name: `nofile${vmid}` }), fd: devNull("kernel") })
+          yield* v.channel.send({ type: T.IMSG_VMDOP_START_VM_END, peerid: vmid, pid: 1, fd: devNull("tty") })
+          yield* eventually(() => results(vmid).length > 0, `START_VM_RESPONSE for vm ${vmid}`, 10_000)
+          yield* Effect.sleep("50 millis") // a failed REQUEST is answered, then its END too (ENOENT)
+          return results(vmid)
+        })
+      const info = Effect.gen(function* () {
+        heard.length = 0
+        yield* v.channel.send({ type: T.IMSG_VMDOP_GET_INFO_VM_REQUEST, peerid: 7, pid: 1 })
+        yield* eventually(() => heard.some((m) => m.type === T.IMSG_VMDOP_GET_INFO_VM_END_DATA), "GET_INFO_VM_END_DATA", 10_000)
+        const end = heard.find((m) => m.type === T.IMSG_VMDOP_GET_INFO_VM_END_DATA)!
+        return { end: i32(end.data, 0), ids: heard.filter((m) => m.type === T.IMSG_VMDOP_GET_INFO_VM_DATA).map((m) => i32(m.data, 92)) }
+      })
+      const running: Array<number> = []
+      let failedAt = 0
+      for (let vmid = 1; vmid <= 40 && failedAt === 0; vmid++) {
+        const rs = yield* start(vmid)
+        if (rs[0] === 0) running.push(vmid)
+        else failedAt = vmid
+      }
+      injected++
+      expect(failedAt, "the limit was reached").toBeGreaterThan(0)
+      expect(running.length, "VMs ran before it").toBeGreaterThanOrEqual(3)
+      // the failure says why (the VM's socketpair: EMFILE)
+      expect(v.recent.filter((l) => l.includes("EMFILE")), v.recent.join("\n")).not.toEqual([])
+      // every running VM is still listed (statm it cannot open reads as 0 used), and the answer is 0
+      const listed = yield* info
+      expect(listed.end).toBe(0)
+      expect([...listed.ids].sort((x, y) => x - y)).toEqual(running)
+      // stop three; a start succeeds again
+      heard.length = 0
+      for (const vmid of running.slice(0, 3)) yield* v.channel.send({ type: T.IMSG_VMDOP_TERMINATE_VM_REQUEST, peerid: 5, pid: 1, data: vmopId(vmid, 1) })
+      yield* eventually(() => heard.filter((m) => m.type === T.IMSG_VMDOP_TERMINATE_VM_EVENT).length === 3, "three TERMINATE_VM_EVENTs", 10_000)
+      expect((yield* start(100))[0]).toBe(0)
+      // VMs registered and not started hold their kernel fds: at the limit, the kernel drops the fd
+      // passed with the next START_VM_REQUEST (MSG_CTRUNC). That VM is refused (no kernel), and the log
+      // says the fd never arrived, not only what its absence looked like.
+      heard.length = 0
+      let refused = 0
+      for (let vmid = 200; vmid < 260 && refused === 0; vmid++) {
+        yield* v.channel.send({ type: T.IMSG_VMDOP_START_VM_REQUEST, peerid: vmid, pid: 1, data: createParams({ name: `held${vmid}` }), fd: devNull("kernel") })
+        yield* Effect.sleep("10 millis")
+        refused = heard.filter((m) => m.type === T.IMSG_VMDOP_START_VM_RESPONSE).length
+      }
+      yield* eventually(() => heard.some((m) => m.type === T.IMSG_VMDOP_START_VM_RESPONSE), "a START_VM_REQUEST refused", 10_000)
+      yield* Effect.sleep("100 millis")
+      const refusals = heard.filter((m) => m.type === T.IMSG_VMDOP_START_VM_RESPONSE).map((m) => i32(m.data, 0))
+      expect(refusals.every((r) => r === Errno.EINVAL), `refusals ${refusals.join(" ")}`).toBe(true)
+      const missing = v.recent.filter((l) => /START_VM_REQUEST \(peerid \d+\) came without the fd its header announced/.test(l))
+      expect(missing.length, v.recent.join("\n")).toBe(refusals.length)
+      yield* v.channel.close
+      expect(yield* v.exit).toEqual({ _tag: "Exited", code: 0 })
+      expect(descendants(v.pid)).toEqual([])
+    }).pipe(Effect.scoped, Effect.provide(ImsgChannelNative.layer))
+  , 60_000)
 })
