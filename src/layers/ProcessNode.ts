@@ -40,6 +40,7 @@
  */
 import { spawn as nodeSpawn } from "node:child_process"
 import type { ChildProcess } from "node:child_process"
+import { closeSync, openSync } from "node:fs"
 import { constants as osConstants } from "node:os"
 import { Deferred, Duration, Effect, Exit, Layer, Option } from "effect"
 import type { Scope } from "effect"
@@ -71,6 +72,33 @@ export const stdioFor = (req: SpawnRequest, at: ReadonlyArray<number> = req.fds.
   )
   for (const [i, fd] of req.fds.entries()) slots[at[i] ?? fd.num] = fd.num
   return slots
+}
+
+/**
+ * Occupy every free fd number up to `top` (close-on-exec /dev/null), for
+ * the caller to close once the spawn is back. libuv's spawn opens a pipe for
+ * the child's exec status at the lowest free numbers just before its fork;
+ * one there at a child's target number would be replaced by that target's
+ * dup2, and a failed exec would then look like a success and write its
+ * errno into the file given at that number. (Each target was an fd this
+ * process held, hence taken, until fds were packed from 3.) The spawn
+ * returns only after the exec, so nothing else opens fds in between.
+ */
+export const padBelow = (top: number): Array<number> => {
+  const pads: Array<number> = []
+  for (;;) {
+    let fd: number
+    try {
+      fd = openSync("/dev/null", "r") // Node opens close-on-exec
+    } catch {
+      return pads // out of fds: nothing free to land on either
+    }
+    if (fd > top) {
+      closeSync(fd)
+      return pads
+    }
+    pads.push(fd)
+  }
 }
 
 export const reasonOf = (errno: number): SpawnErrorReason =>
@@ -139,6 +167,7 @@ export const make: Effect.Effect<ProcessService, never, Scope.Scope> = Effect.ge
       const exit = yield* Deferred.make<ExitStatus>()
       sealInheritedFds()
       let child: ChildProcess
+      const pads = padBelow(Math.max(2, ...at))
       try {
         child = nodeSpawn(req.command, [...req.args], {
           detached: true,
@@ -148,6 +177,8 @@ export const make: Effect.Effect<ProcessService, never, Scope.Scope> = Effect.ge
       } catch (e) {
         const errno = fromErrorCode(codeOf(e))
         return yield* Effect.fail(spawnError(errno, `spawn ${req.command}: ${messageOf(e)}`))
+      } finally {
+        for (const fd of pads) closeSync(fd)
       }
       const pid = child.pid
       if (pid === undefined) {

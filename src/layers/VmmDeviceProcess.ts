@@ -81,15 +81,15 @@ const residentPages = (buf: Uint8Array, n: number): number => {
   return i === start || i >= n || buf[i] !== 0x20 ? -1 : pages
 }
 
+/** StatmFiles.read's answer when no fd is left to open a statm with. */
+export const NO_FD = "no fd" as const
+
 /**
  * Resident bytes of processes from /proc/<pid>/statm, one descriptor kept
  * open per pid (opened close-on-exec by Node) and read with pread. A pid's
  * descriptor names that process, not the number, so a reused pid cannot be
  * read by mistake: a reaped process reads as gone (ESRCH or an empty read).
  */
-/** StatmFiles.read's answer when no fd is left to open a statm with. */
-export const NO_FD = "no fd" as const
-
 export class StatmFiles {
   readonly #fds = new Map<number, number>()
   readonly #buf = new Uint8Array(256)

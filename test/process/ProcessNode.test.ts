@@ -1,12 +1,12 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, Layer, Scope } from "effect"
 import { execFileSync } from "node:child_process"
-import { chmodSync, mkdtempSync, openSync, rmSync, writeFileSync } from "node:fs"
+import { chmodSync, closeSync, fstatSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, beforeAll } from "vitest"
 import { sharedProcessTests } from "./shared.ts"
-import { childrenOf, fsBackend, SIGKILL, tempFdIn, untilWritten } from "./kit.ts"
+import { childrenOf, fsBackend, identity, parseReport, SIGKILL, tempFdIn, untilWritten } from "./kit.ts"
 import * as ProcessNode from "../../src/layers/ProcessNode.ts"
 import { Errno, fromErrorCode } from "../../src/schema/errno.ts"
 import { Fd } from "../../src/services/Fd.ts"
@@ -47,6 +47,37 @@ const gone = (pid: number): boolean => {
 
 describe("ProcessNode", () => {
   sharedProcessTests({ layer: ProcessNode.layer, child: () => child, tempFd, spawned })
+
+  it.scopedLive("a child's number that is free here (a hole below the packed targets) cannot catch libuv's exec-status pipe: a failed exec stays a SpawnError and writes nothing into the VM's file", () =>
+    Effect.gen(function* () {
+      const proc = yield* Process
+      // Two holes at the lowest free numbers, below the files a VM start holds, as when VMs end while its
+      // messages are on their way.
+      const holes = [openSync("/dev/null", "r"), openSync("/dev/null", "r")]
+      const top = Math.max(...holes)
+      const files = yield* Effect.forEach(Array.from({ length: top - 2 }, (_, i) => i), (i) => tempFd(`packed${i}`))
+      const filler = [...holes, openSync("/dev/null", "r")]
+      for (const h of holes) closeSync(h)
+      try {
+        // targets 3..top: the last file goes to `top`, a number free here, where libuv's pipe would land
+        const fds = files.map((f) => f.fd)
+        expect(fds.every((fd) => fd.num > top), "the files are above the holes").toBe(true)
+        const at = fds.map((_, i) => 3 + i)
+        const last = files[fds.length - 1]!
+        const err = yield* Effect.flip(proc.spawn({ command: join(dir, "no-such-program"), args: [], fds, at, stdio: "null" }))
+        expect(err).toMatchObject({ _tag: "SpawnError", errno: Errno.ENOENT })
+        expect(readFileSync(last.path).length, "the file at the hole's number").toBe(0)
+        // and a child that runs finds each file at its number, the one at the hole's too
+        const out = yield* tempFd("report")
+        const k = yield* proc.spawn({ command: child, args: ["fdinfo", String(top + 1), String(top)], fds: [...fds, out.fd], at: [...at, top + 1], stdio: "null" })
+        expect(yield* k.exit).toEqual({ _tag: "Exited", code: 0 })
+        expect(parseReport(readFileSync(out.path, "utf8")).fds.get(top)).toBe(identity(last.fd.num))
+        expect(filler.slice(2).every((n) => fstatSync(n).isCharacterDevice()), "the fillers are still ours").toBe(true)
+      } finally {
+        for (const n of filler.slice(2)) closeSync(n)
+      }
+    }).pipe(Effect.provide(ProcessNode.layer))
+  )
 
   it.scopedLive("spawn failures are SpawnError with the OpenBSD errno", () =>
     Effect.gen(function* () {
