@@ -70,7 +70,7 @@ export const stdioFor = (req: SpawnRequest, at: ReadonlyArray<number> = req.fds.
   const slots: Array<StdioSlot> = Array.from({ length: top + 1 }, (_, i) =>
     i <= 2 && req.stdio === "inherit" ? "inherit" : "ignore"
   )
-  for (const [i, fd] of req.fds.entries()) slots[at[i] ?? fd.num] = fd.num
+  for (const [i, fd] of req.fds.entries()) slots[at[i]!] = fd.num
   return slots
 }
 

@@ -89,7 +89,7 @@ export const describeRaw = (data: Uint8Array): string => {
     const lp = d.right
     return `struct local_prefix len=${data.length} {lp_in=${v4(lp.lp_in)} lp_mask=${v4(lp.lp_mask)} lp_in6=${v6(lp.lp_in6)} lp_mask6=${v6(lp.lp_mask6)}}`
   }
-  if (data.length === 4) return `vm id ${new DataView(data.buffer, data.byteOffset, 4).getUint32(0, true)}`
+  if (data.length === 4) return `vm id ${Either.getOrElse(S.decodeUint(data), () => -1)}`
   return `len=${data.length} data=${Buffer.from(data.subarray(0, 64)).toString("hex")}`
 }
 

@@ -14,7 +14,7 @@ import { afterAll, beforeAll } from "vitest"
 import * as ImsgChannelNative from "../../src/layers/ImsgChannelNative.ts"
 import { Errno } from "../../src/schema/errno.ts"
 import * as T from "../../src/schema/imsgTypes.ts"
-import type { Imsg } from "../../src/services/ImsgChannel.ts"
+import type { Channel, Imsg } from "../../src/services/ImsgChannel.ts"
 import { createParams, vmopId } from "../vmm/wire.ts"
 import { buildPrograms, bundledVmm, type Programs, type VmmProgram } from "./lib/build.ts"
 import { eventually } from "../e2e/harness.ts"
@@ -33,6 +33,18 @@ afterAll(() => {
   rmSync(programs.dir, { recursive: true, force: true })
   console.log(`faults injected through the real layers: ${injected}`)
 })
+
+/** Every message the vmm sends on `channel`, collected as it comes (until the scope ends); callers may empty it. */
+const heardOn = (channel: Channel) =>
+  Effect.gen(function* () {
+    const heard: Array<Imsg> = []
+    yield* channel.messages.pipe(
+      Stream.runForEach((m) => Effect.sync(() => heard.push(m))),
+      Effect.ignore,
+      Effect.forkScoped
+    )
+    return heard
+  })
 
 /** Multiset difference: what `a` has more of than `b`. */
 const minus = (a: ReadonlyArray<string>, b: ReadonlyArray<string>): Array<string> => {
@@ -71,12 +83,7 @@ const i32 = (b: Uint8Array, at: number) => new DataView(b.buffer, b.byteOffset, 
 const threeStarts = (vmExec: string, env: Readonly<Record<string, string>>) =>
   Effect.gen(function* () {
     const v = yield* startRealVmm({ program: vmm, vmExec, env })
-    const heard: Array<Imsg> = []
-    yield* v.channel.messages.pipe(
-      Stream.runForEach((m) => Effect.sync(() => heard.push(m))),
-      Effect.ignore,
-      Effect.forkScoped
-    )
+    const heard = yield* heardOn(v.channel)
     yield* v.channel.send({ type: T.IMSG_VMDOP_RECEIVE_VMM_FD, peerid: T.PEERID_NONE, pid: 1, fd: devNull("/dev/vmm") })
     const vmsBelow = () => descendants(v.pid).filter((p) => p.comm !== "spawner").length
     const replies: Array<Array<{ type: string; res: number }>> = []
@@ -134,12 +141,7 @@ describe("faults through the real layers", () => {
     Effect.gen(function* () {
       // scripts/c/vmfuzz.c runs c/vmprog.c (answers its own vmd id) except for "fz-id-N" (answers N).
       const v = yield* startRealVmm({ program: vmm, vmExec: programs.vmfuzz, env: { VMFUZZ_VMPROG: programs.vmprog } })
-      const heard: Array<Imsg> = []
-      yield* v.channel.messages.pipe(
-        Stream.runForEach((m) => Effect.sync(() => heard.push(m))),
-        Effect.ignore,
-        Effect.forkScoped
-      )
+      const heard = yield* heardOn(v.channel)
       const start = (vmid: number, name: string) =>
         Effect.gen(function* () {
           yield* v.channel.send({ type: T.IMSG_VMDOP_START_VM_REQUEST, peerid: vmid, pid: 1, data: createParams({ name }), fd: devNull("kernel") })
@@ -191,12 +193,7 @@ describe("faults through the real layers", () => {
   it.live("a guest reset while a message to the VM is unread: TERMINATE_VM_EVENT EAGAIN, not a misbehaving VM", () =>
     Effect.gen(function* () {
       const v = yield* startRealVmm({ program: vmm, vmExec: programs.vmprog })
-      const heard: Array<Imsg> = []
-      yield* v.channel.messages.pipe(
-        Stream.runForEach((m) => Effect.sync(() => heard.push(m))),
-        Effect.ignore,
-        Effect.forkScoped
-      )
+      const heard = yield* heardOn(v.channel)
       yield* v.channel.send({ type: T.IMSG_VMDOP_START_VM_REQUEST, peerid: 4, pid: 1, data: createParams({ name: "resetter" }), fd: devNull("kernel") })
       yield* v.channel.send({ type: T.IMSG_VMDOP_START_VM_END, peerid: 4, pid: 1, fd: devNull("tty") })
       yield* eventually(() => heard.length > 0, "START_VM_RESPONSE", 10_000)
@@ -222,12 +219,7 @@ describe("faults through the real layers", () => {
       // sh sets soft and hard limits alike, so Node cannot raise its soft limit past it
       const limited = { command: "/bin/sh", args: ["-c", 'ulimit -n 48 && exec "$0" "$@"', vmm.command, ...vmm.args] }
       const v = yield* startRealVmm({ program: limited, vmExec: programs.vmprog })
-      const heard: Array<Imsg> = []
-      yield* v.channel.messages.pipe(
-        Stream.runForEach((m) => Effect.sync(() => heard.push(m))),
-        Effect.ignore,
-        Effect.forkScoped
-      )
+      const heard = yield* heardOn(v.channel)
       const results = (vmid: number) => heard.filter((m) => m.type === T.IMSG_VMDOP_START_VM_RESPONSE && m.peerid === vmid).map((m) => i32(m.data, 0))
       const start = (vmid: number) =>
         Effect.gen(function* () {
