@@ -185,7 +185,11 @@ export class UvPoll {
 
   /** @internal from the poll callback */
   dispatch(status: number, events: number): void {
-    if (this.#state === "open") this.#listener(status, events)
+    if (this.#state !== "open") return
+    // An error (POLLERR: UV_EBADF) comes after libuv has stopped the handle
+    // (uv__poll_io): a later `start` must start it again, even with the same events.
+    if (status < 0) this.#events = 0
+    this.#listener(status, events)
   }
 
   /** @internal from the close callback */

@@ -141,6 +141,14 @@ export interface Channel {
   readonly unsafeSend: (msg: OutgoingImsg) => ChannelError | null
   readonly unsafeWritePending: () => void
   readonly unsafeClose: () => void
+  /**
+   * Stop reading the socket (true) until called with false: flow control
+   * for a `listen` consumer, which gets every batch as soon as it is read
+   * and so has no high-water mark of its own (the vmm holds a channel whose
+   * messages pile up in its dispatcher's queue). Synchronous, for the
+   * listener's callbacks; a no-op on a closed channel.
+   */
+  readonly unsafeHold: (hold: boolean) => void
 }
 
 export interface ImsgChannelService {

@@ -284,6 +284,24 @@ describe("ImsgChannelMemory", () => {
     })
   )
 
+  it.live("a high-water mark below one message: the read that reaches it with no message complete reads on", () =>
+    Effect.gen(function* () {
+      const { a: got } = yield* memory(
+        Effect.gen(function* () {
+          const svc = yield* ImsgChannel
+          const table = yield* MemorySockets
+          const [x, y] = yield* svc.socketpair("hw")
+          table.shortReads(y, 150)
+          const cx = yield* svc.open(x)
+          const cy = yield* ImsgChannelMemory.open(table, y, { highWaterBytes: 100 })
+          yield* cx.send({ type: 9, peerid: 0, pid: 1, data: new Uint8Array(200) })
+          return yield* cy.receive.pipe(Effect.timeout("1 second"), Effect.either)
+        })
+      )
+      expect(Either.isRight(got) && got.right?.map((m) => [m.type, m.data.length])).toEqual([[9, 200]])
+    })
+  )
+
   it.effect("backpressure: 4 MB to a reader that pauses, all in order; close drops unsent fds", () =>
     Effect.gen(function* () {
       const { a, open } = yield* memory(

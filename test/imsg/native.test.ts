@@ -484,6 +484,74 @@ describe("ImsgChannelNative over real socketpairs", () => {
     )
   )
 
+  // POLLERR: a unix stream socket reports it once the peer has closed with data of ours
+  // unread; libuv stops the poll handle and calls back with EBADF (uv__poll_io).
+  const frame = (type: number, size = 0) => encodeFrames([{ type, peerid: 0, pid: 1, data: new Uint8Array(size), marked: false }]).bytes
+  const unreadBy = (ch: { readonly send: (m: { type: number; peerid: number; pid: number; data: Uint8Array }) => Effect.Effect<void, unknown> }) =>
+    ch.send({ type: 1, peerid: 0, pid: 1, data: new Uint8Array(8) })
+
+  it.live("POLLERR: the peer's last messages, then its close with ours unread, end the stream as EOF, not an error", () =>
+    native(
+      Effect.gen(function* () {
+        const svc = yield* ImsgChannel
+        const [a, b] = yield* svc.socketpair("pollerr-eof")
+        const ch = yield* svc.open(a)
+        yield* unreadBy(ch)
+        yield* ch.flush // b never reads it
+        // two short sends: a drain that stopped at the first short read would leave one unread
+        sendRaw(b.num, frame(77))
+        sendRaw(b.num, frame(78, 4))
+        b.closeSync()
+        const got = yield* Stream.runCollect(ch.messages).pipe(Effect.map(Chunk.toArray), Effect.timeout("5 seconds"))
+        expect(got.map((m) => m.type)).toEqual([77, 78])
+      })
+    )
+  )
+
+  it.live("POLLERR while only writing (reading ended by a framing error): the queue is dropped, its fds closed, flush returns", () =>
+    native(
+      Effect.gen(function* () {
+        const svc = yield* ImsgChannel
+        const [a, b] = yield* svc.socketpair("pollerr-write")
+        const ch = yield* svc.open(a)
+        // more than the socket takes: the channel waits for POLLOUT
+        for (let i = 0; i < 64; i++) yield* ch.send({ type: 1, peerid: 0, pid: 1, data: new Uint8Array(16000) })
+        yield* ch.writePending
+        const bad = new Uint8Array(16)
+        new DataView(bad.buffer).setUint32(4, 8, true)
+        sendRaw(b.num, bad)
+        const ended = yield* Stream.runDrain(ch.messages).pipe(Effect.either, Effect.timeout("5 seconds"))
+        expect(Either.isLeft(ended) && (ended.left as { reason?: string }).reason).toBe("Framing")
+        const f = devNull("queued")
+        yield* ch.send({ type: 2, peerid: 0, pid: 1, fd: f })
+        b.closeSync()
+        yield* ch.flush.pipe(Effect.timeout("5 seconds"))
+        expect(yield* ch.queued).toBe(0)
+        expect(f.isOpen).toBe(false)
+      })
+    )
+  )
+
+  it.live("POLLERR while reading is paused for a lagging consumer: every message is still delivered, then EOF", () =>
+    native(
+      Effect.gen(function* () {
+        const svc = yield* ImsgChannel
+        const [a, b] = yield* svc.socketpair("pollerr-paused")
+        const ch = yield* ImsgChannelNative.open(a, { highWaterBytes: 64 * 1024 })
+        // the peer never reads: the channel watches for POLLOUT throughout
+        for (let i = 0; i < 64; i++) yield* ch.send({ type: 1, peerid: 0, pid: 1, data: new Uint8Array(16000) })
+        yield* ch.writePending
+        for (let i = 0; i < 12; i++) expect(sendRaw(b.num, frame(100 + i, 16000))).toBe(16016)
+        yield* Effect.sleep("50 millis") // read, up to the high-water mark: reading pauses
+        for (let i = 12; i < 24; i++) expect(sendRaw(b.num, frame(100 + i, 16000))).toBe(16016)
+        b.closeSync()
+        yield* Effect.sleep("50 millis") // POLLERR comes while paused
+        const got = yield* Stream.runCollect(ch.messages).pipe(Effect.map(Chunk.toArray), Effect.timeout("5 seconds"))
+        expect(got.map((m) => m.type)).toEqual(Array.from({ length: 24 }, (_, i) => 100 + i))
+      })
+    )
+  )
+
   it.live("opening and closing channels leaves no fd behind", () =>
     native(
       Effect.gen(function* () {

@@ -46,3 +46,38 @@ describe("insidePollCallback", () => {
     libc.close(b)
   })
 })
+
+describe("UvPoll after POLLERR", () => {
+  it("libuv has stopped the handle: events reads 0, and starting it again with the same events calls back again", async () => {
+    const pair = libc.socketpair(libc.AF_UNIX, libc.SOCK_STREAM | libc.SOCK_NONBLOCK | libc.SOCK_CLOEXEC)
+    if (typeof pair === "number") throw new Error(`socketpair: ${pair}`)
+    const [a, b] = pair
+    // the peer closes with a byte of ours unread: a's socket reports POLLERR (ECONNRESET)
+    expect(libc.write(a, Uint8Array.of(1))).toBe(1)
+    libc.close(b)
+    const calls: Array<{ status: number; events: number }> = []
+    let poll: UvPoll | number = -1
+    const twice = new Promise<void>((resolve) => {
+      poll = UvPoll.open(a, (status) => {
+        const p = poll as UvPoll
+        calls.push({ status, events: p.events })
+        if (calls.length === 1) expect(p.start(UV_READABLE)).toBe(0)
+        else resolve()
+      })
+    })
+    if (typeof poll === "number") throw new Error(`uv_poll_init: ${poll}`)
+    const p: UvPoll = poll
+    expect(p.start(UV_READABLE)).toBe(0)
+    const timeout = new Promise<void>((_, reject) => setTimeout(() => reject(new Error("no second callback")), 2000))
+    try {
+      await Promise.race([twice, timeout])
+    } finally {
+      await new Promise<void>((resolve) => p.close(resolve))
+      libc.close(a)
+    }
+    expect(calls.map((c) => [c.status < 0, c.events])).toEqual([
+      [true, 0],
+      [true, 0]
+    ])
+  })
+})
