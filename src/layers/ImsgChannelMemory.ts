@@ -46,6 +46,8 @@ class Endpoint {
   open = true
   readonly inbox: Array<Segment> = []
   buffered = 0
+  /** Bytes read from this end so far. */
+  readTotal = 0
   capacity = DEFAULT_CAPACITY
   /** Faults: errno for the next write (0: none), bytes per write and per read. */
   failNextWrite = 0
@@ -106,6 +108,7 @@ class Endpoint {
       if (hadFd) break // Linux: a read ends with the bytes that carried fds
     }
     this.buffered -= n
+    this.readTotal += n
     this.peer?.poke()
     return n
   }
@@ -195,6 +198,11 @@ export class MemorySocketTable {
 
   isOpen(fd: Fd | number): boolean {
     return this.#open.has(typeof fd === "number" ? fd : fd.num)
+  }
+
+  /** Bytes read so far from the socket end open as fd `num` (0 if it is none). */
+  bytesRead(num: number): number {
+    return this.#open.get(num)?.endpoint?.readTotal ?? 0
   }
 
   /** close() calls on an already closed Fd (each one a bug). */

@@ -5,7 +5,8 @@
  *
  *   die-in-handshake  exit EIO after reading the struct, answer nothing
  *   answer-zero       answer id 0 and exit EINVAL (a failed VMM_IOC_CREATE)
- *   hang              never answer the id; wait for a signal or EOF
+ *   hang              never answer the id; wait for a signal (not for EOF: it outlives
+ *                     a vmm killed with SIGKILL, as a VM process stuck in vmm(4) would)
  *   garbage           after the handshake, send the vmm an invalid imsg
  */
 export const TEST_MODE_VARIABLE = "VMM_TEST_VM_MODE"

@@ -70,6 +70,12 @@ export interface VmmContext {
    * Sets vm.channel / vm.closeChannel.
    */
   readonly watchVm: (vm: Vm, channel: Channel) => Effect.Effect<void>
+  /**
+   * Completes when the vmm is to end (SIGTERM/SIGINT, or the parent gone):
+   * a start handshake waiting for its VM's id gives up then, instead of
+   * holding the shutdown behind it for up to its timeout.
+   */
+  readonly stopping: Effect.Effect<void>
 }
 
 /** composeParent now, outside an effect (vmm_sighdlr's synchronous step). */

@@ -9,7 +9,7 @@
  * see listenExits below).
  * That is what makes the state machine testable against a model.
  */
-import { Effect, Exit, Scheduler } from "effect"
+import { Deferred, Effect, Exit, Scheduler } from "effect"
 import type { Channel, ChannelError, Imsg } from "../services/ImsgChannel.ts"
 import { ImsgChannel } from "../services/ImsgChannel.ts"
 import { Process, type ChildExit } from "../services/Process.ts"
@@ -27,9 +27,9 @@ import { defaultVmdConfig } from "./defaults.ts"
 import { emitLog, logDebug, logInfo, logWarnx, setVerbose } from "./log.ts"
 
 export type VmmEvent =
-  | { readonly _tag: "Parent"; readonly imsg: Imsg }
+  | { readonly _tag: "Parent"; readonly imsg: Imsg; readonly backlog: Backlog }
   | { readonly _tag: "ParentEnd"; readonly error: ChannelError | null }
-  | { readonly _tag: "Vm"; readonly vm: Vm; readonly imsg: Imsg }
+  | { readonly _tag: "Vm"; readonly vm: Vm; readonly imsg: Imsg; readonly backlog: Backlog }
   | { readonly _tag: "VmEnd"; readonly vm: Vm; readonly error: ChannelError }
   | { readonly _tag: "Exit"; readonly exit: ChildExit }
   /** An exit whose TERMINATE_VM_EVENT is written (sighdlrNow): terminate_vm is left. */
@@ -48,6 +48,43 @@ export interface VmmHandle {
 }
 
 const closeImsgFd = (imsg: Imsg) => imsg.fd?.closeSync()
+
+/** Bytes of one peer's messages that may wait in the dispatcher's queue before its channel is held. */
+export const BACKLOG_HIGH = 1024 * 1024
+/** ... and read again once the dispatcher has taken them down to this. */
+const BACKLOG_LOW = BACKLOG_HIGH / 2
+/** What a queued message costs besides its payload (its objects, the event). */
+const MESSAGE_COST = 128
+
+/**
+ * One channel's messages waiting in the dispatcher's queue. vmm.c reads no
+ * socket while it blocks (a start handshake can take up to its timeout), so
+ * a peer that floods its socket then is held back by the kernel; ours reads
+ * on the event loop meanwhile, and would queue without bound: above
+ * BACKLOG_HIGH the channel is held (not read) until the dispatcher catches
+ * up, and the kernel holds the peer back again.
+ */
+class Backlog {
+  #bytes = 0
+  #held = false
+  constructor(readonly channel: Channel) {}
+
+  queued(imsg: Imsg): void {
+    this.#bytes += MESSAGE_COST + imsg.data.length
+    if (!this.#held && this.#bytes >= BACKLOG_HIGH) {
+      this.#held = true
+      this.channel.unsafeHold(true)
+    }
+  }
+
+  taken(imsg: Imsg): void {
+    this.#bytes -= MESSAGE_COST + imsg.data.length
+    if (this.#held && this.#bytes <= BACKLOG_LOW) {
+      this.#held = false
+      this.channel.unsafeHold(false)
+    }
+  }
+}
 
 /**
  * The dispatcher fiber's scheduler.
@@ -104,6 +141,9 @@ export const startVmmServer = (parentFd: Fd, options: VmmOptions) =>
     // the signal handlers), one consumer.
     const events = new Inbox<VmmEvent>("vmm events")
     const offer = (e: VmmEvent) => Effect.sync(() => events.push(e))
+    // Set when a shutdown is asked for or the parent is gone (see VmmContext.stopping).
+    const stopping = yield* Deferred.make<void>()
+    const stop = () => Deferred.unsafeDone(stopping, Exit.void)
 
     const parent = yield* imsg.open(parentFd)
 
@@ -133,9 +173,13 @@ export const startVmmServer = (parentFd: Fd, options: VmmOptions) =>
         // But EOF is a hint that the process has exited: the Process layer
         // looks now (a no-op for a pid it has reaped, or one still running).
         // An error after vm_remove closed the channel cannot come.
+        const backlog = new Backlog(channel)
         yield* channel.listen({
           messages: (ms) => {
-            for (const imsg of ms) events.push({ _tag: "Vm", vm, imsg })
+            for (const imsg of ms) {
+              backlog.queued(imsg)
+              events.push({ _tag: "Vm", vm, imsg, backlog })
+            }
           },
           end: (error) => {
             if (error !== null) events.push({ _tag: "VmEnd", vm, error })
@@ -151,7 +195,18 @@ export const startVmmServer = (parentFd: Fd, options: VmmOptions) =>
         yield* channel.resume
       })
 
-    const ctx: VmmContext = { options, state, registry, device, process, imsg, parent, openVmChannel, watchVm }
+    const ctx: VmmContext = {
+      options,
+      state,
+      registry,
+      device,
+      process,
+      imsg,
+      parent,
+      openVmChannel,
+      watchVm,
+      stopping: Deferred.await(stopping)
+    }
 
     // SIGCHLD (before the dispatcher starts, so before anything is spawned).
     // An exit that comes while the dispatcher waits with nothing queued is
@@ -176,11 +231,18 @@ export const startVmmServer = (parentFd: Fd, options: VmmOptions) =>
 
     // The parent's messages go straight into the queue as they are read, as
     // the VMs' do: no fiber between the socket and the dispatcher.
+    const parentBacklog = new Backlog(parent)
     yield* parent.listen({
       messages: (ms) => {
-        for (const imsg of ms) events.push({ _tag: "Parent", imsg })
+        for (const imsg of ms) {
+          parentBacklog.queued(imsg)
+          events.push({ _tag: "Parent", imsg, backlog: parentBacklog })
+        }
       },
-      end: (error) => events.push({ _tag: "ParentEnd", error })
+      end: (error) => {
+        stop()
+        events.push({ _tag: "ParentEnd", error })
+      }
     })
 
     /** Is this still the registered VM (events for a removed VM are stale)? */
@@ -193,7 +255,9 @@ export const startVmmServer = (parentFd: Fd, options: VmmOptions) =>
             yield* dispatchParent(ctx, e.imsg)
             return null
           case "Vm":
-            if (!(yield* live(e.vm))) {
+            // A VM ended for misbehaving (its channel closed, its exit still to come) is
+            // heard no more: what it sent after the bad message, in the same read, is dropped.
+            if (!(yield* live(e.vm)) || e.vm.channel === null) {
               closeImsgFd(e.imsg)
               return null
             }
@@ -224,6 +288,7 @@ export const startVmmServer = (parentFd: Fd, options: VmmOptions) =>
     const loop = Effect.gen(function* () {
       for (;;) {
         const e = yield* events.takeOne
+        if (e._tag === "Vm" || e._tag === "Parent") e.backlog.taken(e.imsg)
         const code = yield* handle(e).pipe(
           Effect.catchAllDefect((defect) =>
             // A bug must not take the other VMs down: log it and go on.
@@ -248,7 +313,11 @@ export const startVmmServer = (parentFd: Fd, options: VmmOptions) =>
 
     const fiber = yield* Effect.forkIn(Effect.withScheduler(run, dispatcherScheduler), scope)
     const handle_: VmmHandle = {
-      shutdown: (reason) => offer({ _tag: "Shutdown", reason }),
+      shutdown: (reason) =>
+        Effect.zipRight(
+          Effect.sync(stop),
+          offer({ _tag: "Shutdown", reason })
+        ),
       done: fiber.await.pipe(
         Effect.map((exit) => (Exit.isSuccess(exit) ? exit.value : 1))
       ),

@@ -55,8 +55,11 @@ export const vmArgv = (ctx: VmmContext, childSocket: Fd, num: ChildNumber): Arra
 /**
  * How long the id read may hold the whole process, as vmm.c's blocking
  * atomicio holds it for the whole read: the child answers within about a
- * millisecond of its exec; a slower one is waited for on the event loop
- * (within the handshake timeout), so one stuck VM cannot hold the others.
+ * millisecond of its exec; a slower one is waited for on the event loop,
+ * within the handshake timeout. Meanwhile the sockets are still read and
+ * exits reaped, but the dispatcher, as vmm.c, handles nothing else: a stuck
+ * VM holds every other request and exit report until its timeout (vmm.c:
+ * for ever), except a shutdown, which ends the wait (`stopping`).
  */
 export const ID_BLOCK_MS = 5
 
@@ -141,8 +144,17 @@ const handshake = (ctx: VmmContext, vm: Vm, imsg: Imsg): Effect.Effect<Either.Ei
     }
     // vmm_pipe, first half, while the child starts up (a failure is reported below, in vmm.c's order).
     channel = yield* ctx.openVmChannel(ours)
-    const idBytes = yield* Effect.either(ctx.imsg.readRaw(ours, 4, timeout, ID_BLOCK_MS))
+    const idBytes = yield* Effect.either(
+      Effect.raceFirst(
+        ctx.imsg.readRaw(ours, 4, timeout, ID_BLOCK_MS),
+        Effect.zipRight(ctx.stopping, Effect.fail("stopping" as const))
+      )
+    )
     if (Either.isLeft(idBytes)) {
+      if (idBytes.left === "stopping") {
+        yield* logDebug(`vmm_start_vm: shutting down, no longer waiting for vm ${vm.params.vmc_name}'s id`)
+        return yield* fail(Errno.EIO)
+      }
       // vmd could not allocate memory for the vm
       yield* logDebug(`vmm_start_vm: failed to receive vm id from vm ${vm.params.vmc_name}`)
       return yield* fail(Errno.ENOMEM)

@@ -5,7 +5,7 @@
  * EOF on its socket and exits). In every case no VM process remains.
  */
 import { describe, expect } from "@effect/vitest"
-import { Effect } from "effect"
+import { Effect, Fiber } from "effect"
 import { spawn } from "node:child_process"
 import { existsSync, readFileSync } from "node:fs"
 import { join } from "node:path"
@@ -13,7 +13,7 @@ import { createInterface } from "node:readline"
 import { makeVmdParent } from "../../src/parent/parent.ts"
 import { bundle } from "../../src/vm/build.ts"
 import { binVmmPath, e2e, eventually, smallSpec, useFixture, withSpawn } from "./harness.ts"
-import { childrenOf, cmdline, isBelow, running, tokenProcesses } from "./proc.ts"
+import { childrenOf, cmdline, isBelow, running, tokenProcesses, vmProcesses } from "./proc.ts"
 
 const fixture = useFixture("shutdown")
 
@@ -48,6 +48,24 @@ describe("end to end: how bin/vmm ends", () => {
       yield* parent.waitFor((e) => e._tag === "VmmGone", mark)
       expect(yield* parent.close).toEqual({ _tag: "Exited", code: 0 })
       expect(vms.filter((vm) => running(vm.pid))).toEqual([])
+    })
+  )
+
+  e2e(fixture, "SIGTERM to bin/vmm while a VM hangs in its start handshake: it exits 0 at once, not after the 30 s handshake timeout", (run) =>
+    Effect.gen(function* () {
+      const f = fixture()
+      const parent = yield* makeVmdParent(run.options({ env: { VMM_TEST_VM_MODE: "hang" } }))
+      const starting = yield* Effect.fork(Effect.either(parent.startVm(smallSpec(f, "hung"))))
+      yield* eventually(() => vmProcesses(run.token).length === 1, "the hung VM process runs")
+      const mark = yield* parent.mark
+      const t0 = performance.now()
+      process.kill(parent.vmmPid, "SIGTERM")
+      yield* parent.waitFor((e) => e._tag === "VmmGone", mark)
+      // before session 11: ~29 s, the rest of the handshake timeout
+      expect(performance.now() - t0).toBeLessThan(10_000)
+      expect(yield* parent.close).toEqual({ _tag: "Exited", code: 0 })
+      yield* Fiber.interrupt(starting)
+      yield* eventually(() => vmProcesses(run.token).length === 0, "no VM process is left")
     })
   )
 
