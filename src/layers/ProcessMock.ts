@@ -69,6 +69,8 @@ export class ProcessMockControl extends Context.Tag("vmd-vmm/ProcessMockControl"
 export interface ProcessMockOptions {
   /** The first pid handed out (default 1000); later ones count up. */
   readonly firstPid?: number
+  /** Pids for the first spawns, in order, before the count (a pid used again, as after a wrap). */
+  readonly pids?: ReadonlyArray<number>
 }
 
 const signals: Readonly<Record<string, number | undefined>> = osConstants.signals
@@ -96,6 +98,7 @@ export const make = (
 ): Effect.Effect<readonly [ProcessService, ProcessMockControlService], never, Scope.Scope> =>
   Effect.gen(function* () {
     let nextPid = options.firstPid ?? 1000
+    const givenPids = [...(options.pids ?? [])]
     const live = new Map<number, MockChild>()
     const exits = new ExitBox()
     const failures: Array<number> = []
@@ -133,7 +136,8 @@ export const make = (
         if (closed !== undefined) return yield* fail(Errno.EBADF, `spawn ${req.command}: ${closed.toString()}`)
         const at = childNumbers(req)
         if (typeof at === "string") return yield* fail(Errno.EINVAL, `spawn ${req.command}: ${at}`)
-        const pid = nextPid++
+        const pid = givenPids.shift() ?? nextPid++
+        if (live.has(pid)) return yield* fail(Errno.EAGAIN, `spawn ${req.command}: pid ${pid} in use`)
         const child: MockChild = {
           pid,
           exit: yield* Deferred.make<ExitStatus>(),

@@ -192,7 +192,17 @@ export const make = (
         statm.forget(pid)
         // The common case, a VM process already reaped (vmm_sighdlr terminates every
         // VM that exited): answer ESRCH without a round trip or a new error object.
-        if (!(yield* proc.isAlive(pid))) return yield* Effect.fail(GONE)
+        // Its SIGKILL timer, if a forced stop armed one, goes now (vmm.c 1.143's
+        // vmm_sighdlr deletes vm_timeout_ev): left to expire, it would kill a VM
+        // started in the meantime under the same pid.
+        if (!(yield* proc.isAlive(pid))) {
+          const stale = timers.get(pid)
+          if (stale !== undefined) {
+            timers.delete(pid)
+            yield* Fiber.interrupt(stale)
+          }
+          return yield* Effect.fail(GONE)
+        }
         yield* proc.kill(pid, "SIGTERM").pipe(Effect.mapError((e) => vmmError(e.errno, `kill ${pid} SIGTERM`)))
         const pending = timers.get(pid)
         if (pending !== undefined) yield* Fiber.interrupt(pending)

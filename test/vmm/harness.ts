@@ -59,6 +59,8 @@ export interface HarnessOptions {
   /** "kernel": VmmDeviceVmm on the mock vmm(4); "process": VmmDeviceProcess (SIGTERM, 10 s, SIGKILL). */
   readonly backend?: "kernel" | "process"
   readonly firstPid?: number
+  /** Pids for the first VM processes, in order (ProcessMock's `pids`). */
+  readonly pids?: ReadonlyArray<number>
   readonly handshakeTimeoutMs?: number
   readonly verbose?: number
   readonly debug?: boolean
@@ -202,7 +204,7 @@ export const makeHarness = (options: HarnessOptions = {}): Effect.Effect<Harness
     const vms = makeSimVms(imsg, table)
     const { program, sims } = vms
 
-    const [mockProcess, control] = yield* ProcessMock.make(program, { firstPid: options.firstPid ?? 1000 })
+    const [mockProcess, control] = yield* ProcessMock.make(program, { firstPid: options.firstPid ?? 1000, pids: options.pids ?? [] })
 
     // fork: the child gets the real socket end in place of the vmm's copy.
     const process: ProcessService = {
