@@ -31,7 +31,8 @@ const PLATFORM = IS_OPENBSD
       MSG_CTRUNC: 0x20,
       MSG_NOSIGNAL: 0x400,
       MSG_CMSG_CLOEXEC: 0x800,
-      SOL_SOCKET: 0xffff
+      SOL_SOCKET: 0xffff,
+      SO_TYPE: 0x1008
     }
   : {
       SOCK_NONBLOCK: 0o4000,
@@ -43,7 +44,8 @@ const PLATFORM = IS_OPENBSD
       MSG_CTRUNC: 0x8,
       MSG_NOSIGNAL: 0x4000,
       MSG_CMSG_CLOEXEC: 0x40000000,
-      SOL_SOCKET: 1
+      SOL_SOCKET: 1,
+      SO_TYPE: 3
     }
 
 export const AF_UNIX = 1
@@ -66,6 +68,7 @@ export const MSG_CTRUNC = PLATFORM.MSG_CTRUNC
 export const MSG_NOSIGNAL = PLATFORM.MSG_NOSIGNAL
 export const MSG_CMSG_CLOEXEC = PLATFORM.MSG_CMSG_CLOEXEC
 export const SOL_SOCKET = PLATFORM.SOL_SOCKET
+export const SO_TYPE = PLATFORM.SO_TYPE
 export const SCM_RIGHTS = 1
 
 const EINTR = 4
@@ -83,7 +86,8 @@ const c = {
   fstat: self.func("int fstat(int fd, void *statbuf)"),
   open: self.func("int open(const char *path, int flags, ...)"),
   getpid: self.func("int getpid(void)"),
-  poll: self.func("int poll(_Inout_ uint8_t *fds, uint64_t nfds, int timeout)")
+  poll: self.func("int poll(_Inout_ uint8_t *fds, uint64_t nfds, int timeout)"),
+  getsockopt: self.func("int getsockopt(int fd, int level, int name, _Out_ int *value, _Inout_ uint32_t *len)")
 }
 
 const ret = (r: number | bigint): number => {
@@ -140,6 +144,14 @@ export const pollOne = (fd: number, writable: boolean, ms: number): number => {
 
 /** close(2); 0 or -errno. Not retried on EINTR (the fd is gone on Linux). */
 export const close = (fd: number): number => ret(c.close(fd))
+
+/** The socket type of fd (SOCK_STREAM, ...; getsockopt SO_TYPE), or -errno (ENOTSOCK, EBADF). */
+export const socketType = (fd: number): number => {
+  const value = [0]
+  const len = [4]
+  const r = ret(c.getsockopt(fd, SOL_SOCKET, SO_TYPE, value, len))
+  return r < 0 ? r : (value[0] ?? -1)
+}
 
 /** fcntl(2) with an int argument (every variadic argument is typed for koffi). */
 export const fcntl = (fd: number, cmd: number, arg = 0): number => retry(() => ret(c.fcntl(fd, cmd, "int", arg)))

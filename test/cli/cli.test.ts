@@ -1,4 +1,5 @@
 import { spawn } from "node:child_process"
+import { openSync } from "node:fs"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { describe, expect, it } from "@effect/vitest"
@@ -179,6 +180,37 @@ describe("bin/vmm start-up", () => {
     const code = await new Promise<number | null>((resolve) => child.once("exit", (c) => resolve(c)))
     expect(stderr).toContain("vmm: code cache accepted")
     expect(code).toBe(0)
+  }, 30_000)
+
+  const runBin = (args: ReadonlyArray<string>, fd3: "none" | "devnull") =>
+    new Promise<{ code: number | null; stderr: string }>((resolve) => {
+      const root = fileURLToPath(new URL("../../", import.meta.url))
+      const child = spawn(join(root, "bin/vmm"), [...args], {
+        stdio: fd3 === "none" ? ["ignore", "ignore", "pipe"] : ["ignore", "ignore", "pipe", openSync("/dev/null", "r")],
+        env: { ...process.env, VMD_VMM_LOG_STDERR: "1", NODE_OPTIONS: "" }
+      })
+      let stderr = ""
+      child.stderr!.setEncoding("utf8")
+      child.stderr!.on("data", (d: string) => (stderr += d))
+      const timer = setTimeout(() => child.kill("SIGKILL"), 20_000)
+      child.once("close", (code) => {
+        clearTimeout(timer)
+        resolve({ code, stderr })
+      })
+    })
+
+  it.runIf(process.platform === "linux")("-P vmm without the parent's socket on fd 3 (none, or a file) exits 1 and says so, rather than serving Node's own fd", async () => {
+    for (const fd3 of ["none", "devnull"] as const) {
+      const r = await runBin(["-P", "vmm", "--backend", "mock"], fd3)
+      expect(r.stderr).toContain("fatal: fd 3 is not the parent's stream socket (ENOTSOCK)")
+      expect(r.code).toBe(1)
+    }
+  }, 45_000)
+
+  it.runIf(process.platform === "linux")("a VM process whose -V fd is not a stream socket exits EBADF and says so", async () => {
+    const r = await runBin(["-V", "3", "-i", "-1", "-j", "-1", "-d"], "devnull")
+    expect(r.stderr).toContain("vm socket 3: not a stream socket (ENOTSOCK)")
+    expect(r.code).toBe(9)
   }, 30_000)
 
   it.runIf(process.platform === "linux")("SIGUSR1 is ignored, as proc.c does: no Node inspector opens, the vmm serves on and exits 0 at EOF", async () => {
