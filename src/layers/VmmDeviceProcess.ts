@@ -172,11 +172,17 @@ export const make = (
     const timers = new Map<number, Fiber.RuntimeFiber<void>>()
     const holder = yield* deviceFdHolder
 
-    // The vm_timeout_ev expiry: SIGKILL if the VM is still one of our live children.
-    const escalate = (pid: number): Effect.Effect<void> =>
+    // The vm_timeout_ev expiry: SIGKILL if that VM is still registered under that pid and
+    // still one of our live children. vmm.c 1.143 deletes the timer in vm_remove (and so in
+    // vmm_sighdlr): a VM removed, or gone, before it fires is not killed, nor a VM started
+    // since under the same pid (a wrap of the pid space).
+    const escalate = (pid: number, vmmId: number): Effect.Effect<void> =>
       Effect.sleep(killAfter).pipe(
         Effect.zipRight(Effect.sync(() => timers.delete(pid))),
-        Effect.zipRight(proc.isAlive(pid)),
+        Effect.zipRight(vms),
+        Effect.flatMap((listed) =>
+          listed.some((vm) => vm.pid === pid && vm.vmmId === vmmId) ? proc.isAlive(pid) : Effect.succeed(false)
+        ),
         Effect.flatMap((alive) =>
           alive
             ? proc.kill(pid, "SIGKILL").pipe(
@@ -186,7 +192,7 @@ export const make = (
         )
       )
 
-    const terminate: VmmDeviceService["terminate"] = ({ pid }) =>
+    const terminate: VmmDeviceService["terminate"] = ({ pid, vmmId }) =>
       Effect.gen(function* () {
         if (pid <= 0) return yield* Effect.fail(vmmError(Errno.EINVAL, `terminate pid ${pid}`))
         statm.forget(pid)
@@ -206,7 +212,7 @@ export const make = (
         yield* proc.kill(pid, "SIGTERM").pipe(Effect.mapError((e) => vmmError(e.errno, `kill ${pid} SIGTERM`)))
         const pending = timers.get(pid)
         if (pending !== undefined) yield* Fiber.interrupt(pending)
-        timers.set(pid, yield* Effect.forkIn(escalate(pid), scope))
+        timers.set(pid, yield* Effect.forkIn(escalate(pid, vmmId), scope))
       })
 
     // One pass, no Effect per VM: info must stay fast with hundreds of VMs.

@@ -89,6 +89,31 @@ describe("process backend: SIGTERM, then SIGKILL after 10 s", () => {
     })
   )
 
+  it.scoped("the SIGKILL armed for a VM removed before it exits is dropped too (vm_remove deletes vm_timeout_ev)", () =>
+    Effect.gen(function* () {
+      const h = yield* booted({ backend: "process", pids: [500, 500] })
+      h.plan("stubborn", { _tag: "Normal" }, stubborn("ignore"))
+      h.plan("next", { _tag: "Normal" }, stubborn("ignore"))
+      expect(yield* startRunning(h, 1, { name: "stubborn" })).toBe(500)
+      yield* h.send(stop(1, VMOP_FORCE))
+      yield* h.settle
+      expectParent(h.takeParent(), [stopResponse(1, 0)])
+      // A second START_VM_END for it: EALREADY, and the VM is removed (its exit is then
+      // ignored); it ends on its socket's EOF.
+      yield* h.send({ type: M.START_VM_END, peerid: 1, fd: h.makeFd("vm1.tty again") })
+      yield* h.settle
+      expectParent(h.takeParent(), [reply(M.START_VM_RESPONSE, 1, vmopResult(E.EALREADY, 1, 0))])
+      expect(yield* h.process.children).toEqual([])
+      yield* TestClock.adjust("4 seconds")
+      expect(yield* startRunning(h, 2, { name: "next" })).toBe(500)
+      yield* TestClock.adjust("1 minute")
+      yield* h.settle
+      expect(h.takeParent()).toEqual([])
+      expect(yield* h.process.children).toEqual([500])
+      expect((yield* h.control.signalsSent).map((s) => [s.pid, s.signal])).toEqual([[500, "SIGTERM"]])
+    })
+  )
+
   it.scoped("a graceful stop sends VM_REBOOT and no signal", () =>
     Effect.gen(function* () {
       const h = yield* processBackend()
