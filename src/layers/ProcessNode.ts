@@ -165,6 +165,8 @@ export const make: Effect.Effect<ProcessService, never, Scope.Scope> = Effect.ge
       const at = childNumbers(req)
       if (typeof at === "string") return yield* Effect.fail(spawnError(Errno.EINVAL, `spawn ${req.command}: ${at}`))
       const exit = yield* Deferred.make<ExitStatus>()
+      /** How a spawn that returned no pid failed (its 'error' event). */
+      const failed = yield* Deferred.make<never, SpawnError>()
       sealInheritedFds()
       let child: ChildProcess
       const pads = padBelow(Math.max(2, ...at))
@@ -182,12 +184,15 @@ export const make: Effect.Effect<ProcessService, never, Scope.Scope> = Effect.ge
       }
       const pid = child.pid
       if (pid === undefined) {
-        return yield* Effect.async<never, SpawnError>((resume) => {
-          child.once("error", (e) => {
-            const errno = fromErrorCode(codeOf(e))
-            resume(Effect.fail(spawnError(errno, `spawn ${req.command}: ${errnoName(errno)}`)))
-          })
+        // A failed spawn (ENOENT, EAGAIN, EMFILE...) is an 'error' event on the next tick.
+        // Listen now, in the same synchronous step: the fiber may yield before its next
+        // effect runs (the op budget), and an 'error' with no listener would throw, uncaught,
+        // and end the vmm (found by a review, reproduced with a forced yield).
+        child.once("error", (e) => {
+          const errno = fromErrorCode(codeOf(e))
+          Deferred.unsafeDone(failed, Exit.fail(spawnError(errno, `spawn ${req.command}: ${errnoName(errno)}`)))
         })
+        return yield* Deferred.await(failed)
       }
       const entry: LiveChild = { child, exit }
       live.set(pid, entry)

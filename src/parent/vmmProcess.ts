@@ -79,12 +79,21 @@ export const spawnVmm = (o: VmmSpawnOptions, childEnd: Fd): Effect.Effect<VmmChi
       const cmd = o.command ?? binVmm
       const out = o.output ?? "inherit"
       const exit = yield* Deferred.make<ExitStatus>()
+      /** How a spawn that returned no pid failed (its 'error' event, a nextTick later). */
+      const failed = yield* Deferred.make<never, ParentError>()
       const child = yield* Effect.try({
-        try: () =>
-          spawn(cmd.command, [...vmmArgv(o)], {
+        try: () => {
+          const c = spawn(cmd.command, [...vmmArgv(o)], {
             stdio: ["ignore", out, out, childEnd.num],
             env: { ...process.env, ...o.env }
-          }),
+          })
+          // listened for in the same synchronous step (see ProcessNode's spawn): the fiber
+          // may yield before its next effect, and an 'error' nobody hears is thrown, uncaught
+          c.once("error", (e) =>
+            Deferred.unsafeDone(failed, Exit.fail(parentError("spawn", fromErrorCode(errorCode(e)), `${cmd.command}: ${e.message}`)))
+          )
+          return c
+        },
         catch: (e) => parentError("spawn", fromErrorCode(errorCode(e)), `${cmd.command}: ${String(e)}`)
       })
       child.once("exit", (code, sig) =>
@@ -94,11 +103,7 @@ export const spawnVmm = (o: VmmSpawnOptions, childEnd: Fd): Effect.Effect<VmmChi
         )
       )
       const pid = child.pid
-      if (pid === undefined) {
-        return yield* Effect.async<never, ParentError>((resume) => {
-          child.once("error", (e) => resume(Effect.fail(parentError("spawn", fromErrorCode(errorCode(e)), `${cmd.command}: ${e.message}`))))
-        })
-      }
+      if (pid === undefined) return yield* Deferred.await(failed)
       child.on("error", () => {})
       const done = Deferred.isDone(exit)
       const signal = (sig: "SIGTERM" | "SIGKILL") =>
