@@ -110,6 +110,8 @@ class ImsgConnection {
   #paused: boolean
   /** The listener's consumer lags (Channel.unsafeHold): nothing is read until it lets go. */
   #held = false
+  /** In #pollError (a poll error while handling one is a failed restart of the poll). */
+  #inPollError = false
   #writing = false
   #writeScheduled = false
   #wake: (() => void) | null = null
@@ -233,11 +235,19 @@ class ImsgConnection {
    * taken for a misbehaving one, and its reboot (exit 35) reported as 0.
    */
   #pollError(errno: number): void {
-    const unexplained = this.#readNow(true)
-    if (this.#writing && !this.#closed) this.#writeNow()
-    if (this.#ending !== null || this.#closed) return
-    if (unexplained) return this.#fail(ioError("poll", errno))
-    this.#watch()
+    // Re-entered from the #watch below: starting the poll again failed (the driver reports
+    // that synchronously). Nothing more to try: fail, rather than recurse.
+    if (this.#inPollError) return this.#fail(ioError("poll", errno))
+    this.#inPollError = true
+    try {
+      const unexplained = this.#readNow(true)
+      if (this.#writing && !this.#closed) this.#writeNow()
+      if (this.#ending !== null || this.#closed) return
+      if (unexplained) return this.#fail(ioError("poll", errno))
+      this.#watch()
+    } finally {
+      this.#inPollError = false
+    }
   }
 
   #notify(): void {

@@ -7,6 +7,7 @@ import { Errno } from "../../src/schema/errno.ts"
 import type { Imsg } from "../../src/services/ImsgChannel.ts"
 import { ImsgChannel } from "../../src/services/ImsgChannel.ts"
 import { hex } from "./frames.ts"
+import { makeChannel, type DriverEvents, type SocketDriver } from "../../src/imsg/channel.ts"
 
 const take = (messages: Stream.Stream<Imsg, unknown>, n: number) =>
   messages.pipe(Stream.take(n), Stream.runCollect, Effect.map(Chunk.toArray))
@@ -388,5 +389,36 @@ describe("ImsgChannelMemory", () => {
         { numRuns: 60 }
       )
     )
+  )
+})
+
+describe("a channel whose poll cannot be started again after an error", () => {
+  it.effect("fails with the error instead of retrying for ever (no recursion through the driver)", () =>
+    Effect.gen(function* () {
+      let events: DriverEvents | null = null
+      let watches = 0
+      const driver = (e: DriverEvents): SocketDriver => {
+        events = e
+        return {
+          fd: 99,
+          recv: () => -Errno.EAGAIN,
+          send: () => -Errno.EAGAIN, // the queue waits for POLLOUT
+          watch: (_readable, writable) => {
+            watches++
+            // starting it with POLLOUT fails (as uv_poll_start's EEXIST would), synchronously
+            if (writable && watches > 1) events?.error(Errno.EEXIST)
+          },
+          close: (done) => done()
+        }
+      }
+      const ch = makeChannel(driver)
+      ch.unsafeHold(true)
+      ch.unsafeSend({ type: 1, peerid: 0, pid: 1 })
+      ch.unsafeWritePending()
+      const ended = yield* ch.receive.pipe(Effect.either)
+      expect(Either.isLeft(ended) && ended.left.message).toMatch(/poll/)
+      expect(watches).toBeLessThan(10)
+      yield* ch.close
+    })
   )
 })
