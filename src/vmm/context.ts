@@ -49,6 +49,14 @@ export interface VmmState {
   /** env->vmd_cfg (CONFIG). */
   config: VmdConfig
   verbose: number
+  /**
+   * A shutdown was asked for (SIGTERM/SIGINT) or the parent is gone: a start
+   * handshake does not wait for its VM's id any more (the vmm would otherwise
+   * shut down only after the handshake timeout).
+   */
+  stopping: boolean
+  /** The VM process whose id a start handshake waits for now (0: none): what a shutdown ends. */
+  handshakePid: number
 }
 
 export interface VmmContext {
@@ -70,12 +78,6 @@ export interface VmmContext {
    * Sets vm.channel / vm.closeChannel.
    */
   readonly watchVm: (vm: Vm, channel: Channel) => Effect.Effect<void>
-  /**
-   * Completes when the vmm is to end (SIGTERM/SIGINT, or the parent gone):
-   * a start handshake waiting for its VM's id gives up then, instead of
-   * holding the shutdown behind it for up to its timeout.
-   */
-  readonly stopping: Effect.Effect<void>
 }
 
 /** composeParent now, outside an effect (vmm_sighdlr's synchronous step). */

@@ -59,7 +59,7 @@ export const vmArgv = (ctx: VmmContext, childSocket: Fd, num: ChildNumber): Arra
  * within the handshake timeout. Meanwhile the sockets are still read and
  * exits reaped, but the dispatcher, as vmm.c, handles nothing else: a stuck
  * VM holds every other request and exit report until its timeout (vmm.c:
- * for ever), except a shutdown, which ends the wait (`stopping`).
+ * for ever), except a shutdown, which ends the wait (VmmState.stopping).
  */
 export const ID_BLOCK_MS = 5
 
@@ -144,15 +144,18 @@ const handshake = (ctx: VmmContext, vm: Vm, imsg: Imsg): Effect.Effect<Either.Ei
     }
     // vmm_pipe, first half, while the child starts up (a failure is reported below, in vmm.c's order).
     channel = yield* ctx.openVmChannel(ours)
-    const idBytes = yield* Effect.either(
-      Effect.raceFirst(
-        ctx.imsg.readRaw(ours, 4, timeout, ID_BLOCK_MS),
-        Effect.zipRight(ctx.stopping, Effect.fail("stopping" as const))
-      )
-    )
+    // A shutdown ends the wait by killing the child (the read then meets EOF): see server.ts's stop.
+    const stopped = () => logDebug(`vmm_start_vm: shutting down, no longer waiting for vm ${vm.params.vmc_name}'s id`)
+    if (ctx.state.stopping) {
+      yield* stopped()
+      return yield* fail(Errno.EIO)
+    }
+    ctx.state.handshakePid = child.right.pid
+    const idBytes = yield* Effect.either(ctx.imsg.readRaw(ours, 4, timeout, ID_BLOCK_MS))
+    ctx.state.handshakePid = 0
     if (Either.isLeft(idBytes)) {
-      if (idBytes.left === "stopping") {
-        yield* logDebug(`vmm_start_vm: shutting down, no longer waiting for vm ${vm.params.vmc_name}'s id`)
+      if (ctx.state.stopping) {
+        yield* stopped()
         return yield* fail(Errno.EIO)
       }
       // vmd could not allocate memory for the vm
