@@ -60,6 +60,8 @@ describe("VmmDeviceProcess terminate (ProcessMock, TestClock)", () => {
       const device = yield* VmmDevice
       const control = yield* ProcessMockControl
       const child = yield* proc.spawn(vmReq("ignore"))
+      yield* reset
+      registry.push(vm(1, child.pid, "stubborn"))
       yield* device.terminate({ vmmId: 1, pid: child.pid })
       yield* TestClock.adjust("9999 millis")
       expect(yield* proc.isAlive(child.pid)).toBe(true)
@@ -70,6 +72,25 @@ describe("VmmDeviceProcess terminate (ProcessMock, TestClock)", () => {
         { pid: child.pid, signal: "SIGTERM", at: 0 },
         { pid: child.pid, signal: "SIGKILL", at: 10_000 }
       ])
+    }).pipe(Effect.provide(mockDevice()))
+  )
+
+  it.effect("a VM no longer registered under that pid and id when the 10 s are up is not sent SIGKILL (vm_remove deletes the timer)", () =>
+    Effect.gen(function* () {
+      const proc = yield* Process
+      const device = yield* VmmDevice
+      const control = yield* ProcessMockControl
+      const child = yield* proc.spawn(vmReq("ignore"))
+      yield* reset
+      registry.push(vm(1, child.pid, "stubborn"))
+      yield* device.terminate({ vmmId: 1, pid: child.pid })
+      yield* TestClock.adjust("5 seconds")
+      yield* reset // removed from the registry, still running
+      registry.push(vm(2, child.pid, "another id under that pid"))
+      yield* TestClock.adjust("1 minute")
+      expect(yield* proc.isAlive(child.pid)).toBe(true)
+      expect((yield* control.signalsSent).map((s) => s.signal)).toEqual(["SIGTERM"])
+      yield* proc.kill(child.pid, "SIGKILL")
     }).pipe(Effect.provide(mockDevice()))
   )
 
@@ -92,6 +113,8 @@ describe("VmmDeviceProcess terminate (ProcessMock, TestClock)", () => {
       const device = yield* VmmDevice
       const control = yield* ProcessMockControl
       const child = yield* proc.spawn(vmReq("ignore"))
+      yield* reset
+      registry.push(vm(1, child.pid, "stubborn"))
       yield* device.terminate({ vmmId: 1, pid: child.pid })
       yield* TestClock.adjust("4 seconds")
       yield* device.terminate({ vmmId: 1, pid: child.pid })
