@@ -53,16 +53,23 @@ const reset = Effect.sync(() => {
   registry.length = 0
 })
 
+/** A registered VM (id 1) that ignores SIGTERM, just terminated: its SIGKILL is armed. */
+const stubbornTerminated = Effect.gen(function* () {
+  const proc = yield* Process
+  const device = yield* VmmDevice
+  const child = yield* proc.spawn(vmReq("ignore"))
+  yield* reset
+  registry.push(vm(1, child.pid, "stubborn"))
+  yield* device.terminate({ vmmId: 1, pid: child.pid })
+  return child
+})
+
 describe("VmmDeviceProcess terminate (ProcessMock, TestClock)", () => {
   it.effect("a VM that ignores SIGTERM gets SIGKILL exactly 10 s later, not before", () =>
     Effect.gen(function* () {
       const proc = yield* Process
-      const device = yield* VmmDevice
       const control = yield* ProcessMockControl
-      const child = yield* proc.spawn(vmReq("ignore"))
-      yield* reset
-      registry.push(vm(1, child.pid, "stubborn"))
-      yield* device.terminate({ vmmId: 1, pid: child.pid })
+      const child = yield* stubbornTerminated
       yield* TestClock.adjust("9999 millis")
       expect(yield* proc.isAlive(child.pid)).toBe(true)
       expect((yield* control.signalsSent).map((s) => s.signal)).toEqual(["SIGTERM"])
@@ -78,12 +85,8 @@ describe("VmmDeviceProcess terminate (ProcessMock, TestClock)", () => {
   it.effect("a VM no longer registered under that pid and id when the 10 s are up is not sent SIGKILL (vm_remove deletes the timer)", () =>
     Effect.gen(function* () {
       const proc = yield* Process
-      const device = yield* VmmDevice
       const control = yield* ProcessMockControl
-      const child = yield* proc.spawn(vmReq("ignore"))
-      yield* reset
-      registry.push(vm(1, child.pid, "stubborn"))
-      yield* device.terminate({ vmmId: 1, pid: child.pid })
+      const child = yield* stubbornTerminated
       yield* TestClock.adjust("5 seconds")
       yield* reset // removed from the registry, still running
       registry.push(vm(2, child.pid, "another id under that pid"))
@@ -112,10 +115,7 @@ describe("VmmDeviceProcess terminate (ProcessMock, TestClock)", () => {
       const proc = yield* Process
       const device = yield* VmmDevice
       const control = yield* ProcessMockControl
-      const child = yield* proc.spawn(vmReq("ignore"))
-      yield* reset
-      registry.push(vm(1, child.pid, "stubborn"))
-      yield* device.terminate({ vmmId: 1, pid: child.pid })
+      const child = yield* stubbornTerminated
       yield* TestClock.adjust("4 seconds")
       yield* device.terminate({ vmmId: 1, pid: child.pid })
       yield* TestClock.adjust("6 seconds")
