@@ -6,7 +6,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, Scope, TestClock, TestContext } from "effect"
 import fc from "fast-check"
-import type { VmBehaviour } from "./harness.ts"
+import type { Harness, VmBehaviour } from "./harness.ts"
 import { booted, idleFds, startRunning } from "./fixtures.ts"
 import { propRuns } from "./scenario.ts"
 import { expectOpen, expectParent, reply } from "./steps.ts"
@@ -19,6 +19,22 @@ const event = (vmid: number, res: number) => reply(M.TERMINATE_VM_EVENT, PEERID_
 const processBackend = (firstPid = 500) => booted({ backend: "process", firstPid })
 
 const stubborn = (sigterm: VmBehaviour["sigterm"]) => ({ sigterm })
+
+/**
+ * 4 s after VM 1 (pid 500) was force-stopped and is gone, VM 2 ("next", planned to ignore
+ * SIGTERM) starts under the same pid (a wrap of the pid space): it must live on past VM 1's
+ * 10 s, with only VM 1's SIGTERM ever sent.
+ */
+const nextUnderTheSamePidLivesOn = (h: Harness) =>
+  Effect.gen(function* () {
+    yield* TestClock.adjust("4 seconds")
+    expect(yield* startRunning(h, 2, { name: "next" })).toBe(500)
+    yield* TestClock.adjust("1 minute")
+    yield* h.settle
+    expect(h.takeParent()).toEqual([])
+    expect(yield* h.process.children).toEqual([500])
+    expect((yield* h.control.signalsSent).map((s) => [s.pid, s.signal])).toEqual([[500, "SIGTERM"]])
+  })
 
 describe("process backend: SIGTERM, then SIGKILL after 10 s", () => {
   it.scoped("a forced stop of a VM that ignores SIGTERM kills it at exactly 10 s, reported as EIO", () =>
@@ -78,14 +94,7 @@ describe("process backend: SIGTERM, then SIGKILL after 10 s", () => {
       yield* h.send(stop(1, VMOP_FORCE))
       yield* h.settle
       expectParent(h.takeParent(), [stopResponse(1, 0), event(1, 0)])
-      yield* TestClock.adjust("4 seconds")
-      // the pid comes round again (a wrap of the pid space) for the next VM
-      expect(yield* startRunning(h, 2, { name: "next" })).toBe(500)
-      yield* TestClock.adjust("1 minute")
-      yield* h.settle
-      expect(h.takeParent()).toEqual([])
-      expect(yield* h.process.children).toEqual([500])
-      expect((yield* h.control.signalsSent).map((s) => [s.pid, s.signal])).toEqual([[500, "SIGTERM"]])
+      yield* nextUnderTheSamePidLivesOn(h)
     })
   )
 
@@ -104,13 +113,7 @@ describe("process backend: SIGTERM, then SIGKILL after 10 s", () => {
       yield* h.settle
       expectParent(h.takeParent(), [reply(M.START_VM_RESPONSE, 1, vmopResult(E.EALREADY, 1, 0))])
       expect(yield* h.process.children).toEqual([])
-      yield* TestClock.adjust("4 seconds")
-      expect(yield* startRunning(h, 2, { name: "next" })).toBe(500)
-      yield* TestClock.adjust("1 minute")
-      yield* h.settle
-      expect(h.takeParent()).toEqual([])
-      expect(yield* h.process.children).toEqual([500])
-      expect((yield* h.control.signalsSent).map((s) => [s.pid, s.signal])).toEqual([[500, "SIGTERM"]])
+      yield* nextUnderTheSamePidLivesOn(h)
     })
   )
 
