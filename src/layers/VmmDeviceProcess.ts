@@ -169,50 +169,51 @@ export const make = (
     const statm = new StatmFiles()
     yield* Effect.addFinalizer(() => Effect.sync(() => statm.closeAll()))
     const residentBytes = options.residentBytes ?? ((pid: number) => statm.read(pid))
-    const timers = new Map<number, Fiber.RuntimeFiber<void>>()
+    /** The SIGKILL armed per pid by the last forced stop (an entry leaves when its fiber ends). */
+    const timers = new Map<number, { fiber: Fiber.RuntimeFiber<void> | null }>()
     const holder = yield* deviceFdHolder
 
-    // The vm_timeout_ev expiry: SIGKILL if that VM is still registered under that pid and
-    // still one of our live children. vmm.c 1.143 deletes the timer in vm_remove (and so in
-    // vmm_sighdlr): a VM removed, or gone, before it fires is not killed, nor a VM started
-    // since under the same pid (a wrap of the pid space).
-    const escalate = (pid: number, vmmId: number): Effect.Effect<void> =>
-      Effect.sleep(killAfter).pipe(
-        Effect.zipRight(Effect.sync(() => timers.delete(pid))),
-        Effect.zipRight(vms),
-        Effect.flatMap((listed) =>
-          listed.some((vm) => vm.pid === pid && vm.vmmId === vmmId) ? proc.isAlive(pid) : Effect.succeed(false)
-        ),
-        Effect.flatMap((alive) =>
-          alive
-            ? proc.kill(pid, "SIGKILL").pipe(
-                Effect.catchAll((e) => Effect.logWarning(`SIGKILL ${pid} after ${Duration.format(killAfter)}: ${e.message}`))
-              )
-            : Effect.void
+    // The vm_timeout_ev expiry: SIGKILL the process the forced stop was for, unless it has
+    // been reaped by then. Tied to that process, not to its pid or the registry: a VM that
+    // exits first is left alone, and so is any process later given the same pid (a wrap of
+    // the pid space), as a VM restarted under the same id; a VM removed from the registry
+    // while still running (vmm_shutdown on CTL_RESET, a failed start's removal) is still
+    // killed, as vmm.c 1.143 SIGKILLs what vmm_shutdown leaves.
+    const escalate = (pid: number, exited: Effect.Effect<unknown>): Effect.Effect<void> =>
+      Effect.raceFirst(
+        Effect.asVoid(exited),
+        Effect.sleep(killAfter).pipe(
+          Effect.zipRight(
+            proc.kill(pid, "SIGKILL").pipe(
+              Effect.catchAll((e) => Effect.logWarning(`SIGKILL ${pid} after ${Duration.format(killAfter)}: ${e.message}`))
+            )
+          )
         )
       )
 
-    const terminate: VmmDeviceService["terminate"] = ({ pid, vmmId }) =>
+    const terminate: VmmDeviceService["terminate"] = ({ pid }) =>
       Effect.gen(function* () {
         if (pid <= 0) return yield* Effect.fail(vmmError(Errno.EINVAL, `terminate pid ${pid}`))
         statm.forget(pid)
         // The common case, a VM process already reaped (vmm_sighdlr terminates every
         // VM that exited): answer ESRCH without a round trip or a new error object.
-        // Its SIGKILL timer, if a forced stop armed one, goes now (vmm.c 1.143's
-        // vmm_sighdlr deletes vm_timeout_ev): left to expire, it would kill a VM
-        // started in the meantime under the same pid.
-        if (!(yield* proc.isAlive(pid))) {
-          const stale = timers.get(pid)
-          if (stale !== undefined) {
-            timers.delete(pid)
-            yield* Fiber.interrupt(stale)
-          }
-          return yield* Effect.fail(GONE)
-        }
+        const exited = yield* proc.exitOf(pid)
+        if (exited === null) return yield* Effect.fail(GONE)
         yield* proc.kill(pid, "SIGTERM").pipe(Effect.mapError((e) => vmmError(e.errno, `kill ${pid} SIGTERM`)))
         const pending = timers.get(pid)
-        if (pending !== undefined) yield* Fiber.interrupt(pending)
-        timers.set(pid, yield* Effect.forkIn(escalate(pid, vmmId), scope))
+        if (pending?.fiber != null) yield* Fiber.interrupt(pending.fiber)
+        const entry: { fiber: Fiber.RuntimeFiber<void> | null } = { fiber: null }
+        timers.set(pid, entry)
+        entry.fiber = yield* Effect.forkIn(
+          escalate(pid, exited).pipe(
+            Effect.ensuring(
+              Effect.sync(() => {
+                if (timers.get(pid) === entry) timers.delete(pid)
+              })
+            )
+          ),
+          scope
+        )
       })
 
     // One pass, no Effect per VM: info must stay fast with hundreds of VMs.

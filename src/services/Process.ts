@@ -5,7 +5,7 @@
  * own number, own session) and `ProcessMock` (each "process" is a fiber
  * running a simulated program, for the property tests).
  */
-import { Chunk, Context, Data, Duration, Effect, ExecutionStrategy, Exit, Option, Scope, Stream } from "effect"
+import { Chunk, Context, Data, Deferred, Duration, Effect, ExecutionStrategy, Exit, Option, Scope, Stream } from "effect"
 import type { Fd } from "./Fd.ts"
 import { Inbox } from "./Inbox.ts"
 
@@ -88,6 +88,13 @@ export interface ProcessService {
   readonly kill: (pid: number, signal: SignalName) => Effect.Effect<void, SpawnError>
   /** true while the pid is one of ours and has not been reaped. */
   readonly isAlive: (pid: number) => Effect.Effect<boolean>
+  /**
+   * The exit of the child that has this pid now, if one is alive: an effect
+   * that completes when **that** process is reaped (not a later one given
+   * the same number); null if the pid is no live child of ours. For what
+   * must follow one process, not a pid (the SIGKILL a forced stop arms).
+   */
+  readonly exitOf: (pid: number) => Effect.Effect<Effect.Effect<ExitStatus> | null>
   /** Every reaped child of this service, in order (the SIGCHLD handler's waitpid loop). */
   readonly exits: Stream.Stream<ChildExit>
   /**
@@ -165,11 +172,16 @@ export const makeOr = <E>(
  * which looks, has its own).
  */
 export const tableService = (
-  live: ReadonlyMap<number, unknown>,
+  live: ReadonlyMap<number, { readonly exit: Deferred.Deferred<ExitStatus> }>,
   exits: ExitBox
-): Pick<ProcessService, "isAlive" | "exits" | "takeExits" | "listenExits" | "children" | "unsafeReapNow"> => ({
+): Pick<ProcessService, "isAlive" | "exitOf" | "exits" | "takeExits" | "listenExits" | "children" | "unsafeReapNow"> => ({
   unsafeReapNow: () => {},
   isAlive: (pid) => Effect.sync(() => live.has(pid)),
+  exitOf: (pid) =>
+    Effect.sync(() => {
+      const child = live.get(pid)
+      return child === undefined ? null : Deferred.await(child.exit)
+    }),
   exits: exits.stream,
   takeExits: exits.takeAll,
   listenExits: (l) => exits.listen(l),

@@ -82,18 +82,20 @@ describe("VmmDeviceProcess terminate (ProcessMock, TestClock)", () => {
     }).pipe(Effect.provide(mockDevice()))
   )
 
-  it.effect("a VM no longer registered under that pid and id when the 10 s are up is not sent SIGKILL (vm_remove deletes the timer)", () =>
+  it.effect("the SIGKILL follows the process, not the registry: a VM removed while running is still killed at 10 s", () =>
     Effect.gen(function* () {
       const proc = yield* Process
       const control = yield* ProcessMockControl
       const child = yield* stubbornTerminated
       yield* TestClock.adjust("5 seconds")
       yield* reset // removed from the registry, still running
-      registry.push(vm(2, child.pid, "another id under that pid"))
-      yield* TestClock.adjust("1 minute")
-      expect(yield* proc.isAlive(child.pid)).toBe(true)
-      expect((yield* control.signalsSent).map((s) => s.signal)).toEqual(["SIGTERM"])
-      yield* proc.kill(child.pid, "SIGKILL")
+      yield* TestClock.adjust("5 seconds")
+      expect(yield* child.exit).toEqual({ _tag: "Signaled", signal: SIGKILL })
+      expect((yield* control.signalsSent).map((s) => [s.signal, s.at])).toEqual([
+        ["SIGTERM", 0],
+        ["SIGKILL", 10_000]
+      ])
+      expect(yield* proc.children).toEqual([])
     }).pipe(Effect.provide(mockDevice()))
   )
 

@@ -10,7 +10,7 @@ import type { Harness, VmBehaviour } from "./harness.ts"
 import { booted, idleFds, startRunning } from "./fixtures.ts"
 import { propRuns } from "./scenario.ts"
 import { expectOpen, expectParent, reply } from "./steps.ts"
-import { E, M, PEERID_NONE, readInfo, VMOP_FORCE, vmopId, vmopResult } from "./wire.ts"
+import { CONFIG_VMS, E, int32, M, PEERID_NONE, readInfo, VMOP_FORCE, vmopId, vmopResult } from "./wire.ts"
 
 const stop = (vmid: number, flags = 0) => ({ type: M.TERMINATE_VM_REQUEST, peerid: 77, data: vmopId(vmid, flags) })
 const stopResponse = (vmid: number, res: number) => reply(M.TERMINATE_VM_RESPONSE, 77, vmopResult(res, vmid, 0))
@@ -21,14 +21,14 @@ const processBackend = (firstPid = 500) => booted({ backend: "process", firstPid
 const stubborn = (sigterm: VmBehaviour["sigterm"]) => ({ sigterm })
 
 /**
- * 4 s after VM 1 (pid 500) was force-stopped and is gone, VM 2 ("next", planned to ignore
+ * 4 s after VM 1 (pid 500) was force-stopped and is gone, VM `vmid` ("next", planned to ignore
  * SIGTERM) starts under the same pid (a wrap of the pid space): it must live on past VM 1's
  * 10 s, with only VM 1's SIGTERM ever sent.
  */
-const nextUnderTheSamePidLivesOn = (h: Harness) =>
+const nextUnderTheSamePidLivesOn = (h: Harness, vmid = 2) =>
   Effect.gen(function* () {
     yield* TestClock.adjust("4 seconds")
-    expect(yield* startRunning(h, 2, { name: "next" })).toBe(500)
+    expect(yield* startRunning(h, vmid, { name: "next" })).toBe(500)
     yield* TestClock.adjust("1 minute")
     yield* h.settle
     expect(h.takeParent()).toEqual([])
@@ -98,23 +98,48 @@ describe("process backend: SIGTERM, then SIGKILL after 10 s", () => {
     })
   )
 
-  it.scoped("the SIGKILL armed for a VM removed before it exits is dropped too (vm_remove deletes vm_timeout_ev)", () =>
+  it.scoped("a VM removed on CTL_RESET that ignores SIGTERM and its socket's EOF is still killed 10 s later (1.143's vmm_shutdown kills)", () =>
     Effect.gen(function* () {
-      const h = yield* booted({ backend: "process", pids: [500, 500] })
-      h.plan("stubborn", { _tag: "Normal" }, stubborn("ignore"))
-      h.plan("next", { _tag: "Normal" }, stubborn("ignore"))
-      expect(yield* startRunning(h, 1, { name: "stubborn" })).toBe(500)
-      yield* h.send(stop(1, VMOP_FORCE))
+      const h = yield* processBackend(600)
+      h.plan("wedged", { _tag: "Normal" }, { sigterm: "ignore", eof: "ignore" })
+      yield* startRunning(h, 1, { name: "wedged" })
+      yield* h.send({ type: M.CTL_RESET, data: int32(CONFIG_VMS) })
       yield* h.settle
-      expectParent(h.takeParent(), [stopResponse(1, 0)])
-      // A second START_VM_END for it: EALREADY, and the VM is removed (its exit is then
-      // ignored); it ends on its socket's EOF.
-      yield* h.send({ type: M.START_VM_END, peerid: 1, fd: h.makeFd("vm1.tty again") })
+      yield* TestClock.adjust("9999 millis")
       yield* h.settle
-      expectParent(h.takeParent(), [reply(M.START_VM_RESPONSE, 1, vmopResult(E.EALREADY, 1, 0))])
+      expect(yield* h.process.children).toEqual([600])
+      yield* TestClock.adjust("1 millis")
+      yield* h.settle
       expect(yield* h.process.children).toEqual([])
-      yield* nextUnderTheSamePidLivesOn(h)
+      expect((yield* h.control.signalsSent).map((s) => [s.pid, s.signal, s.at])).toEqual([
+        [600, "SIGTERM", 0],
+        [600, "SIGKILL", 10_000]
+      ])
+      // removed from the registry at the reset: its exit is no event
+      expect(h.takeParent()).toEqual([])
     })
+  )
+
+  it.scoped.each([2, 1])(
+    "the SIGKILL armed for a VM removed while running, which then ends on its socket's EOF, is dropped: VM %i, started later under the same pid, lives on",
+    (nextVmid) =>
+      Effect.gen(function* () {
+        const h = yield* booted({ backend: "process", pids: [500, 500] })
+        h.plan("stubborn", { _tag: "Normal" }, stubborn("ignore"))
+        h.plan("next", { _tag: "Normal" }, stubborn("ignore"))
+        expect(yield* startRunning(h, 1, { name: "stubborn" })).toBe(500)
+        yield* h.send(stop(1, VMOP_FORCE))
+        yield* h.settle
+        expectParent(h.takeParent(), [stopResponse(1, 0)])
+        // A second START_VM_END for it: EALREADY, and the VM is removed (its exit is then
+        // ignored); it ends on its socket's EOF. Then a VM under the same pid: another id,
+        // or the same one (vmd starting VM 1 again, as after a reboot).
+        yield* h.send({ type: M.START_VM_END, peerid: 1, fd: h.makeFd("vm1.tty again") })
+        yield* h.settle
+        expectParent(h.takeParent(), [reply(M.START_VM_RESPONSE, 1, vmopResult(E.EALREADY, 1, 0))])
+        expect(yield* h.process.children).toEqual([])
+        yield* nextUnderTheSamePidLivesOn(h, nextVmid)
+      })
   )
 
   it.scoped("a graceful stop sends VM_REBOOT and no signal", () =>

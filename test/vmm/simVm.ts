@@ -42,6 +42,8 @@ export interface VmBehaviour {
   readonly termCode: number
   /** SIGTERM: default action (killed), trapped and ignored, or a clean exit 0 (vm.c 1.143). */
   readonly sigterm: "default" | "ignore" | "exit0"
+  /** EOF on its socket: the end (vm.c), or ignored (a process wedged elsewhere). Default "exit". */
+  readonly eof?: "exit" | "ignore"
 }
 
 export const defaultBehaviour: VmBehaviour = { onReboot: "exit", termCode: 0, sigterm: "default" }
@@ -173,6 +175,7 @@ const runVm = (sim: SimVm, sock: Fd, ctx: MockProgramContext): Effect.Effect<num
         case "Terminated":
           return plan.behaviour.termCode
         case "Eof":
+          if (plan.behaviour.eof === "ignore" && !sim.terminated) break
           // vm.c: EOF on the vmm socket ends the VM with 0; if its vcpus died first, that is the end.
           return sim.terminated ? plan.behaviour.termCode : 0
         case "Sigterm":
