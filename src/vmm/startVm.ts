@@ -151,8 +151,14 @@ const handshake = (ctx: VmmContext, vm: Vm, imsg: Imsg): Effect.Effect<Either.Ei
       return yield* fail(Errno.EIO)
     }
     ctx.state.handshakePid = child.right.pid
-    const idBytes = yield* Effect.either(ctx.imsg.readRaw(ours, 4, timeout, ID_BLOCK_MS))
-    ctx.state.handshakePid = 0
+    const idBytes = yield* Effect.either(ctx.imsg.readRaw(ours, 4, timeout, ID_BLOCK_MS)).pipe(
+      // (also on a defect or an interruption: a later shutdown must not kill this pid)
+      Effect.ensuring(
+        Effect.sync(() => {
+          ctx.state.handshakePid = 0
+        })
+      )
+    )
     if (Either.isLeft(idBytes)) {
       if (ctx.state.stopping) {
         yield* stopped()

@@ -62,6 +62,22 @@ describe("ordering", () => {
     })
   )
 
+  it.scoped("a start queued behind a hung one when the shutdown comes gives up too, without waiting for its id", () =>
+    Effect.gen(function* () {
+      const h = yield* booted({ firstPid: 700, handshakeTimeoutMs: 30_000 })
+      h.plan("slow", { _tag: "Hang" })
+      h.plan("slower", { _tag: "Hang" })
+      yield* sendStart(h, 1, { name: "slow" })
+      yield* sendStart(h, 2, { name: "slower" })
+      yield* h.settle
+      yield* h.handle.shutdown("received SIGTERM")
+      yield* h.settle
+      expect(yield* h.handle.done.pipe(Effect.timeout("5 seconds"), Effect.option)).toEqual(Option.some(0))
+      expectParent(h.takeParent(), [startResponse(1, E.EIO), startResponse(2, E.EIO)])
+      expect([h.simByPid(700).end, h.simByPid(701).end].every((e) => e !== null)).toBe(true)
+    })
+  )
+
   it.scoped("the parent going away ends a start handshake's wait at once", () =>
     Effect.gen(function* () {
       const h = yield* booted({ firstPid: 700, handshakeTimeoutMs: 30_000 })
