@@ -179,15 +179,15 @@ export const make = (
     // the pid space), as a VM restarted under the same id; a VM removed from the registry
     // while still running (vmm_shutdown on CTL_RESET, a failed start's removal) is still
     // killed, as vmm.c 1.143 SIGKILLs what vmm_shutdown leaves.
-    const escalate = (pid: number, exited: Effect.Effect<unknown>): Effect.Effect<void> =>
-      Effect.raceFirst(
-        Effect.asVoid(exited),
-        Effect.sleep(killAfter).pipe(
-          Effect.zipRight(
-            proc.kill(pid, "SIGKILL").pipe(
-              Effect.catchAll((e) => Effect.logWarning(`SIGKILL ${pid} after ${Duration.format(killAfter)}: ${e.message}`))
-            )
-          )
+    const escalate = (pid: number, reaped: Effect.Effect<boolean>): Effect.Effect<void> =>
+      Effect.sleep(killAfter).pipe(
+        Effect.zipRight(reaped),
+        Effect.flatMap((gone) =>
+          gone
+            ? Effect.void
+            : proc.kill(pid, "SIGKILL").pipe(
+                Effect.catchAll((e) => Effect.logWarning(`SIGKILL ${pid} after ${Duration.format(killAfter)}: ${e.message}`))
+              )
         )
       )
 
@@ -197,15 +197,15 @@ export const make = (
         statm.forget(pid)
         // The common case, a VM process already reaped (vmm_sighdlr terminates every
         // VM that exited): answer ESRCH without a round trip or a new error object.
-        const exited = yield* proc.exitOf(pid)
-        if (exited === null) return yield* Effect.fail(GONE)
+        const child = yield* proc.childOf(pid)
+        if (child === null) return yield* Effect.fail(GONE)
         yield* proc.kill(pid, "SIGTERM").pipe(Effect.mapError((e) => vmmError(e.errno, `kill ${pid} SIGTERM`)))
         const pending = timers.get(pid)
         if (pending?.fiber != null) yield* Fiber.interrupt(pending.fiber)
         const entry: { fiber: Fiber.RuntimeFiber<void> | null } = { fiber: null }
         timers.set(pid, entry)
         entry.fiber = yield* Effect.forkIn(
-          escalate(pid, exited).pipe(
+          escalate(pid, child.reaped).pipe(
             Effect.ensuring(
               Effect.sync(() => {
                 if (timers.get(pid) === entry) timers.delete(pid)

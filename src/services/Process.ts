@@ -89,12 +89,12 @@ export interface ProcessService {
   /** true while the pid is one of ours and has not been reaped. */
   readonly isAlive: (pid: number) => Effect.Effect<boolean>
   /**
-   * The exit of the child that has this pid now, if one is alive: an effect
-   * that completes when **that** process is reaped (not a later one given
-   * the same number); null if the pid is no live child of ours. For what
-   * must follow one process, not a pid (the SIGKILL a forced stop arms).
+   * The child that has this pid now, if one is alive, as `reaped`: true once
+   * **that** process has been reaped (whatever later gets the same number);
+   * null if the pid is no live child of ours. For what must follow one
+   * process, not a pid (the SIGKILL a forced stop arms).
    */
-  readonly exitOf: (pid: number) => Effect.Effect<Effect.Effect<ExitStatus> | null>
+  readonly childOf: (pid: number) => Effect.Effect<{ readonly reaped: Effect.Effect<boolean> } | null>
   /** Every reaped child of this service, in order (the SIGCHLD handler's waitpid loop). */
   readonly exits: Stream.Stream<ChildExit>
   /**
@@ -174,13 +174,13 @@ export const makeOr = <E>(
 export const tableService = (
   live: ReadonlyMap<number, { readonly exit: Deferred.Deferred<ExitStatus> }>,
   exits: ExitBox
-): Pick<ProcessService, "isAlive" | "exitOf" | "exits" | "takeExits" | "listenExits" | "children" | "unsafeReapNow"> => ({
+): Pick<ProcessService, "isAlive" | "childOf" | "exits" | "takeExits" | "listenExits" | "children" | "unsafeReapNow"> => ({
   unsafeReapNow: () => {},
   isAlive: (pid) => Effect.sync(() => live.has(pid)),
-  exitOf: (pid) =>
+  childOf: (pid) =>
     Effect.sync(() => {
       const child = live.get(pid)
-      return child === undefined ? null : Deferred.await(child.exit)
+      return child === undefined ? null : { reaped: Deferred.isDone(child.exit) }
     }),
   exits: exits.stream,
   takeExits: exits.takeAll,
