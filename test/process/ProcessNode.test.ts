@@ -1,12 +1,12 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Exit, Layer, Scheduler, Scope } from "effect"
+import { Effect, Exit, Layer, Scope } from "effect"
 import { execFileSync } from "node:child_process"
 import { chmodSync, closeSync, fstatSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, beforeAll } from "vitest"
 import { sharedProcessTests } from "./shared.ts"
-import { childrenOf, fsBackend, identity, parseReport, SIGKILL, tempFdIn, untilWritten } from "./kit.ts"
+import { childrenOf, fsBackend, identity, parseReport, SIGKILL, tempFdIn, untilWritten, yieldingAfterSpawnError } from "./kit.ts"
 import * as ProcessNode from "../../src/layers/ProcessNode.ts"
 import { Errno, fromErrorCode } from "../../src/schema/errno.ts"
 import { Fd } from "../../src/services/Fd.ts"
@@ -101,31 +101,13 @@ describe("ProcessNode", () => {
 
   it.live("a failed spawn is a SpawnError even when the fiber yields right after spawning (its 'error' is listened for at once)", () =>
     Effect.gen(function* () {
-      // Node emits a failed spawn's 'error' from a nextTick (onErrorNT). The vmm's dispatcher
-      // may yield at any op (its op budget); here it yields at the first op after that
-      // nextTick is queued and goes on in a setImmediate, after the nextTick has run. Heard
-      // too late, the 'error' is thrown, uncaught, and ends the process.
-      const realNextTick = process.nextTick
-      let yieldNext = false
-      const spy = (fn: (...a: Array<unknown>) => void, ...args: Array<unknown>): void => {
-        if (fn.name === "onErrorNT") yieldNext = true
-        realNextTick.call(process, fn, ...args)
-      }
-      const yieldAfterSpawn: Scheduler.Scheduler = {
-        scheduleTask: (task) => void setImmediate(task),
-        shouldYield: () => (yieldNext ? ((yieldNext = false), 0) : false)
-      }
-      process.nextTick = spy as typeof process.nextTick
-      const failed = yield* Effect.scoped(
-        Effect.gen(function* () {
-          const proc = yield* ProcessNode.make
-          return yield* Effect.flip(proc.spawn({ command: join(dir, "no-such-program"), args: [], fds: [], stdio: "null" }))
-        })
-      ).pipe(
-        Effect.withScheduler(yieldAfterSpawn),
-        Effect.ensuring(
-          Effect.sync(() => {
-            process.nextTick = realNextTick
+      // Heard too late (at the spawn's next effect, after a yield there), the 'error' is
+      // thrown, uncaught, and ends the process.
+      const failed = yield* yieldingAfterSpawnError(
+        Effect.scoped(
+          Effect.gen(function* () {
+            const proc = yield* ProcessNode.make
+            return yield* Effect.flip(proc.spawn({ command: join(dir, "no-such-program"), args: [], fds: [], stdio: "null" }))
           })
         )
       )

@@ -3,7 +3,7 @@
  * files as owned Fds, the report test/process/c/child.c writes about its fds,
  * and the children of a process.
  */
-import { Effect } from "effect"
+import { Effect, Scheduler } from "effect"
 import { closeSync, fstatSync, openSync, readdirSync, readFileSync, readlinkSync, statSync } from "node:fs"
 import { constants as osConstants } from "node:os"
 import { join } from "node:path"
@@ -122,3 +122,33 @@ export const signalMasks = (pid: number): { readonly blocked: bigint; readonly i
   }
   return { blocked: field("SigBlk"), ignored: field("SigIgn"), caught: field("SigCgt") }
 }
+
+/**
+ * Run `body` under a scheduler that yields at the first op after Node has
+ * queued a failed spawn's 'error' (its nextTick, onErrorNT) and goes on in a
+ * setImmediate, after that nextTick has run: as the vmm's dispatcher would
+ * when its op budget ran out right there. A spawn that listens for the
+ * 'error' only at its next effect then lets it be thrown, uncaught.
+ */
+export const yieldingAfterSpawnError = <A, E, R>(body: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+  Effect.suspend(() => {
+    const realNextTick = process.nextTick
+    let yieldNext = false
+    const spy = (fn: (...a: Array<unknown>) => void, ...args: Array<unknown>): void => {
+      if (fn.name === "onErrorNT") yieldNext = true
+      realNextTick.call(process, fn, ...args)
+    }
+    const scheduler: Scheduler.Scheduler = {
+      scheduleTask: (task) => void setImmediate(task),
+      shouldYield: () => (yieldNext ? ((yieldNext = false), 0) : false)
+    }
+    process.nextTick = spy as typeof process.nextTick
+    return body.pipe(
+      Effect.withScheduler(scheduler),
+      Effect.ensuring(
+        Effect.sync(() => {
+          process.nextTick = realNextTick
+        })
+      )
+    )
+  })
