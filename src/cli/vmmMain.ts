@@ -7,8 +7,7 @@
 import { Context, Effect, Exit, Layer, Runtime } from "effect"
 import { resolve } from "node:path"
 import type { VmmArgs } from "./args.ts"
-import { nativeFd, SOCK_STREAM, socketType } from "../native/libc.ts"
-import { errnoName, fromHostErrno } from "../schema/errno.ts"
+import { nativeFd, notStreamSocket } from "../native/libc.ts"
 import { openSyslog } from "../native/syslog.ts"
 import { PROC_PARENT_SOCK_FILENO } from "../schema/imsgTypes.ts"
 import * as ImsgChannelNative from "../layers/ImsgChannelNative.ts"
@@ -44,9 +43,8 @@ export const runVmm = async (args: VmmArgs): Promise<number> => {
   // proc.c gives the vmm its end of a socketpair on fd 3. Without it, the number
   // is Node's own (libuv's epoll fd lands on the lowest free one): reading that
   // as the parent's channel would hang, and closing it at exit abort Node.
-  const parentType = socketType(PROC_PARENT_SOCK_FILENO)
-  if (parentType !== SOCK_STREAM) {
-    const what = parentType < 0 ? errnoName(fromHostErrno(-parentType)) : `socket type ${parentType}`
+  const what = notStreamSocket(PROC_PARENT_SOCK_FILENO)
+  if (what !== null) {
     await Effect.runPromise(
       logWarnx(`fatal: fd ${PROC_PARENT_SOCK_FILENO} is not the parent's stream socket (${what}): bin/vmm -P vmm is started by vmd`)
     )

@@ -8,6 +8,7 @@
  * Constants and struct offsets are Linux LP64 (x86_64, aarch64).
  */
 import koffi from "koffi"
+import { errnoName, fromHostErrno } from "../schema/errno.ts"
 import type { FdBackend } from "../services/Fd.ts"
 import { Fd } from "../services/Fd.ts"
 
@@ -145,12 +146,17 @@ export const pollOne = (fd: number, writable: boolean, ms: number): number => {
 /** close(2); 0 or -errno. Not retried on EINTR (the fd is gone on Linux). */
 export const close = (fd: number): number => ret(c.close(fd))
 
-/** The socket type of fd (SOCK_STREAM, ...; getsockopt SO_TYPE), or -errno (ENOTSOCK, EBADF). */
-export const socketType = (fd: number): number => {
+/**
+ * Why fd is not a stream socket ("ENOTSOCK", "EBADF", "socket type 2"), or
+ * null if it is one (getsockopt SO_TYPE): for an fd number this process was
+ * told to use (the parent's fd 3, a VM's -V), which may be no socket at all.
+ */
+export const notStreamSocket = (fd: number): string | null => {
   const value = [0]
   const len = [4]
   const r = ret(c.getsockopt(fd, SOL_SOCKET, SO_TYPE, value, len))
-  return r < 0 ? r : (value[0] ?? -1)
+  if (r < 0) return errnoName(fromHostErrno(-r))
+  return value[0] === SOCK_STREAM ? null : `socket type ${value[0]}`
 }
 
 /** fcntl(2) with an int argument (every variadic argument is typed for koffi). */

@@ -17,7 +17,7 @@ import { Deferred, Effect, Exit, Stream } from "effect"
 import type { VmArgs } from "../cli/args.ts"
 import { Errno, errnoName, fromHostErrno } from "../schema/errno.ts"
 import { ImsgChannel } from "../services/ImsgChannel.ts"
-import { nativeFd, setNonblockCloexec, SOCK_STREAM, socketType } from "../native/libc.ts"
+import { nativeFd, notStreamSocket, setNonblockCloexec } from "../native/libc.ts"
 import { logDebug, logState, logWarnx, setVerbose } from "../vmm/log.ts"
 import { answerId, receiveStartData } from "./handshake.ts"
 import { dispatchVmm, type VmState } from "./dispatch.ts"
@@ -54,11 +54,8 @@ const run = (args: VmArgs) =>
     const imsg = yield* ImsgChannel
     // Our end of vmm's socketpair: non-blocking (so signals are served while we wait), close-on-exec.
     // Not a stream socket (an fd number we were not given: Node's own, say): nothing to read the struct from.
-    const type = socketType(args.vmFd)
-    if (type !== SOCK_STREAM) {
-      const what = type < 0 ? errnoName(fromHostErrno(-type)) : `socket type ${type}`
-      return yield* exitWith(Errno.EBADF, `vm socket ${args.vmFd}: not a stream socket (${what})`)
-    }
+    const what = notStreamSocket(args.vmFd)
+    if (what !== null) return yield* exitWith(Errno.EBADF, `vm socket ${args.vmFd}: not a stream socket (${what})`)
     const r = setNonblockCloexec(args.vmFd)
     if (r < 0) return yield* exitWith(Errno.EBADF, `vm socket ${args.vmFd}: ${errnoName(fromHostErrno(-r))}`)
     const sock = nativeFd(args.vmFd, "vmm channel")
