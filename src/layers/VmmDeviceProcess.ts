@@ -169,8 +169,7 @@ export const make = (
     const statm = new StatmFiles()
     yield* Effect.addFinalizer(() => Effect.sync(() => statm.closeAll()))
     const residentBytes = options.residentBytes ?? ((pid: number) => statm.read(pid))
-    /** The SIGKILL armed per pid by the last forced stop (an entry leaves when its fiber ends). */
-    const timers = new Map<number, { fiber: Fiber.RuntimeFiber<void> | null }>()
+    const timers = new Map<number, Fiber.RuntimeFiber<void>>()
     const holder = yield* deviceFdHolder
 
     // The vm_timeout_ev expiry: SIGKILL the process the forced stop was for, unless it has
@@ -181,6 +180,7 @@ export const make = (
     // killed, as vmm.c 1.143 SIGKILLs what vmm_shutdown leaves.
     const escalate = (pid: number, reaped: Effect.Effect<boolean>): Effect.Effect<void> =>
       Effect.sleep(killAfter).pipe(
+        Effect.zipRight(Effect.sync(() => timers.delete(pid))),
         Effect.zipRight(reaped),
         Effect.flatMap((gone) =>
           gone
@@ -201,19 +201,8 @@ export const make = (
         if (child === null) return yield* Effect.fail(GONE)
         yield* proc.kill(pid, "SIGTERM").pipe(Effect.mapError((e) => vmmError(e.errno, `kill ${pid} SIGTERM`)))
         const pending = timers.get(pid)
-        if (pending?.fiber != null) yield* Fiber.interrupt(pending.fiber)
-        const entry: { fiber: Fiber.RuntimeFiber<void> | null } = { fiber: null }
-        timers.set(pid, entry)
-        entry.fiber = yield* Effect.forkIn(
-          escalate(pid, child.reaped).pipe(
-            Effect.ensuring(
-              Effect.sync(() => {
-                if (timers.get(pid) === entry) timers.delete(pid)
-              })
-            )
-          ),
-          scope
-        )
+        if (pending !== undefined) yield* Fiber.interrupt(pending)
+        timers.set(pid, yield* Effect.forkIn(escalate(pid, child.reaped), scope))
       })
 
     // One pass, no Effect per VM: info must stay fast with hundreds of VMs.
