@@ -241,7 +241,7 @@ class ImsgConnection {
     this.#inPollError = true
     try {
       const unexplained = this.#readNow(true)
-      if (this.#writing && !this.#closed) this.#writeNow()
+      if (this.#writing) this.#writeNow()
       if (this.#ending !== null || this.#closed) return
       if (unexplained) return this.#fail(ioError("poll", errno))
       this.#watch()

@@ -147,7 +147,6 @@ export const startVmmServer = (parentFd: Fd, options: VmmOptions) =>
     // The dispatcher's queue: many producers (the channel and exit listeners,
     // the signal handlers), one consumer.
     const events = new Inbox<VmmEvent>("vmm events")
-    const offer = (e: VmmEvent) => Effect.sync(() => events.push(e))
     // A shutdown asked for, or the parent gone: a start handshake waiting for its VM's id
     // gives up, by the end of that VM's process (VmmState.stopping). A kill rather than a
     // race on every start's id read: forking a racing fiber cost ~0.4 ms per start.
@@ -207,17 +206,7 @@ export const startVmmServer = (parentFd: Fd, options: VmmOptions) =>
         yield* channel.resume
       })
 
-    const ctx: VmmContext = {
-      options,
-      state,
-      registry,
-      device,
-      process,
-      imsg,
-      parent,
-      openVmChannel,
-      watchVm
-    }
+    const ctx: VmmContext = { options, state, registry, device, process, imsg, parent, openVmChannel, watchVm }
 
     // SIGCHLD (before the dispatcher starts, so before anything is spawned).
     // An exit that comes while the dispatcher waits with nothing queued is
@@ -325,10 +314,10 @@ export const startVmmServer = (parentFd: Fd, options: VmmOptions) =>
     const fiber = yield* Effect.forkIn(Effect.withScheduler(run, dispatcherScheduler), scope)
     const handle_: VmmHandle = {
       shutdown: (reason) =>
-        Effect.zipRight(
-          Effect.sync(stop),
-          offer({ _tag: "Shutdown", reason })
-        ),
+        Effect.sync(() => {
+          stop()
+          events.push({ _tag: "Shutdown", reason })
+        }),
       done: fiber.await.pipe(
         Effect.map((exit) => (Exit.isSuccess(exit) ? exit.value : 1))
       ),

@@ -145,11 +145,11 @@ const handshake = (ctx: VmmContext, vm: Vm, imsg: Imsg): Effect.Effect<Either.Ei
     // vmm_pipe, first half, while the child starts up (a failure is reported below, in vmm.c's order).
     channel = yield* ctx.openVmChannel(ours)
     // A shutdown ends the wait by killing the child (the read then meets EOF): see server.ts's stop.
-    const stopped = () => logDebug(`vmm_start_vm: shutting down, no longer waiting for vm ${vm.params.vmc_name}'s id`)
-    if (ctx.state.stopping) {
-      yield* stopped()
-      return yield* fail(Errno.EIO)
-    }
+    const stopped = Effect.zipRight(
+      logDebug(`vmm_start_vm: shutting down, no longer waiting for vm ${vm.params.vmc_name}'s id`),
+      Effect.suspend(() => fail(Errno.EIO))
+    )
+    if (ctx.state.stopping) return yield* stopped
     ctx.state.handshakePid = child.right.pid
     const idBytes = yield* Effect.either(ctx.imsg.readRaw(ours, 4, timeout, ID_BLOCK_MS)).pipe(
       // (also on a defect or an interruption: a later shutdown must not kill this pid)
@@ -160,10 +160,7 @@ const handshake = (ctx: VmmContext, vm: Vm, imsg: Imsg): Effect.Effect<Either.Ei
       )
     )
     if (Either.isLeft(idBytes)) {
-      if (ctx.state.stopping) {
-        yield* stopped()
-        return yield* fail(Errno.EIO)
-      }
+      if (ctx.state.stopping) return yield* stopped
       // vmd could not allocate memory for the vm
       yield* logDebug(`vmm_start_vm: failed to receive vm id from vm ${vm.params.vmc_name}`)
       return yield* fail(Errno.ENOMEM)
