@@ -36,6 +36,21 @@ const nextUnderTheSamePidLivesOn = (h: Harness, vmid = 2) =>
     expect((yield* h.control.signalsSent).map((s) => [s.pid, s.signal])).toEqual([[500, "SIGTERM"]])
   })
 
+/**
+ * VM 1 (SIGTERM handled as `sigterm`) started as pid 500 and force-stopped; "next" planned
+ * to ignore SIGTERM, and the next spawn gets pid 500 again.
+ */
+const forceStoppedAt500 = (sigterm: VmBehaviour["sigterm"]) =>
+  Effect.gen(function* () {
+    const h = yield* booted({ backend: "process", pids: [500, 500] })
+    h.plan("first", { _tag: "Normal" }, stubborn(sigterm))
+    h.plan("next", { _tag: "Normal" }, stubborn("ignore"))
+    expect(yield* startRunning(h, 1, { name: "first" })).toBe(500)
+    yield* h.send(stop(1, VMOP_FORCE))
+    yield* h.settle
+    return h
+  })
+
 describe("process backend: SIGTERM, then SIGKILL after 10 s", () => {
   it.scoped("a forced stop of a VM that ignores SIGTERM kills it at exactly 10 s, reported as EIO", () =>
     Effect.gen(function* () {
@@ -87,12 +102,7 @@ describe("process backend: SIGTERM, then SIGKILL after 10 s", () => {
 
   it.scoped("the SIGKILL armed for a VM that ended is dropped: a VM started later under the same pid lives on", () =>
     Effect.gen(function* () {
-      const h = yield* booted({ backend: "process", pids: [500, 500] })
-      h.plan("polite", { _tag: "Normal" }, stubborn("exit0"))
-      h.plan("next", { _tag: "Normal" }, stubborn("ignore"))
-      expect(yield* startRunning(h, 1, { name: "polite" })).toBe(500)
-      yield* h.send(stop(1, VMOP_FORCE))
-      yield* h.settle
+      const h = yield* forceStoppedAt500("exit0")
       expectParent(h.takeParent(), [stopResponse(1, 0), event(1, 0)])
       yield* nextUnderTheSamePidLivesOn(h)
     })
@@ -124,12 +134,7 @@ describe("process backend: SIGTERM, then SIGKILL after 10 s", () => {
     "the SIGKILL armed for a VM removed while running, which then ends on its socket's EOF, is dropped: VM %i, started later under the same pid, lives on",
     (nextVmid) =>
       Effect.gen(function* () {
-        const h = yield* booted({ backend: "process", pids: [500, 500] })
-        h.plan("stubborn", { _tag: "Normal" }, stubborn("ignore"))
-        h.plan("next", { _tag: "Normal" }, stubborn("ignore"))
-        expect(yield* startRunning(h, 1, { name: "stubborn" })).toBe(500)
-        yield* h.send(stop(1, VMOP_FORCE))
-        yield* h.settle
+        const h = yield* forceStoppedAt500("ignore")
         expectParent(h.takeParent(), [stopResponse(1, 0)])
         // A second START_VM_END for it: EALREADY, and the VM is removed (its exit is then
         // ignored); it ends on its socket's EOF. Then a VM under the same pid: another id,
