@@ -145,9 +145,8 @@ const handshake = (ctx: VmmContext, vm: Vm, imsg: Imsg): Effect.Effect<Either.Ei
     // vmm_pipe, first half, while the child starts up (a failure is reported below, in vmm.c's order).
     channel = yield* ctx.openVmChannel(ours)
     // A shutdown ends the wait by killing the child (the read then meets EOF): see server.ts's stop.
-    const stopped = Effect.zipRight(
-      logDebug(`vmm_start_vm: shutting down, no longer waiting for vm ${vm.params.vmc_name}'s id`),
-      Effect.suspend(() => fail(Errno.EIO))
+    const stopped = Effect.suspend(() =>
+      Effect.zipRight(logDebug(`vmm_start_vm: shutting down, no longer waiting for vm ${vm.params.vmc_name}'s id`), fail(Errno.EIO))
     )
     if (ctx.state.stopping) return yield* stopped
     ctx.state.handshakePid = child.right.pid
