@@ -4,7 +4,10 @@
  *
  *   start latency      START_VM_END sent -> START_VM_RESPONSE received, with
  *                      the C VM program (c/vmprog.c); C: fork+exec of the
- *                      same program and the same handshake (bench-start.c)
+ *                      same program and the same handshake (bench-start.c);
+ *                      beside it, as a second reference, the same start done
+ *                      by a minimal C vmm on fd 3 (bench-vmmc.c) and timed
+ *                      through these same messages, as bin/vmm's is
  *   exit notification  SIGKILL of a VM process -> TERMINATE_VM_EVENT received;
  *                      C: SIGCHLD -> waitpid -> write on a socket (bench-exit.c)
  *   info, N VMs        GET_INFO_VM_REQUEST -> GET_INFO_VM_END_DATA; C: statm
@@ -354,6 +357,7 @@ interface Files {
   readonly cStart: string
   readonly cExit: string
   readonly cInfo: string
+  readonly cVmm: string
 }
 
 const vmmArgs = (files: Files, extra: ReadonlyArray<string>) => [
@@ -371,10 +375,10 @@ const owned = (n: number, what: string): Fd => {
   return libc.nativeFd(n, what)
 }
 
-/** A started bin/vmm with CONFIG sent. */
-const vmmUnderTest = (files: Files, extra: ReadonlyArray<string> = []) =>
+/** A started bin/vmm (or `command`, a C reference on fd 3) with CONFIG sent. */
+const vmmUnderTest = (files: Files, extra: ReadonlyArray<string> = [], command: ReadonlyArray<string> = VMM_COMMAND) =>
   Effect.gen(function* () {
-    const peer = yield* spawnPeer(VMM_COMMAND[0]!, [...VMM_COMMAND.slice(1), ...vmmArgs(files, extra)])
+    const peer = yield* spawnPeer(command[0]!, [...command.slice(1), ...vmmArgs(files, extra)])
     const t = yield* talk(peer)
     yield* t.channel.send(M.config(defaultVmdConfig()))
     let peerid = 1000
@@ -448,10 +452,10 @@ const stopForced = (vmm: Vmm, vmid: number) =>
 // ---------------------------------------------------------------------------
 // The cases
 
-const startLatency = (files: Files, label: string, extra: ReadonlyArray<string>) =>
+const startLatency = (files: Files, label: string, extra: ReadonlyArray<string>, command: ReadonlyArray<string> = VMM_COMMAND) =>
   Effect.scoped(
     Effect.gen(function* () {
-      const vmm = yield* vmmUnderTest(files, extra)
+      const vmm = yield* vmmUnderTest(files, extra, command)
       const samples: Array<number> = []
       let cpu0 = 0
       for (let i = 1; i <= N.warm + N.start; i++) {
@@ -460,9 +464,10 @@ const startLatency = (files: Files, label: string, extra: ReadonlyArray<string>)
         if (i > N.warm) samples.push(ms)
         yield* stopForced(vmm, i)
       }
-      notes.push(
-        `vmm CPU per start + forced stop (${label}): ${((cpuMs(vmm.peer.pid) - cpu0) / N.start).toFixed(3)} ms (user+system, all threads, over ${N.start} cycles)`
-      )
+      if (command === VMM_COMMAND)
+        notes.push(
+          `vmm CPU per start + forced stop (${label}): ${((cpuMs(vmm.peer.pid) - cpu0) / N.start).toFixed(3)} ms (user+system, all threads, over ${N.start} cycles)`
+        )
       return samples
     })
   ).pipe(Effect.map((samples) => ({ label, samples })))
@@ -593,13 +598,14 @@ const setup = Effect.promise(async (): Promise<Files> => {
   const disk = join(dir, "disk.img")
   writeFileSync(kernel, "kernel")
   writeFileSync(disk, "disk")
-  const [vmprog, cStart, cExit, cInfo] = await Promise.all([
+  const [vmprog, cStart, cExit, cInfo, cVmm] = await Promise.all([
     compileVmprog(dir),
     compile("scripts/c/bench-start.c", join(dir, "bench-start")),
     compile("scripts/c/bench-exit.c", join(dir, "bench-exit")),
-    compile("scripts/c/bench-info.c", join(dir, "bench-info"))
+    compile("scripts/c/bench-info.c", join(dir, "bench-info")),
+    compile("scripts/c/bench-vmmc.c", join(dir, "bench-vmmc"))
   ])
-  return { dir, vmprog, kernel, disk, cStart, cExit, cInfo }
+  return { dir, vmprog, kernel, disk, cStart, cExit, cInfo, cVmm }
 })
 
 /** Whether bin/vmm takes this flag (its own parser says so). */
@@ -627,6 +633,9 @@ const main = Effect.gen(function* () {
   if (ONLY.has("start")) console.error("start latency ...")
   const cStart = ONLY.has("start") ? yield* cStartLatency(files) : []
   spread("start C", cStart)
+  // The second reference: C's start through the same messages (bench-vmmc.c), measured as ours is.
+  const cVmmStart = ONLY.has("start") ? (yield* startLatency(files, "C vmm", [], [files.cVmm, files.vmprog])).samples : []
+  spread("start C vmm", cVmmStart)
   for (const layer of ONLY.has("start") ? layers : []) {
     const { samples } = yield* startLatency(files, layer.label, layer.flag)
     spread(`start ${layer.label}`, samples)
@@ -639,6 +648,14 @@ const main = Effect.gen(function* () {
       unit: "ms",
       goal: "<= 1.5x C",
       met: quantile(samples, 0.9) <= 1.5 * quantile(cStart, 0.9)
+    })
+    rows.push({
+      name: `start latency, median (${layer.label}) beside a C vmm through the same messages`,
+      ours: median(samples),
+      c: median(cVmmStart),
+      unit: "ms",
+      goal: "-",
+      met: null
     })
   }
 
