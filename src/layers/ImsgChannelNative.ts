@@ -171,7 +171,7 @@ const service: ImsgChannelService = {
 export class ImsgChannelNative {
   /** The ImsgChannel service on real sockets. */
   static readonly layer: Layer.Layer<ImsgChannel> = Layer.succeed(ImsgChannel, service)
-  /** `open` with options, e.g. `{ format: "legacy" }` to pass fds to an old libutil peer (imsg.md §1.3, §5.4). */
+  /** `open` with options, e.g. `{ format: "legacy" }` to pass fds to an old libutil peer (imsg.md, sections 1.3 and 5.4). */
   static readonly open = openChannel
   static readonly service = service
 }
