@@ -38,7 +38,13 @@
  * Start and exit are measured with each way bin/vmm can start VM processes
  * (--spawn direct: ProcessDirect, the default; --spawn spawner:
  * ProcessSpawner; --spawn node: ProcessNode);
- * the other cases with bin/vmm's default.
+ * the other cases with bin/vmm's default. They are taken in rounds: every
+ * vmm (one per Process layer, and the C vmm) runs at once and gives one
+ * sample per round, the C references too (bench-start.c in a block of 10
+ * between rounds), so that ours and C's are measured across the same
+ * stretch of time: the speed of a shared machine drifts by tens of per cent
+ * within minutes, and a ratio of figures taken one after the other carries
+ * that drift.
  */
 import { spawn, execFile } from "node:child_process"
 import { readFileSync, rmSync, writeFileSync } from "node:fs"
@@ -452,72 +458,104 @@ const stopForced = (vmm: Vmm, vmid: number) =>
 // ---------------------------------------------------------------------------
 // The cases
 
-const startLatency = (files: Files, label: string, extra: ReadonlyArray<string>, command: ReadonlyArray<string> = VMM_COMMAND) =>
-  Effect.scoped(
-    Effect.gen(function* () {
-      const vmm = yield* vmmUnderTest(files, extra, command)
-      const samples: Array<number> = []
-      let cpu0 = 0
-      for (let i = 1; i <= N.warm + N.start; i++) {
-        if (i === N.warm + 1) cpu0 = cpuMs(vmm.peer.pid)
-        const { ms } = yield* startOne(vmm, files, i, true)
-        if (i > N.warm) samples.push(ms)
-        yield* stopForced(vmm, i)
-      }
-      if (command === VMM_COMMAND)
-        notes.push(
-          `vmm CPU per start + forced stop (${label}): ${((cpuMs(vmm.peer.pid) - cpu0) / N.start).toFixed(3)} ms (user+system, all threads, over ${N.start} cycles)`
-        )
-      return samples
-    })
-  ).pipe(Effect.map((samples) => ({ label, samples })))
+interface Subject {
+  readonly label: string
+  readonly flag: ReadonlyArray<string>
+}
 
-const cStartLatency = (files: Files) =>
+/** Each round visits its subjects in a rotated order, so that none is always first after the others. */
+const rotated = <A>(xs: ReadonlyArray<A>, round: number): Array<A> => xs.map((_, k) => xs[(round + k) % xs.length]!)
+
+/** C's fork+exec and handshake per block of the start rounds (bench-start.c, a process per block: its first, colder start is dropped). */
+const C_BLOCK = 10
+
+const cStartBlock = (files: Files, n: number) =>
   Effect.promise(async () => {
-    const { stdout } = await promisify(execFile)(files.cStart, [files.vmprog, files.kernel, files.disk, String(N.warm + N.start)])
+    const { stdout } = await promisify(execFile)(files.cStart, [files.vmprog, files.kernel, files.disk, String(n + 1)])
     return stdout
       .trim()
       .split("\n")
       .map((l) => Number(l) / 1000)
-      .slice(N.warm)
+      .slice(1)
   })
 
-const exitNotification = (files: Files, extra: ReadonlyArray<string>) =>
+/**
+ * Start latency of bin/vmm with each Process layer and of the C vmm
+ * (bench-vmmc.c), all running at once: each round starts and stops a VM in
+ * each of them in turn, and C's bare fork+exec and handshake (bench-start.c)
+ * run in blocks between rounds, so that every figure is taken across the
+ * same stretch of the machine's load rather than one after the other.
+ */
+const startLatencies = (files: Files, layers: ReadonlyArray<Subject>) =>
   Effect.scoped(
     Effect.gen(function* () {
-      const vmm = yield* vmmUnderTest(files, extra)
-      const samples: Array<number> = []
-      for (let i = 1; i <= N.warm + N.exit; i++) {
-        const { pid } = yield* startOne(vmm, files, i, false)
-        yield* Effect.sleep("5 millis") // let it settle in its read
-        const t0 = performance.now()
-        process.kill(pid, "SIGKILL")
-        const at = yield* vmm.t.arrival()
-        yield* vmm.t.only(isType(T.IMSG_VMDOP_TERMINATE_VM_EVENT))
-        if (i > N.warm) samples.push(at - t0)
+      const all = [{ label: "C vmm", flag: [], command: [files.cVmm, files.vmprog] }, ...layers.map((l) => ({ ...l, command: VMM_COMMAND }))]
+      const subjects: Array<(typeof all)[number] & { vmm: Vmm; samples: Array<number>; cpu0: number }> = []
+      for (const s of all) subjects.push({ ...s, vmm: yield* vmmUnderTest(files, s.flag, s.command), samples: [], cpu0: 0 })
+      const c: Array<number> = []
+      for (let i = 1; i <= N.warm + N.start; i++) {
+        if (i === N.warm + 1) for (const s of subjects) s.cpu0 = cpuMs(s.vmm.peer.pid)
+        if (i > N.warm && (i - N.warm - 1) % C_BLOCK === 0) c.push(...(yield* cStartBlock(files, Math.min(C_BLOCK, N.warm + N.start - i + 1))))
+        for (const s of rotated(subjects, i)) {
+          const { ms } = yield* startOne(s.vmm, files, i, true)
+          if (i > N.warm) s.samples.push(ms)
+          yield* stopForced(s.vmm, i)
+        }
       }
-      return samples
+      for (const s of subjects)
+        if (s.command === VMM_COMMAND)
+          notes.push(
+            `vmm CPU per start + forced stop (${s.label}): ${((cpuMs(s.vmm.peer.pid) - s.cpu0) / N.start).toFixed(3)} ms (user+system, all threads, over ${N.start} cycles)`
+          )
+      return { c, cVmm: subjects[0]!.samples, ours: subjects.slice(1).map((s) => ({ label: s.label, samples: s.samples })) }
     })
   )
 
-const cExitNotification = (files: Files) =>
+/**
+ * Exit notification of bin/vmm with each Process layer and of C
+ * (bench-exit.c: SIGCHLD -> waitpid -> write), all running at once, a sample
+ * of each per round.
+ */
+const exitLatencies = (files: Files, layers: ReadonlyArray<Subject>) =>
   Effect.scoped(
     Effect.gen(function* () {
       const imsg = yield* ImsgChannel
       const peer = yield* spawnPeer(files.cExit, [files.vmprog])
-      const samples: Array<number> = []
-      for (let i = 1; i <= N.warm + N.exit; i++) {
+      const cSample = Effect.gen(function* () {
         yield* imsg.writeRaw(peer.sock, Uint8Array.of(1), 5000)
         const raw = yield* imsg.readRaw(peer.sock, 4, 5000)
         const pid = new DataView(raw.buffer, raw.byteOffset, 4).getInt32(0, true)
-        yield* Effect.sleep("5 millis")
+        yield* Effect.sleep("5 millis") // let it settle in its read
         const t0 = performance.now()
         process.kill(pid, "SIGKILL")
         const at = blockUntilReadable(peer.sock.num, 5000)
         yield* imsg.readRaw(peer.sock, 16 + 28, 5000)
-        if (i > N.warm) samples.push(at - t0)
+        return at - t0
+      })
+      const ourSample = (vmm: Vmm, i: number) =>
+        Effect.gen(function* () {
+          const { pid } = yield* startOne(vmm, files, i, false)
+          yield* Effect.sleep("5 millis")
+          const t0 = performance.now()
+          process.kill(pid, "SIGKILL")
+          const at = yield* vmm.t.arrival()
+          yield* vmm.t.only(isType(T.IMSG_VMDOP_TERMINATE_VM_EVENT))
+          return at - t0
+        })
+      const subjects: Array<{ label: string; sample: (i: number) => Effect.Effect<number, unknown>; samples: Array<number> }> = [
+        { label: "C", sample: () => cSample, samples: [] }
+      ]
+      for (const l of layers) {
+        const vmm = yield* vmmUnderTest(files, l.flag)
+        subjects.push({ label: l.label, sample: (i) => ourSample(vmm, i), samples: [] })
       }
-      return samples
+      for (let i = 1; i <= N.warm + N.exit; i++) {
+        for (const s of rotated(subjects, i)) {
+          const ms = yield* s.sample(i)
+          if (i > N.warm) s.samples.push(ms)
+        }
+      }
+      return { c: subjects[0]!.samples, ours: subjects.slice(1).map((s) => ({ label: s.label, samples: s.samples })) }
     })
   )
 
@@ -630,42 +668,41 @@ const main = Effect.gen(function* () {
   notes.push(`info, start-up and memory: bin/vmm's default Process layer (${layerName(defaultMethod)})`)
   if (!spawnerAvailable()) notes.push(`${spawnerPath()} is missing: --spawn spawner fell back to ProcessNode (run npm run build)`)
 
-  if (ONLY.has("start")) console.error("start latency ...")
-  const cStart = ONLY.has("start") ? yield* cStartLatency(files) : []
-  spread("start C", cStart)
-  // The second reference: C's start through the same messages (bench-vmmc.c), measured as ours is.
-  const cVmmStart = ONLY.has("start") ? (yield* startLatency(files, "C vmm", [], [files.cVmm, files.vmprog])).samples : []
-  spread("start C vmm", cVmmStart)
-  for (const layer of ONLY.has("start") ? layers : []) {
-    const { samples } = yield* startLatency(files, layer.label, layer.flag)
-    spread(`start ${layer.label}`, samples)
-    const goal = 1.5 * median(cStart)
-    rows.push({ name: `start latency, median (${layer.label})`, ours: median(samples), c: median(cStart), unit: "ms", goal: "<= 1.5x C", met: median(samples) <= goal })
-    rows.push({
-      name: `start latency, p90 (${layer.label})`,
-      ours: quantile(samples, 0.9),
-      c: quantile(cStart, 0.9),
-      unit: "ms",
-      goal: "<= 1.5x C",
-      met: quantile(samples, 0.9) <= 1.5 * quantile(cStart, 0.9)
-    })
-    rows.push({
-      name: `start latency, median (${layer.label}) beside a C vmm through the same messages`,
-      ours: median(samples),
-      c: median(cVmmStart),
-      unit: "ms",
-      goal: "-",
-      met: null
-    })
+  if (ONLY.has("start")) {
+    console.error("start latency ...")
+    const { c: cStart, cVmm: cVmmStart, ours } = yield* startLatencies(files, layers)
+    spread("start C", cStart)
+    spread("start C vmm", cVmmStart)
+    for (const { label, samples } of ours) {
+      spread(`start ${label}`, samples)
+      rows.push({ name: `start latency, median (${label})`, ours: median(samples), c: median(cStart), unit: "ms", goal: "<= 1.5x C", met: median(samples) <= 1.5 * median(cStart) })
+      rows.push({
+        name: `start latency, p90 (${label})`,
+        ours: quantile(samples, 0.9),
+        c: quantile(cStart, 0.9),
+        unit: "ms",
+        goal: "<= 1.5x C",
+        met: quantile(samples, 0.9) <= 1.5 * quantile(cStart, 0.9)
+      })
+      rows.push({
+        name: `start latency, median (${label}) beside a C vmm through the same messages`,
+        ours: median(samples),
+        c: median(cVmmStart),
+        unit: "ms",
+        goal: "-",
+        met: null
+      })
+    }
   }
 
-  if (ONLY.has("exit")) console.error("exit notification ...")
-  const cExit = ONLY.has("exit") ? yield* cExitNotification(files) : []
-  spread("exit C", cExit)
-  for (const layer of ONLY.has("exit") ? layers : []) {
-    const ours = yield* exitNotification(files, layer.flag)
-    spread(`exit ${layer.label}`, ours)
-    rows.push({ name: `exit notification, median (${layer.label})`, ours: median(ours), c: median(cExit), unit: "ms", goal: "< 1 ms", met: median(ours) < 1 })
+  if (ONLY.has("exit")) {
+    console.error("exit notification ...")
+    const { c: cExit, ours } = yield* exitLatencies(files, layers)
+    spread("exit C", cExit)
+    for (const { label, samples } of ours) {
+      spread(`exit ${label}`, samples)
+      rows.push({ name: `exit notification, median (${label})`, ours: median(samples), c: median(cExit), unit: "ms", goal: "< 1 ms", met: median(samples) < 1 })
+    }
   }
 
   if (ONLY.has("info")) console.error(`info with 1, 64 and ${MAX_VMS} VMs ...`)
