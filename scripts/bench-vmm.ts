@@ -16,7 +16,7 @@
  *                      scan of the headers) for both, so the figure is the
  *                      responder's, not this driver's message handling
  *   start-up           spawn -> first reply to a GET_INFO_VM_REQUEST;
- *                      C: bench-info.c with no VM
+ *                      C: bench-info.c with no VM, alternating with ours
  *   resident memory    VmRSS of the vmm, idle and with N VMs; C: bench-info.c's
  *
  * Every process gets its channel on fd 3 from this process, and every time
@@ -599,30 +599,39 @@ const infoAndRss = (files: Files) =>
   )
 
 /** spawn -> first END_DATA, and the resident memory once idle. */
-const startUp = (command: string, args: ReadonlyArray<string>) =>
+/** One start-up of `command`: spawn -> the first GET_INFO_VM_END_DATA; with `rss`, its VmRSS after a second idle. */
+const startUpOnce = (command: ReadonlyArray<string>, rss: boolean) =>
+  Effect.scoped(
+    Effect.gen(function* () {
+      const t0 = performance.now()
+      const peer = yield* spawnPeer(command[0]!, command.slice(1))
+      const t = yield* talk(peer)
+      yield* t.channel.send(M.getInfo(1))
+      const end = yield* t.next(isType(T.IMSG_VMDOP_GET_INFO_VM_END_DATA))
+      let mib = NaN
+      if (rss) {
+        yield* Effect.sleep("1 second")
+        mib = rssMiB(peer.pid)
+      }
+      // close fd 3: the vmm exits 0
+      yield* t.channel.close
+      yield* peer.exited.pipe(Effect.timeout("10 seconds"), Effect.ignore)
+      return { ms: end.at - t0, rss: mib }
+    })
+  )
+
+/** Start-up of ours and of C, alternating (the first round of each is not counted); RSS idle after the second. */
+const startUps = (ours: ReadonlyArray<string>, c: ReadonlyArray<string>) =>
   Effect.gen(function* () {
-    const samples: Array<number> = []
-    let rss = NaN
+    const out = { ours: { samples: [] as Array<number>, rss: NaN }, c: { samples: [] as Array<number>, rss: NaN } }
     for (let i = 0; i < N.ready + 1; i++) {
-      yield* Effect.scoped(
-        Effect.gen(function* () {
-          const t0 = performance.now()
-          const peer = yield* spawnPeer(command, args)
-          const t = yield* talk(peer)
-          yield* t.channel.send(M.getInfo(1))
-          const end = yield* t.next(isType(T.IMSG_VMDOP_GET_INFO_VM_END_DATA))
-          if (i > 0) samples.push(end.at - t0)
-          if (i === 1) {
-            yield* Effect.sleep("1 second")
-            rss = rssMiB(peer.pid)
-          }
-          // close fd 3: the vmm exits 0
-          yield* t.channel.close
-          yield* peer.exited.pipe(Effect.timeout("10 seconds"), Effect.ignore)
-        })
-      )
+      for (const [which, command] of rotated([["ours", ours], ["c", c]] as const, i)) {
+        const r = yield* startUpOnce(command, i === 1)
+        if (i > 0) out[which].samples.push(r.ms)
+        if (i === 1) out[which].rss = r.rss
+      }
     }
-    return { samples, rss }
+    return out
   })
 
 // ---------------------------------------------------------------------------
@@ -723,8 +732,7 @@ const main = Effect.gen(function* () {
 
   if (ONLY.has("startup")) {
     console.error("start-up ...")
-    const oursReady = yield* startUp(VMM_COMMAND[0]!, [...VMM_COMMAND.slice(1), ...vmmArgs(files, [])])
-    const cReady = yield* startUp(files.cInfo, [])
+    const { ours: oursReady, c: cReady } = yield* startUps([...VMM_COMMAND, ...vmmArgs(files, [])], [files.cInfo])
     rows.push({ name: "start-up to ready, median", ours: median(oursReady.samples), c: median(cReady.samples), unit: "ms", goal: "< 100 ms", met: median(oursReady.samples) < 100 })
     rows.push({ name: "resident memory, idle", ours: oursReady.rss, c: cReady.rss, unit: "MiB", goal: "< 80 MiB", met: oursReady.rss < 80 })
   }
