@@ -1,5 +1,6 @@
 import { spawn } from "node:child_process"
-import { openSync } from "node:fs"
+import { copyFileSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { describe, expect, it } from "@effect/vitest"
@@ -180,6 +181,37 @@ describe("bin/vmm start-up", () => {
     const code = await new Promise<number | null>((resolve) => child.once("exit", (c) => resolve(c)))
     expect(stderr).toContain("vmm: code cache accepted")
     expect(code).toBe(0)
+  }, 30_000)
+
+  it("dist/vmm.cjs is the bundle inside its CommonJS wrapper, the build id on its first line, ASCII only (bin/vmm reads it as latin1)", () => {
+    const root = fileURLToPath(new URL("../../", import.meta.url))
+    const bytes = readFileSync(join(root, "dist/vmm.cjs"))
+    const text = bytes.toString("latin1")
+    expect(text).toMatch(/^\(function \(exports, require, module, __filename, __dirname\) \{\/\/ vmm-build [0-9a-f]{64}( koffi \S+ \S+)?\n/)
+    expect(text.endsWith("\n})")).toBe(true)
+    expect(bytes.findIndex((b) => b > 0x7f)).toBe(-1)
+  })
+
+  it.runIf(process.platform === "linux")("a dist/vmm.cjs without the build header (another layout) fails at once with exit 1 and says why", async () => {
+    const root = fileURLToPath(new URL("../../", import.meta.url))
+    const dir = mkdtempSync(join(tmpdir(), "vmm-loader-"))
+    try {
+      mkdirSync(join(dir, "bin"))
+      mkdirSync(join(dir, "dist"))
+      copyFileSync(join(root, "bin/vmm"), join(dir, "bin/vmm"))
+      copyFileSync(join(root, "bin/package.json"), join(dir, "bin/package.json"))
+      // the layout before the wrapper moved into the file: the id line first
+      writeFileSync(join(dir, "dist/vmm.cjs"), `// vmm-build ${"0".repeat(64)}\n"use strict";\n`)
+      const child = spawn(process.execPath, [join(dir, "bin/vmm"), "-P", "vmm"], { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, NODE_OPTIONS: "" } })
+      let stderr = ""
+      child.stderr!.setEncoding("utf8")
+      child.stderr!.on("data", (d: string) => (stderr += d))
+      const code = await new Promise<number | null>((resolve) => child.once("close", (c) => resolve(c)))
+      expect(stderr).toContain("vmm: cannot load dist/vmm.cjs (run npm ci or npm run build): dist/vmm.cjs has no build header")
+      expect(code).toBe(1)
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
   }, 30_000)
 
   const runBin = (args: ReadonlyArray<string>, fd3: "none" | "devnull") =>
