@@ -63,8 +63,13 @@ const pauseOrUnpause = (ctx: VmmContext, imsg: Imsg, responseType: number) =>
       data: orDie(encodeVmopId(vid.right)),
       fd: imsg.fd
     })
-    // A VM that is registered but not started has no channel yet.
-    return sent ? none : reply(responseType, Errno.EINVAL, id)
+    if (sent) return none
+    // A VM registered but not started has no channel yet. vmm.c composes on its
+    // zeroed imsgbuf, which fails (ERANGE: maxsize 0), ignores that and sends
+    // nothing: no reply here either, for vmd's parent sets VM_STATE_PAUSED on any
+    // *_RESPONSE that names the VM, whatever its result (vmd.md §6e).
+    yield* logWarnx(`vmm_dispatch_parent: ${T.imsgTypeName(imsg.type)}: vm ${id} is not started: not forwarded, no reply`)
+    return none
   })
 
 const handle = (ctx: VmmContext, imsg: Imsg): Effect.Effect<Reply> =>

@@ -68,11 +68,14 @@ const handshake = (ctx: VmmContext, vm: Vm, imsg: Imsg): Effect.Effect<Either.Ei
     // A second START_VM_END for a VM that already has a process: vmm.c forks
     // another and loses track of the first (its exit ignored, its socket
     // leaked). Refuse it; the VM is removed as on any start failure, which
-    // closes its channel, and its process exits on the EOF.
-    // Found by test/reliability (fuzzing the parent side).
+    // closes its channel, and its process exits on the EOF. Its VM in vmm(4)
+    // is terminated first, else it stays there, listed with id 0, until the
+    // next RECEIVE_VMM_FD sweep (as for "setup vm pipe failed" below).
+    // Found by test/reliability (fuzzing the parent side) and a review.
     if (vm.pid > 0) {
       imsg.fd?.closeSync()
       yield* logWarnx(`vmm_start_vm: vm ${vm.vmid} already started (pid ${vm.pid})`)
+      yield* terminateVm(ctx, vm)
       return Either.left(Errno.EALREADY)
     }
     const tty = imsg.fd

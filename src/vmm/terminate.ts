@@ -45,8 +45,10 @@ export const terminateRequest = (ctx: VmmContext, id: number, flags: number): Ef
       yield* logDebug(`vmm_dispatch_parent: sending shutdown request to vm ${id}`)
       vm.state |= VM_STATE_SHUTDOWN
       const sent = yield* composeVm(vm.channel, { type: IMSG_VMDOP_VM_REBOOT, peerid: 0, pid: 0 })
-      // A VM registered but not started has no channel to send on.
-      if (!sent) return yield* fail(Errno.EINVAL)
+      // A VM registered but not started has no channel to send on. vmm.c composes
+      // on its zeroed imsgbuf, which libutil refuses with ERANGE (payload + 16 >
+      // maxsize 0, imsg.md §1.2), and answers that errno; the shutdown mark stays.
+      if (!sent) return yield* fail(Errno.ERANGE)
       return
     }
     // Already shutting down: only an error if the VM never got a kernel id.

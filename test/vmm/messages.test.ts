@@ -143,13 +143,24 @@ describe("PAUSE_VM / UNPAUSE_VM", () => {
     })
   )
 
-  it.scoped("PAUSE_VM for a VM not started yet answers EINVAL (it has no channel)", () =>
+  it.scoped.each([
+    { name: "PAUSE_VM", type: M.PAUSE_VM },
+    { name: "UNPAUSE_VM", type: M.UNPAUSE_VM }
+  ])("$name for a VM not started yet (no channel) is not answered, as vmm.c's failed compose is not; its fd is closed and a line logged", ({ name, type }) =>
     Effect.gen(function* () {
       const h = yield* booted()
       yield* sendStart(h, 6, { name: "pending" }, { end: "none" })
-      yield* h.send({ type: M.PAUSE_VM, peerid: 3, data: vmopId(6) })
+      const before = openLabels(h)
+      // vmd's parent sets VM_STATE_PAUSED on any PAUSE_VM_RESPONSE naming the VM, whatever its result
+      yield* h.send({ type, peerid: 3, data: vmopId(6), fd: h.makeFd("passed along") })
       yield* h.settle
-      expectParent(h.takeParent(), [reply(M.PAUSE_VM_RESPONSE, 3, vmopResult(E.EINVAL, 6, 0))])
+      expect(h.takeParent()).toEqual([])
+      expectOpen(h, before)
+      expect(h.logs.filter((l) => l.includes(`${name}: vm 6 is not started`))).toHaveLength(1)
+      // the VM still starts
+      yield* h.send({ type: M.START_VM_END, peerid: 6, fd: h.makeFd("vm6.tty") })
+      yield* h.settle
+      expect(h.takeParent().map((m) => m.type)).toEqual([M.START_VM_RESPONSE])
     })
   )
 

@@ -388,7 +388,7 @@ export class VmmModel {
     }
     if (!v.shutdown) {
       v.shutdown = true
-      if (!v.started) return [reply(E.EINVAL)] // port: no imsg channel to send VM_REBOOT on
+      if (!v.started) return [reply(E.ERANGE)] // no channel: vmm.c's compose of VM_REBOOT fails with ERANGE
       this.deliver(v, { type: M.VM_REBOOT, peerid: 0, pid: this.ownPid, data: new Uint8Array(0) })
       if (v.behaviour.onReboot === "exit") return [reply(0), this.exited(v, { code: E.EAGAIN })]
       return [reply(0)]
@@ -420,7 +420,7 @@ export class VmmModel {
     const reply = (res: number) => [toParent(type + 1, peerid, vmopResult(res, vid, 0))]
     const v = this.byVmid(vid)
     if (v === undefined) return reply(E.ENOENT)
-    if (!v.started) return reply(E.EINVAL) // port: no channel yet
+    if (!v.started) return [] // no channel yet: vmm.c's compose fails (ERANGE), no reply
     // The message's fd goes along (imsg_get_fd).
     this.deliver(v, { type, peerid: PEERID_NONE, pid: headerPid, data, ...(fd ? { fd } : {}) })
     // vm.c answers {0, vm_vmid} with the peerid and pid it got; vmm forwards it with pid 1.

@@ -100,6 +100,25 @@ describe("START_VM_*", () => {
     })
   )
 
+  it.scoped("a second START_VM_END for a running VM: EALREADY, its VM terminated in vmm(4) and removed, its process ends on EOF, nothing listed after", () =>
+    Effect.gen(function* () {
+      const h = yield* booted()
+      const pid = yield* startRunning(h, 1, { name: "once" })
+      expect((yield* h.kernel.list).map((k) => k.name)).toEqual(["once"])
+      yield* h.send({ type: M.START_VM_END, peerid: 1, fd: h.makeFd("vm1.tty again") })
+      yield* h.settle
+      expectParent(h.takeParent(), [startResponse(1, E.EALREADY)])
+      expect(yield* h.registry.all).toEqual([])
+      // not left in vmm(4) (where GET_INFO would list it with id 0 until the next sweep)
+      expect(yield* h.kernel.list).toEqual([])
+      expect(h.simByPid(pid).end).not.toBe(null)
+      yield* h.send({ type: M.GET_INFO_VM_REQUEST, peerid: 9 })
+      yield* h.settle
+      expect(h.takeParent().map((m) => m.type)).toEqual([M.GET_INFO_VM_END_DATA])
+      expectOpen(h, idleFds)
+    })
+  )
+
   it.scoped("a vmc_id that is already registered also answers EALREADY", () =>
     Effect.gen(function* () {
       const h = yield* booted()

@@ -112,7 +112,7 @@ describe("TERMINATE_VM_REQUEST", () => {
     })
   )
 
-  it.scoped("stopping a VM that is registered but not started: graceful answers EINVAL (no channel), then 1004; forced answers 0", () =>
+  it.scoped("stopping a VM that is registered but not started: graceful answers ERANGE (vmm.c's failed compose on an imsgbuf of maxsize 0), then 1004; forced answers 0", () =>
     Effect.gen(function* () {
       const h = yield* booted()
       yield* sendStart(h, 1, { name: "pending" }, { end: "none" })
@@ -121,8 +121,9 @@ describe("TERMINATE_VM_REQUEST", () => {
       yield* h.send(stop(1))
       yield* h.send(stop(2, VMOP_FORCE))
       yield* h.settle
-      // vmm.c would compose on a VM with no imsgbuf; the port answers EINVAL and keeps the shutdown mark.
-      expectParent(h.takeParent(), [stopResponse(1, E.EINVAL), stopResponse(1, E.VMD_VM_STOP_INVALID), stopResponse(2, 0)])
+      // vmm.c composes VM_REBOOT on the VM's zeroed imsgbuf: libutil refuses it (ERANGE), the
+      // errno is the answer, and the shutdown mark stays (so the second stop is 1004).
+      expectParent(h.takeParent(), [stopResponse(1, E.ERANGE), stopResponse(1, E.VMD_VM_STOP_INVALID), stopResponse(2, 0)])
       expect((yield* h.registry.all).map((vm) => vm.vmid)).toEqual([1, 2])
     })
   )

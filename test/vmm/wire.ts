@@ -11,6 +11,7 @@ export const E = {
   EBADF: 9,
   ENOMEM: 12,
   EINVAL: 22,
+  ERANGE: 34,
   EAGAIN: 35,
   EALREADY: 37,
   VMD_DISK_MISSING: 1002,
