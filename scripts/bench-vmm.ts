@@ -490,23 +490,25 @@ const startLatencies = (files: Files, layers: ReadonlyArray<Subject>) =>
   Effect.scoped(
     Effect.gen(function* () {
       const all = [{ label: "C vmm", flag: [], command: [files.cVmm, files.vmprog] }, ...layers.map((l) => ({ ...l, command: VMM_COMMAND }))]
-      const subjects: Array<(typeof all)[number] & { vmm: Vmm; samples: Array<number>; cpu0: number }> = []
-      for (const s of all) subjects.push({ ...s, vmm: yield* vmmUnderTest(files, s.flag, s.command), samples: [], cpu0: 0 })
+      const subjects: Array<(typeof all)[number] & { vmm: Vmm; samples: Array<number>; cpu: number }> = []
+      for (const s of all) subjects.push({ ...s, vmm: yield* vmmUnderTest(files, s.flag, s.command), samples: [], cpu: 0 })
       const c: Array<number> = []
       for (let i = 1; i <= N.warm + N.start; i++) {
-        if (i === N.warm + 1) for (const s of subjects) s.cpu0 = cpuMs(s.vmm.peer.pid)
         if (i > N.warm && (i - N.warm - 1) % C_BLOCK === 0) c.push(...(yield* cStartBlock(files, Math.min(C_BLOCK, N.warm + N.start - i + 1))))
         for (const s of rotated(subjects, i)) {
+          // each vmm's CPU over its own start and stop only (not while it idles through the others')
+          const cpu0 = cpuMs(s.vmm.peer.pid)
           const { ms } = yield* startOne(s.vmm, files, i, true)
-          if (i > N.warm) s.samples.push(ms)
           yield* stopForced(s.vmm, i)
+          if (i > N.warm) {
+            s.samples.push(ms)
+            s.cpu += cpuMs(s.vmm.peer.pid) - cpu0
+          }
         }
       }
       for (const s of subjects)
         if (s.command === VMM_COMMAND)
-          notes.push(
-            `vmm CPU per start + forced stop (${s.label}): ${((cpuMs(s.vmm.peer.pid) - s.cpu0) / N.start).toFixed(3)} ms (user+system, all threads, over ${N.start} cycles)`
-          )
+          notes.push(`vmm CPU per start + forced stop (${s.label}): ${(s.cpu / N.start).toFixed(3)} ms (user+system, all threads, over ${N.start} cycles)`)
       return { c, cVmm: subjects[0]!.samples, ours: subjects.slice(1).map((s) => ({ label: s.label, samples: s.samples })) }
     })
   )

@@ -218,7 +218,11 @@ for (const file of result.outputFiles) {
     // first line: bin/vmm compiles the file's text as it is, with no second copy
     // of it made by a concatenation, and decodes it as latin1 (a plain copy, no
     // UTF-8 scan): esbuild writes ASCII only (its default charset), checked here.
-    if (file.contents.some((b) => b > 0x7f)) throw new Error(`${file.path}: a non-ASCII byte (bin/vmm reads the bundle as latin1)`)
+    const at = file.contents.findIndex((b) => b > 0x7f)
+    if (at >= 0) {
+      const near = Buffer.from(file.contents.subarray(Math.max(0, at - 60), at + 20)).toString("utf8")
+      throw new Error(`${file.path}: a non-ASCII byte at offset ${at} (bin/vmm reads the bundle as latin1), near: ${JSON.stringify(near)}`)
+    }
     const header = `${WRAPPER_OPEN}// vmm-build ${id}${k === null ? "" : ` koffi ${k.path} ${k.version}`}\n`
     writeAtomically(file.path, Buffer.concat([Buffer.from(header), file.contents, Buffer.from(WRAPPER_CLOSE)]))
   } else if (file.path.endsWith(".map")) {

@@ -40,7 +40,7 @@ export type Args = VmmArgs | VmArgs
 
 export const usage =
   "usage: vmm -P vmm [-dv] [--backend vmm|process|mock] [--vm-exec path] [--spawn spawner|direct|node] [--trace]\n" +
-  "       vmm -V fd -i vmmfd -j pspfd [-dv]"
+  "       vmm -V fd -i vmmfd -j pspfd [-dv] [--trace]"
 
 const WITH_ARG = new Set(["D", "P", "V", "X", "f", "i", "j", "t", "p"])
 const NO_ARG = new Set(["d", "n", "v"])
