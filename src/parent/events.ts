@@ -3,7 +3,7 @@
  * history so that a caller can take a mark, act, and wait for what its
  * action caused without missing an event that came quickly.
  */
-import { Effect, Option, Stream, SubscriptionRef } from "effect"
+import { Effect, Either, Option, Stream, SubscriptionRef } from "effect"
 import { Errno } from "../schema/errno.ts"
 import { parentError, type ParentError, type ParentOp } from "./errors.ts"
 
@@ -28,7 +28,11 @@ export interface EventLog {
   readonly history: Effect.Effect<ReadonlyArray<ParentEvent>>
   /** Events from now on. */
   readonly events: Stream.Stream<ParentEvent>
-  /** The first event after `mark` that satisfies `pred`; ETIMEDOUT after `timeoutMs`. */
+  /**
+   * The first event after `mark` that satisfies `pred`; EPIPE once the vmm is
+   * gone (a VmmGone in the log, which `pred` does not take: nothing more can
+   * come); ETIMEDOUT after `timeoutMs`.
+   */
   readonly waitFor: (
     op: ParentOp,
     pred: (e: ParentEvent) => boolean,
@@ -57,9 +61,13 @@ export const makeEventLog: Effect.Effect<EventLog> = Effect.gen(function* () {
     ),
     waitFor: (op, pred, mark, timeoutMs) =>
       ref.changes.pipe(
-        Stream.filterMap((h) => Option.fromNullable(h.slice(mark).find(pred))),
+        Stream.filterMap((h): Option.Option<Either.Either<ParentEvent, ParentError>> => {
+          const hit = h.slice(mark).find(pred)
+          if (hit !== undefined) return Option.some(Either.right(hit))
+          return h.some((e) => e._tag === "VmmGone") ? Option.some(Either.left(parentError(op, Errno.EPIPE, "the vmm closed the channel"))) : Option.none()
+        }),
         Stream.runHead,
-        Effect.flatMap(Option.match({ onNone: () => Effect.never, onSome: Effect.succeed })),
+        Effect.flatMap(Option.match({ onNone: () => Effect.never, onSome: (r) => r })),
         Effect.timeoutFail({
           duration: timeoutMs,
           onTimeout: () => parentError(op, Errno.ETIMEDOUT, "the expected event did not come")

@@ -28,7 +28,8 @@ import {
   VM_START_RATE_SEC,
   VM_STATE_PAUSED,
   VM_STATE_RUNNING,
-  VM_STATE_SHUTDOWN
+  VM_STATE_SHUTDOWN,
+  VM_STATE_WAITING
 } from "../schema/constants.ts"
 import { Errno, fromHostErrno } from "../schema/errno.ts"
 import type { VmdConfig, VmopInfoResult } from "../schema/structs.ts"
@@ -173,9 +174,13 @@ export const makeVmdParent = (o: VmdParentOptions): Effect.Effect<VmdParent, Par
         })
       )
 
-    /** A guest reset: the dispatcher stopped the VM keeping its tty; start it again, in the background. */
+    /**
+     * A guest reset: the dispatcher stopped the VM keeping its tty (VM_STATE_WAITING);
+     * start it again, in the background, unless a stop or a reset (vmd's config_purge)
+     * that held the lock first has ended it meanwhile.
+     */
     const restart = (vm: VmRecord) =>
-      lock.withPermits(1)(launch(vm, true)).pipe(
+      lock.withPermits(1)(Effect.suspend(() => (vm.state === VM_STATE_WAITING ? Effect.asVoid(launch(vm, true)) : Effect.void))).pipe(
         Effect.catchAll(() => log.publish({ _tag: "Stopped", id: vm.id, name: vm.spec.name })),
         Effect.forkIn(scope),
         Effect.asVoid

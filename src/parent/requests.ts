@@ -31,7 +31,7 @@ export interface Requests {
   readonly resolve: (key: string, reply: Reply) => Effect.Effect<void>
   /** From the dispatcher: a GET_INFO_VM_DATA row arrived. */
   readonly collect: (peerid: number, row: VmopInfoResult) => void
-  /** The channel ended: every waiting request fails with `error`. */
+  /** The channel ended: every waiting request fails with `error`, and every later one at once. */
   readonly failAll: (error: ParentError) => void
 }
 
@@ -39,6 +39,8 @@ export const makeRequests = (channel: Channel, timeoutMs: number): Requests => {
   const pending = new Map<string, Deferred.Deferred<Reply, ParentError>>()
   const rows = new Map<number, Array<VmopInfoResult>>()
   let next = 1
+  /** Set once the channel has ended: a request made afterwards fails with it at once. */
+  let gone: ParentError | null = null
 
   const send = (op: ParentOp, m: OutgoingImsg) =>
     channel.send(m).pipe(Effect.mapError((e) => parentError(op, e.errno ?? Errno.EPIPE, e.message)))
@@ -47,6 +49,8 @@ export const makeRequests = (channel: Channel, timeoutMs: number): Requests => {
     Effect.gen(function* () {
       const reply = yield* Deferred.make<Reply, ParentError>()
       pending.set(key, reply)
+      // no reply can come any more (the fds are still handed to the channel, which closes them)
+      if (gone !== null) Deferred.unsafeDone(reply, Effect.fail(gone))
       // Every message is offered, so that each fd is either sent or closed by the channel.
       const sent = yield* Effect.forEach(messages, (m) => Effect.either(send(op, m)))
       const failed = sent.find(Either.isLeft)
@@ -80,6 +84,7 @@ export const makeRequests = (channel: Channel, timeoutMs: number): Requests => {
       rows.get(peerid)?.push(row)
     },
     failAll: (error) => {
+      gone = error
       for (const d of pending.values()) Deferred.unsafeDone(d, Effect.fail(error))
     }
   }

@@ -111,6 +111,23 @@ describe("parent stand-in with bin/vmm", () => {
     }).pipe(Effect.provide(ImsgChannelNative.layer))
   )
 
+  it.scopedLive("once the vmm is gone, a request fails at once with EPIPE, and so does a wait for an event that can no longer come", () =>
+    Effect.gen(function* () {
+      // a short timeout: without the EPIPE these would fail with ETIMEDOUT
+      const parent = yield* makeVmdParent(options({ timeoutMs: 3_000 }))
+      const vm = yield* parent.startVm(spec("orphaned"))
+      const mark = yield* parent.mark
+      process.kill(parent.vmmPid, "SIGKILL")
+      yield* parent.waitFor((e) => e._tag === "VmmGone", mark)
+      const paused = yield* Effect.flip(parent.pause(vm.id))
+      expect(paused.errno).toBe(Errno.EPIPE)
+      const info = yield* Effect.flip(parent.info)
+      expect(info.errno).toBe(Errno.EPIPE)
+      const waited = yield* Effect.flip(parent.waitFor((e) => e._tag === "Started" && e.restart, mark))
+      expect(waited.errno).toBe(Errno.EPIPE)
+    }).pipe(Effect.provide(ImsgChannelNative.layer))
+  )
+
   it.scopedLive("RECEIVE_VMM_FD with /dev/null is harmless to the process backend", () =>
     Effect.gen(function* () {
       const parent = yield* makeVmdParent(options({ vmmDevice: "/dev/null" }))
