@@ -22,6 +22,7 @@
 import { Effect, Either } from "effect"
 import { Errno } from "../schema/errno.ts"
 import { decodeLocalPrefix, decodeVmdVm, SIZEOF, type LocalPrefix, type VmdVm } from "../schema/structs.ts"
+import { constants, fstatSync } from "node:fs"
 import { fstatId } from "../native/libc.ts"
 import type { ImsgChannelService } from "../services/ImsgChannel.ts"
 import type { Fd } from "../services/Fd.ts"
@@ -43,8 +44,23 @@ const readExactly = (imsg: ImsgChannelService, sock: Fd, n: number, what: string
     Effect.catchAll((e) => exitWith(Errno.EIO, `failed to receive ${what}: ${e.message}`))
   )
 
-/** The fds the struct names that are not open in this process. */
-export const missingFds = (vm: VmdVm) => namedFds(vm).filter((fd) => typeof fstatId(fd.num) === "number")
+/**
+ * The fds the struct names that this process was not given: not open, or one
+ * of Node's own (an anonymous inode, as its epoll and eventfds, or a pipe, as
+ * libuv's), which takes the number of an fd the vmm failed to pass when it is
+ * the lowest free one. (Node sets close-on-exec on every fd it inherits, so that
+ * flag tells nothing here; a passed fd is a file, a device or a socket.)
+ */
+export const missingFds = (vm: VmdVm) =>
+  namedFds(vm).filter((fd) => {
+    if (typeof fstatId(fd.num) === "number") return true
+    try {
+      const st = fstatSync(fd.num)
+      return (st.mode & constants.S_IFMT) === 0 || st.isFIFO()
+    } catch {
+      return true
+    }
+  })
 
 export const receiveStartData = (
   imsg: ImsgChannelService,
@@ -73,7 +89,7 @@ export const receiveStartData = (
     const missing = missingFds(vm.right)
     if (missing.length > 0) {
       const list = missing.map((fd) => `${fd.label}=${fd.num}`).join(", ")
-      return yield* exitWith(Errno.EBADF, `not open in this process: ${list}`)
+      return yield* exitWith(Errno.EBADF, `not given to this process (not open, or one of its own): ${list}`)
     }
     return { vm: vm.right, prefix: prefix.right }
   })

@@ -7,7 +7,7 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Either, Stream } from "effect"
-import { rmSync } from "node:fs"
+import { readdirSync, readlinkSync, rmSync } from "node:fs"
 import { afterAll, beforeAll } from "vitest"
 import * as libc from "../../src/native/libc.ts"
 import { Errno } from "../../src/schema/errno.ts"
@@ -229,6 +229,35 @@ describe.each(["node", "c"])("VM program (%s)", (name) => {
  * ENOMEM), a 0 id where vmm_create_vm refuses the VM (EINVAL).
  */
 describe("VM program (node): vm.c's checks after the local prefix", () => {
+  it.scopedLive("a struct naming one of the process's own fds (Node's epoll: open, but not passed) is EBADF (9), and no id is written", () =>
+    Effect.gen(function* () {
+      const imsg = yield* ImsgChannel
+      const files = yield* vmFiles(dir)
+      const vm = yield* launch(program("node"), [files.kernel, files.disk, files.tap]) // no tty
+      // one of Node's own fds in the VM process (libuv's epoll, opened before any JS runs)
+      const own = yield* Effect.promise(async () => {
+        for (let i = 0; i < 200; i++) {
+          for (const n of readdirSync(`/proc/${vm.child.pid}/fd`)) {
+            let target = ""
+            try {
+              target = readlinkSync(`/proc/${vm.child.pid}/fd/${n}`)
+            } catch {
+              continue
+            }
+            if (target === "anon_inode:[eventpoll]") return Number(n)
+          }
+          await new Promise((r) => setTimeout(r, 25))
+        }
+        throw new Error("no epoll fd in the VM process")
+      })
+      yield* imsg.writeRaw(vm.sock, structBytes({ ...vmStruct(files), vm_tty: own }), 5000)
+      yield* imsg.writeRaw(vm.sock, new Uint8Array(40), 5000)
+      const id = yield* Effect.either(imsg.readRaw(vm.sock, 4, 5000))
+      expect(Either.isLeft(id) && id.left.reason).toBe("Eof")
+      expect(yield* vm.child.exit).toEqual(exited(Errno.EBADF))
+    }).pipe(Effect.provide(TestLayers))
+  )
+
   type Vm = ReturnType<typeof vmStruct>
   /** Write struct and prefix as the vmm does; the 4 bytes back (or the read's failure) and the exit. */
   const answer = (change: (vm: Vm) => Vm) =>
