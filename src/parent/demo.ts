@@ -15,8 +15,7 @@
  *
  * --vmm: the vmm program (default bin/vmm; a .mjs/.js file runs with node).
  */
-import { NodeRuntime } from "@effect/platform-node"
-import { Data, Effect, Either } from "effect"
+import { Data, Effect, Either, Exit, Fiber } from "effect"
 import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync, ftruncateSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join, resolve } from "node:path"
@@ -223,4 +222,19 @@ const main = Effect.gen(function* () {
   Effect.tapError((e) => Effect.sync(() => process.stderr.write(`demo: FAILED: ${e.message}\n`)))
 )
 
-NodeRuntime.runMain(main, { disableErrorReporting: true })
+// Run it so that Ctrl-C still cleans up: the first SIGINT or SIGTERM interrupts the demo,
+// whose scopes then end the vmm (and with it every VM) and remove the guest files; a
+// second one (under `npm run demo`, tsx relays the terminal's SIGINT to node as well)
+// must not cut that short. Exit 0 when every step behaved, 1 on a failure, 130 when
+// interrupted.
+const fiber = Effect.runFork(main)
+let interrupted = false
+const interrupt = () => {
+  if (interrupted) return
+  interrupted = true
+  process.stderr.write("demo: interrupted; ending the vmm and removing the guest files\n")
+  Effect.runFork(Fiber.interrupt(fiber))
+}
+process.on("SIGINT", interrupt)
+process.on("SIGTERM", interrupt)
+fiber.addObserver((exit) => process.exit(Exit.isSuccess(exit) ? 0 : Exit.isInterrupted(exit) ? 130 : 1))
