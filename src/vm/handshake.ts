@@ -48,8 +48,9 @@ const readExactly = (imsg: ImsgChannelService, sock: Fd, n: number, what: string
  * The fds the struct names that this process was not given: not open, or one
  * of Node's own (an anonymous inode, as its epoll and eventfds, or a pipe, as
  * libuv's), which takes the number of an fd the vmm failed to pass when it is
- * the lowest free one. (Node sets close-on-exec on every fd it inherits, so that
- * flag tells nothing here; a passed fd is a file, a device or a socket.)
+ * the lowest free one. (Close-on-exec cannot tell them apart: Node 20 as built
+ * here sets it on the fds it inherits as it starts, seen with strace. A passed
+ * fd is a file, a device or a socket.)
  */
 export const missingFds = (vm: VmdVm) =>
   namedFds(vm).filter((fd) => {
