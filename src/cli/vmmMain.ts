@@ -32,7 +32,11 @@ export const vmExecOf = (args: VmmArgs): { command: string; prefix: ReadonlyArra
   return { command: process.execPath, prefix: [...process.execArgv, resolve(self)] }
 }
 
-export const runVmm = async (args: VmmArgs): Promise<number> => {
+/**
+ * The vmm process. `handshakeTimeoutMs` (default 30 s, as bin/vmm always runs) is for
+ * tests that need a hung start handshake to give up sooner.
+ */
+export const runVmm = async (args: VmmArgs, handshakeTimeoutMs = 30_000): Promise<number> => {
   logState.title = "vmm"
   // VMD_VMM_LOG_STDERR=1: logs on stderr without -d (which would also give
   // the VMs this process's stdio), e.g. for a supervisor or a test reading them.
@@ -56,7 +60,7 @@ export const runVmm = async (args: VmmArgs): Promise<number> => {
     verbose: args.verbose,
     vmExec: exec.command,
     vmExecArgs: exec.prefix,
-    handshakeTimeoutMs: 30_000
+    handshakeTimeoutMs
   }
 
   const serve = Effect.gen(function* () {

@@ -6,8 +6,9 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Chunk, Effect, Fiber, Stream } from "effect"
-import { closeSync, ftruncateSync, openSync, rmSync, writeFileSync } from "node:fs"
+import { closeSync, ftruncateSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
+import { fileURLToPath } from "node:url"
 import { afterAll, beforeAll } from "vitest"
 import * as ImsgChannelNative from "../../src/layers/ImsgChannelNative.ts"
 import { makeVmdParent, type VmdParentOptions } from "../../src/parent/parent.ts"
@@ -17,6 +18,7 @@ import { CONFIG_VMS } from "../../src/schema/constants.ts"
 import { Errno } from "../../src/schema/errno.ts"
 import { buildDir, bundleVmmProgram, compileVmprog } from "../../src/vm/build.ts"
 
+const root = fileURLToPath(new URL("../../", import.meta.url))
 let dir = ""
 let vmm = ""
 let vmprog = ""
@@ -127,6 +129,46 @@ describe("parent stand-in with bin/vmm", () => {
       expect(waited.errno).toBe(Errno.EPIPE)
     }).pipe(Effect.provide(ImsgChannelNative.layer))
   )
+
+  it.scopedLive("a guest reset whose restart waits behind a CTL_RESET is not restarted: the reset took the VM (vmd's config_purge)", () =>
+    Effect.gen(function* () {
+      // VM processes through a wrapper: the second one hangs in its handshake, holding
+      // the parent's lock in startVm(b) until the vmm gives up on it (after 500 ms)
+      const counter = join(dir, "execs")
+      writeFileSync(counter, "0")
+      const wrapper = join(dir, "vm-wrapper.sh")
+      writeFileSync(
+        wrapper,
+        `#!/bin/sh\nn=$(cat "$VM_EXECS")\necho $((n + 1)) > "$VM_EXECS"\n[ "$n" = 1 ] && export VMM_TEST_VM_MODE=hang\nexec ${JSON.stringify(process.execPath)} ${JSON.stringify(join(root, "bin/vmm"))} "$@"\n`,
+        { mode: 0o755 }
+      )
+      const parent = yield* makeVmdParent(
+        options({
+          command: { command: process.execPath, args: ["--import", "tsx", join(root, "test/parent/fixtures/shortHandshakeVmm.ts")] },
+          vmExec: wrapper,
+          env: { VM_EXECS: counter }
+        })
+      )
+      const a = yield* parent.startVm(spec("a"))
+      const mark = yield* parent.mark
+      const b = yield* Effect.fork(parent.startVm(spec("b")))
+      yield* Effect.promise(async () => {
+        for (let i = 0; i < 400 && readFileSync(counter, "utf8").trim() !== "2"; i++) await new Promise((r) => setTimeout(r, 10))
+      })
+      // the reset waits for the lock behind startVm(b); then a's guest resets
+      const reset = yield* Effect.fork(parent.reset(CONFIG_VMS))
+      yield* Effect.sleep("50 millis")
+      process.kill(a.pid, "SIGHUP")
+      expect((yield* Effect.flip(Fiber.join(b))).errno).toBe(Errno.ENOMEM)
+      yield* Fiber.join(reset)
+      // anything queued on the lock before this (the restart) has run by now
+      yield* parent.reset(0)
+      const reboot = yield* parent.waitFor((e) => e._tag === "Terminated" && e.id === a.id, mark)
+      expect(reboot).toMatchObject({ result: Errno.EAGAIN })
+      // not started again: stopped, with no VM process
+      expect((yield* parent.vms).find((v) => v.id === a.id)).toMatchObject({ state: 0, pid: -1 })
+    }).pipe(Effect.provide(ImsgChannelNative.layer))
+  , 60_000)
 
   it.scopedLive("RECEIVE_VMM_FD with /dev/null is harmless to the process backend", () =>
     Effect.gen(function* () {
