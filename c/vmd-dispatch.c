@@ -66,10 +66,14 @@ main(int argc, char **argv)
 	for (i = 0; i < NELEM(v8flags); i++)
 		nargv[n++] = v8flags[i];
 	nargv[n++] = VMM;
-	for (i = 1; i < (size_t)argc; i++)
-		nargv[n++] = argv[i];
+	/*
+	 * Ours first: proc_exec passes on the parent's own argv after -P vmm,
+	 * and a `--` there (vmd -d --) would end bin/vmm's option parsing.
+	 */
 	for (i = 0; i < NELEM(vmmflags); i++)
 		nargv[n++] = vmmflags[i];
+	for (i = 1; i < (size_t)argc; i++)
+		nargv[n++] = argv[i];
 	nargv[n] = NULL;
 	execv(NODE, (char *const *)nargv);
 	err(1, "execv %s", NODE);

@@ -10,6 +10,8 @@ import { tmpdir } from "node:os"
 import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { Either } from "effect"
+import { parseArgs } from "../../src/cli/args.ts"
 import { binVmmV8Flags } from "../../scripts/vmm-flags.mjs"
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..")
@@ -32,7 +34,13 @@ int main(int argc, char **argv) {
   for (i = 0; i < argc; i++) { fprintf(f, "%s\\n", argv[i]); if (strcmp(argv[i], "-P") == 0) child = 1; }
   fclose(f);
   if (child) return 0;
-  execl(argv[0], argv[0], "-P", "vmm", "-d", "-v", (char *)NULL);
+  { /* proc_exec: argv[0] -P vmm, then the parent's own argv[1..] */
+    char *nargv[64]; int n = 0;
+    nargv[n++] = argv[0]; nargv[n++] = "-P"; nargv[n++] = "vmm";
+    for (i = 1; i < argc && n < 63; i++) nargv[n++] = argv[i];
+    nargv[n] = NULL;
+    execv(argv[0], nargv);
+  }
   return 3;
 }
 `
@@ -52,20 +60,28 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }))
 const lines = (path: string) => readFileSync(path, "utf8").trimEnd().split("\n")
 
 describe("c/vmd-dispatch.c (OpenBSD deployment)", () => {
-  it("the parent runs as the C vmd with argv[0] kept, and its -P vmm child reaches node with bin/vmm", () => {
-    const r = spawnSync(dispatcher, ["-f", "/etc/vm.conf"], { encoding: "utf8" })
+  it.each([
+    [["-f", "/etc/vm.conf"]],
+    [["-d", "-v", "--"]]
+  ])("the parent (argv %j) runs as the C vmd with argv[0] kept, and its -P vmm child reaches node with bin/vmm and our flags, which bin/vmm parses", (parentArgs) => {
+    rmSync(join(dir, "node.out"), { force: true })
+    execFileSync("sh", ["-c", `rm -f ${dir}/vmd-c.*`])
+    const r = spawnSync(dispatcher, parentArgs, { encoding: "utf8" })
     expect(r.status, r.stderr).toBe(0)
     // the C vmd saw argv[0] = the dispatcher, so its proc_exec came back through it
     const parents = execFileSync("sh", ["-c", `cat ${dir}/vmd-c.*`], { encoding: "utf8" }).trimEnd().split("\n")
-    expect(parents).toEqual([dispatcher, "-f", "/etc/vm.conf"])
-    expect(lines(join(dir, "node.out"))).toEqual([
+    expect(parents).toEqual([dispatcher, ...parentArgs])
+    const argv = lines(join(dir, "node.out"))
+    expect(argv).toEqual([
       join(dir, "node.sh"),
       "--max-semi-space-size=1",
       "--optimize-for-size",
       "/opt/vmd-vmm/bin/vmm",
-      "-P", "vmm", "-d", "-v",
-      "--backend", "vmm", "--spawn", "node", "--vm-exec", join(dir, "vmd.c")
+      "--backend", "vmm", "--spawn", "node", "--vm-exec", join(dir, "vmd.c"),
+      "-P", "vmm", ...parentArgs
     ])
+    // what bin/vmm makes of it: a `--` from the parent's argv must not hide our flags
+    expect(parseArgs(argv.slice(4))).toMatchObject(Either.right({ mode: "vmm", backend: "vmm", spawn: "node", vmExec: join(dir, "vmd.c") }))
   })
 
   it("its V8 flags are bin/vmm's #! line's (the code cache is accepted only under them)", () => {
