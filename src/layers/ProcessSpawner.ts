@@ -81,7 +81,8 @@ export const F_INHERIT = 1
 export const F_ENV = 2
 /** Answer the SPAWN right after the fork, before the exec (SpawnRequest.early). */
 export const F_EARLY = 4
-const HDR_BYTES = 24
+/** The SPAWN request's fixed header (type, seq, flags and three counts). */
+export const HDR_BYTES = 24
 /** Largest request the spawner reads (MAX_REQ) and most fds per request (MAX_FDS). */
 export const MAX_REQUEST = 64 * 1024
 export const MAX_FDS = 128
@@ -223,6 +224,8 @@ const encodeSpawn = (
     off += 4
   }
   for (const s of strings) {
+    // no room left for even an empty string's NUL (the last one filled the request)
+    if (off >= MAX_REQUEST) return -Errno.E2BIG
     if (s.includes("\0")) return -Errno.EINVAL
     const { read, written } = encoder.encodeInto(s, buf.data.subarray(off, MAX_REQUEST - 1))
     if (read < s.length) return -Errno.E2BIG

@@ -112,6 +112,10 @@ describe.each(builds)("ProcessSpawner ($name)", ({ binary }) => {
         proc.spawn({ command: child, args: ["x".repeat(ProcessSpawner.MAX_REQUEST)], fds: [], stdio: "null" })
       )
       expect(huge.errno).toBe(Errno.E2BIG)
+      // strings that fill the request to its last byte, then an empty one: no room for its NUL
+      const fill = ProcessSpawner.MAX_REQUEST - ProcessSpawner.HDR_BYTES - (new TextEncoder().encode(child).length + 1) - 1
+      const full = yield* Effect.flip(proc.spawn({ command: child, args: ["x".repeat(fill), ""], fds: [], stdio: "null" }))
+      expect(full.errno).toBe(Errno.E2BIG)
       expect(yield* proc.children).toEqual([])
       // The spawner is still fine after all that.
       const ok = yield* proc.spawn({ command: child, args: ["exit", "3"], fds: [], stdio: "null" })
