@@ -117,6 +117,10 @@ describe("fd hygiene of bin/vmm and its VM processes", () => {
         timeoutMs: 20_000
       })
       const pid = parent.vmmPid
+      // Sampling starts once the vmm answers: before that it is Node booting, not the vmm
+      // (Node marks the fds it inherits close-on-exec as it starts, and the program marks fd 3
+      // when it opens the channel; a loaded machine once had a sample land before both).
+      yield* parent.info
       const inherited = ancestorLinks()
       // the vmm cannot have inherited it: it was opened (by the parent stand-in, in this process) after the vmm started
       inherited.delete(device)
