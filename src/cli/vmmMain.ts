@@ -17,7 +17,7 @@ import { startVmmServer } from "../vmm/server.ts"
 import { withTrace } from "../vmm/trace.ts"
 import { vmmServices } from "./layers.ts"
 import { ImsgChannel } from "../services/ImsgChannel.ts"
-import type { VmmOptions } from "../vmm/context.ts"
+import { HANDSHAKE_TIMEOUT_MS, type VmmOptions } from "../vmm/context.ts"
 
 /**
  * The program exec'd for each VM: --vm-exec, or this program itself (vmd
@@ -33,10 +33,10 @@ export const vmExecOf = (args: VmmArgs): { command: string; prefix: ReadonlyArra
 }
 
 /**
- * The vmm process. `handshakeTimeoutMs` (default 30 s, as bin/vmm always runs) is for
+ * The vmm process. `handshakeTimeoutMs` (bin/vmm always runs with the default) is for
  * tests that need a hung start handshake to give up sooner.
  */
-export const runVmm = async (args: VmmArgs, handshakeTimeoutMs = 30_000): Promise<number> => {
+export const runVmm = async (args: VmmArgs, handshakeTimeoutMs = HANDSHAKE_TIMEOUT_MS): Promise<number> => {
   logState.title = "vmm"
   // VMD_VMM_LOG_STDERR=1: logs on stderr without -d (which would also give
   // the VMs this process's stdio), e.g. for a supervisor or a test reading them.

@@ -23,7 +23,6 @@ import { Effect, Either } from "effect"
 import { Errno } from "../schema/errno.ts"
 import { decodeLocalPrefix, decodeVmdVm, SIZEOF, type LocalPrefix, type VmdVm } from "../schema/structs.ts"
 import { constants, fstatSync } from "node:fs"
-import { fstatId } from "../native/libc.ts"
 import type { ImsgChannelService } from "../services/ImsgChannel.ts"
 import type { Fd } from "../services/Fd.ts"
 import { createFailure, namedFds } from "./vmStruct.ts"
@@ -54,12 +53,11 @@ const readExactly = (imsg: ImsgChannelService, sock: Fd, n: number, what: string
  */
 export const missingFds = (vm: VmdVm) =>
   namedFds(vm).filter((fd) => {
-    if (typeof fstatId(fd.num) === "number") return true
     try {
       const st = fstatSync(fd.num)
       return (st.mode & constants.S_IFMT) === 0 || st.isFIFO()
     } catch {
-      return true
+      return true // not open
     }
   })
 

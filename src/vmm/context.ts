@@ -32,12 +32,15 @@ export interface VmmOptions {
 
 export class VmmOptionsTag extends Context.Tag("vmd-vmm/VmmOptions")<VmmOptionsTag, VmmOptions>() {}
 
+/** handshakeTimeoutMs as bin/vmm runs. */
+export const HANDSHAKE_TIMEOUT_MS = 30_000
+
 export const defaultVmmOptions = (vmExec: string): VmmOptions => ({
   debug: false,
   verbose: 0,
   vmExec,
   vmExecArgs: [],
-  handshakeTimeoutMs: 30_000
+  handshakeTimeoutMs: HANDSHAKE_TIMEOUT_MS
 })
 
 /** env-> fields the vmm process uses. */

@@ -7,7 +7,7 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Either, Stream } from "effect"
-import { readdirSync, readlinkSync, rmSync } from "node:fs"
+import { rmSync } from "node:fs"
 import { afterAll, beforeAll } from "vitest"
 import * as libc from "../../src/native/libc.ts"
 import { Errno } from "../../src/schema/errno.ts"
@@ -237,15 +237,8 @@ describe("VM program (node): vm.c's checks after the local prefix", () => {
       // one of Node's own fds in the VM process (libuv's epoll, opened before any JS runs)
       const own = yield* Effect.promise(async () => {
         for (let i = 0; i < 200; i++) {
-          for (const n of readdirSync(`/proc/${vm.child.pid}/fd`)) {
-            let target = ""
-            try {
-              target = readlinkSync(`/proc/${vm.child.pid}/fd/${n}`)
-            } catch {
-              continue
-            }
-            if (target === "anon_inode:[eventpoll]") return Number(n)
-          }
+          const epoll = [...fdLinks(vm.child.pid)].find(([, link]) => link === "anon_inode:[eventpoll]")
+          if (epoll !== undefined) return epoll[0]
           await new Promise((r) => setTimeout(r, 25))
         }
         throw new Error("no epoll fd in the VM process")
