@@ -274,8 +274,8 @@ class ImsgConnection {
     this.#ending = ending
     this.#reading = false
     this.#parser.dispose()
-    this.#watch()
     this.#notify()
+    this.#watch()
   }
 
   #fail(error: ChannelError): void {

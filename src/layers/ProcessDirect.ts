@@ -61,8 +61,8 @@
  *
  * Reaping: right after posix_spawn returns, a ChildWatch (native/childWatch.ts:
  * the child's pidfd, opened before it can have been reaped, polled on Node's
- * loop, then waitpid(WNOHANG), with its pidfd closed before the exit is
- * reported); the exit then leaves the table, goes to the ExitBox and
+ * loop, then waitpid(WNOHANG); the exit is reported, then the pidfd closed,
+ * in the same callback); the exit leaves the table, goes to the ExitBox and
  * completes `Child.exit`. Each exit is reported once, in the order reaped.
  * `unsafeReapNow(pid)` does the watch's waitpid(WNOHANG) at once, for a
  * caller with a hint that the child is gone (the vmm, at EOF on the VM's

@@ -71,15 +71,21 @@ export class ChildWatch {
       if (status === null) return false // stopped or continued: not an exit
     }
     this.#done = true
-    this.release()
-    this.onExit(status)
+    // Reported first, released after: the exit's report (TERMINATE_VM_EVENT) is
+    // on its way before the three native calls of the release.
+    try {
+      this.onExit(status)
+    } finally {
+      this.release()
+    }
     return true
   }
 
   /**
    * Stop watching, close(2) the pidfd at once (a stopped handle never calls
    * back), then uv_close the handle, whose callback only frees its memory:
-   * so the pidfd is closed before the exit is reported. Once.
+   * after a reap, right after the exit is reported, in the same callback.
+   * Once.
    */
   release(): void {
     if (this.#released) return

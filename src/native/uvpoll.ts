@@ -78,12 +78,14 @@ export const insidePollCallback = (): boolean => inCallback > 0
  * may run there and then too.
  */
 export const asPollCallback = (f: () => void): void => {
-  drainSoon()
   inCallback++
   try {
     f()
   } finally {
     inCallback--
+    // after f: the checkpoint is the same, and its cost (a setImmediate) is
+    // then off the path of what f writes (TERMINATE_VM_EVENT)
+    drainSoon()
   }
 }
 

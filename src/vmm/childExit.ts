@@ -33,8 +33,8 @@ export const exitResult = (exit: ChildExit, shuttingDown: boolean): number => {
 }
 
 /**
- * vmm_sighdlr up to TERMINATE_VM_EVENT, now: find the VM, vm_remove it,
- * queue the event and write it. The removed VM (for `afterExit`), or null
+ * vmm_sighdlr up to TERMINATE_VM_EVENT, now: find the VM, queue the event,
+ * write it, then vm_remove the VM. The removed VM (for `afterExit`), or null
  * if the pid is no registered VM. Only where the dispatcher would run: it
  * is idle, or this is its turn.
  */
@@ -43,11 +43,18 @@ export const sighdlrNow = (ctx: VmmContext, exit: ChildExit): Vm | null => {
   // If the VM is gone already, it got terminated via a TERMINATE_VM_REQUEST.
   if (vm === null) return null
   const ret = exitResult(exit, (vm.state & VM_STATE_SHUTDOWN) !== 0)
-  // As in vmm.c the event comes after vm_remove: when the parent reads it,
-  // the VM's socket and fds are closed here (test/e2e/wire.test.ts).
-  ctx.registry.unsafeRemove(vm, "vmm_sighdlr")
-  composeParentNow(ctx, IMSG_VMDOP_TERMINATE_VM_EVENT, vm.peerid, vmopResultBytes(ret, vm.vmid, 0))
-  ctx.parent.unsafeWritePending()
+  // vmm.c does vm_remove first. Here the event is written first and the VM
+  // removed right after, in the same synchronous step: nothing is read or
+  // answered in between, so the parent cannot tell, and the event is out
+  // before the native calls that close the VM's socket (bench-vmm's exit
+  // notification). By the time the vmm answers anything else, the VM's
+  // socket and fds are closed (test/e2e/wire.test.ts).
+  try {
+    composeParentNow(ctx, IMSG_VMDOP_TERMINATE_VM_EVENT, vm.peerid, vmopResultBytes(ret, vm.vmid, 0))
+    ctx.parent.unsafeWritePending()
+  } finally {
+    ctx.registry.unsafeRemove(vm, "vmm_sighdlr")
+  }
   return vm
 }
 

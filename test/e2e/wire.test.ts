@@ -183,6 +183,10 @@ describe("end to end on the wire", () => {
         yield* raw.send(M.terminateVm(81, 5, true))
         yield* nextMatching(raw, (m) => m.type === T.IMSG_VMDOP_TERMINATE_VM_EVENT)
         expect(running(pid)).toBe(false)
+        // The event is written first, then the VM's socket and pidfd closed, in the same
+        // callback: by the time the vmm answers anything else they are gone.
+        yield* raw.send(M.getInfo(82))
+        yield* nextMatching(raw, (m) => m.type === T.IMSG_VMDOP_GET_INFO_VM_END_DATA)
         expect(kinds(fdLinks(raw.vmm.pid)), "the vmm holds nothing of the VM").toEqual(vmmFdsBefore)
         expect(pidfdTargets(raw.vmm.pid), "no pidfd of the VM left").toEqual(helper)
       })
