@@ -1,8 +1,9 @@
 /**
  * A child of this process watched until it exits, without SIGCHLD: its
  * pidfd (readable once the child has exited; Linux >= 5.3) polled on Node's
- * own loop, then waitpid(WNOHANG), which also keeps the pid from being
- * reused until then. Should libuv stop polling the pidfd, the child is
+ * own loop, then waitid(P_PIDFD, WNOHANG) on that pidfd (waitpid before
+ * Linux 5.4), which also keeps the pid from being reused until then; a child
+ * reaped by something else is reported lost even if a new child has its pid. Should libuv stop polling the pidfd, the child is
  * looked at every 50 ms instead. Node's libuv waitpids only the pids of its
  * own ChildProcess handles, never these.
  *
@@ -10,7 +11,7 @@
  * spawner itself.
  */
 import * as libc from "./libc.ts"
-import { decodeWaitStatus, pidfdOpen, waitpid, waitStatus, type WaitStatus } from "./spawn.ts"
+import { decodeWaitStatus, pidfdOpen, reapChild, waitStatus, type WaitStatus } from "./spawn.ts"
 import { UV_READABLE, UvPoll } from "./uvpoll.ts"
 
 /** How often a child is looked at when libuv could not poll its pidfd. */
@@ -60,10 +61,10 @@ export class ChildWatch {
     return w
   }
 
-  /** waitpid(WNOHANG): true once the child is reaped (and reported) or known lost. */
+  /** waitid(P_PIDFD, WNOHANG): true once the child is reaped (and reported) or known lost. */
   reap(): boolean {
     if (this.#done) return true
-    const r = waitpid(this.pid)
+    const r = reapChild(this.pid, this.pidfd)
     if (r === 0) return false
     let status: WaitStatus | null = null
     if (r === this.pid) {

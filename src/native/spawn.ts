@@ -29,7 +29,15 @@ const SYS_pidfd_send_signal = 424
 const SYS_pidfd_open = 434
 
 const WNOHANG = 1
+const WEXITED = 4
+/** waitid's idtype for a pidfd (Linux >= 5.4). */
+const P_PIDFD = 3
+/** siginfo_t's si_code for a child's exit (CLD_*). */
+const CLD_EXITED = 1
+const CLD_KILLED = 2
+const CLD_DUMPED = 3
 const EINTR = 4
+const EINVAL = 22
 const ENOSYS = 38
 const HOST_EIO = 5
 
@@ -59,6 +67,7 @@ interface Bindings {
   readonly sigfillset: CFunction
   readonly syscall: CFunction
   readonly waitpid: CFunction
+  readonly waitid: CFunction
   readonly faClosefrom: CFunction | null
   /** The address of libc's `environ` variable (char **environ). */
   readonly environ: unknown
@@ -97,6 +106,7 @@ const bind = (): Bindings | null => {
       sigfillset: f("int sigfillset(void *set)"),
       syscall: f("long syscall(long nr, ...)"),
       waitpid: f("int waitpid(int pid, int *status, int options)"),
+      waitid: f("int waitid(int idtype, int id, void *infop, int options)"),
       environ: self.symbol("environ")
     }
   } catch (e) {
@@ -185,6 +195,41 @@ export const waitpid = (pid: number, block = false): number => {
 
 /** The raw status of the last `waitpid` that reaped a pid. */
 export const waitStatus = (): number => statusBuf[0] ?? 0
+
+/** siginfo_t (128 bytes): si_code at 8, si_pid at 16, si_status at 24 (x86_64 and aarch64). */
+const siginfo = new Int32Array(32)
+/** Whether waitid(P_PIDFD) works (false before Linux 5.4: EINVAL); asked on first use. */
+let pidfdWait: boolean | undefined
+
+/**
+ * Reap the child `pidfd` names, if it has exited: waitid(P_PIDFD, pidfd,
+ * WEXITED | WNOHANG), whose status `reapedStatus()` then gives. The pid
+ * reaped, 0 if it is still running, or -errno (-ECHILD: something else
+ * reaped it). The pidfd, not the pid: a pid reaped elsewhere and taken by
+ * another child of ours names that child, and waitpid would ask about it.
+ * Before Linux 5.4, waitpid(pid) instead.
+ */
+export const reapChild = (pid: number, pidfd: number): number => {
+  if (pidfdWait !== false) {
+    for (;;) {
+      siginfo[4] = 0 // si_pid: still 0 after WNOHANG if the child has not exited
+      const r = ret(b().waitid(P_PIDFD, pidfd, siginfo, WEXITED | WNOHANG) as number)
+      if (r === -EINTR) continue
+      if (r === -EINVAL && pidfdWait === undefined) break
+      pidfdWait = true
+      if (r < 0) return r
+      const reaped = siginfo[4] ?? 0
+      if (reaped !== 0) statusBuf[0] = encodeWaitStatus(siginfo[2] ?? 0, siginfo[6] ?? 0)
+      return reaped
+    }
+    pidfdWait = false
+  }
+  return waitpid(pid)
+}
+
+/** si_code and si_status as waitpid's status word (so `waitStatus()` serves both). */
+const encodeWaitStatus = (code: number, status: number): number =>
+  code === CLD_EXITED ? (status & 0xff) << 8 : code === CLD_KILLED || code === CLD_DUMPED ? status & 0x7f : 0xffff
 
 export type WaitStatus =
   | { readonly _tag: "Exited"; readonly code: number }

@@ -228,6 +228,70 @@ describe("ProcessDirect", () => {
     }).pipe(Effect.provide(layer))
   )
 
+  // Found by a review (session 12): a child reaped by something else in this process, whose pid
+  // the next child then gets. Its pidfd stays readable; waitpid(pid) asks about the new child
+  // (0: running), so its watch spun on every loop turn and its exit was never reported.
+  // waitid(P_PIDFD) asks about the process the pidfd names: ECHILD, reported as lost.
+  const lastPid = "/proc/sys/kernel/ns_last_pid"
+  const canSetLastPid = (() => {
+    try {
+      writeFileSync(lastPid, readFileSync(lastPid, "utf8"))
+      return true
+    } catch {
+      return false
+    }
+  })()
+  it.scopedLive.skipIf(!canSetLastPid)(
+    "a child reaped elsewhere whose pid a new child got is reported once, as lost, and its watch stops",
+    () =>
+      Effect.gen(function* () {
+        const proc = yield* Process
+        let reused: { a: number; b: number; aExit: Effect.Effect<ChildExit["status"]> } | null = null
+        // The pid is set for the next fork, which another process may take first: try again.
+        for (let attempt = 0; attempt < 20 && reused === null; attempt++) {
+          const a = yield* proc.spawn({ command: child, args: ["sleep"], fds: [], stdio: "null" })
+          spawned.push(a.pid)
+          // With this loop blocked from here on: kill it, reap it behind the layer's back, and
+          // start a child of ours at its pid, before its watch can look.
+          process.kill(a.pid, "SIGKILL")
+          const until = Date.now() + 5000
+          while (procStat(a.pid)?.state !== "Z" && Date.now() < until) {
+            // spin
+          }
+          expect(waitpid(a.pid, true)).toBe(a.pid)
+          writeFileSync(lastPid, String(a.pid - 1))
+          const fa = new FileActions()
+          expect(fa.init()).toBe(0)
+          const attr = new SpawnAttr()
+          expect(attr.init()).toBe(0)
+          const b = posixSpawnp(child, fa, attr, [child, "sleep"], null)
+          fa.destroy()
+          attr.destroy()
+          expect(b).toBeGreaterThan(0)
+          spawned.push(b)
+          if (b === a.pid) reused = { a: a.pid, b, aExit: a.exit }
+          else {
+            // no reuse this time: the first child is reported lost either way; end the other
+            expect(yield* a.exit).toEqual({ _tag: "Exited", code: 255 })
+            process.kill(b, "SIGKILL")
+            expect(waitpid(b, true)).toBe(b)
+          }
+        }
+        expect(reused, "a new child got the reaped child's pid").not.toBeNull()
+        const { b, aExit } = reused!
+        // reported, once, as lost (its status is gone), in a few loop turns
+        const status = yield* aExit.pipe(Effect.timeout("5 seconds"))
+        expect(status).toEqual({ _tag: "Exited", code: 255 })
+        const exits = yield* proc.takeExits
+        expect(exits.filter((e) => e.pid === b)).toEqual([{ pid: b, status: { _tag: "Exited", code: 255 } }])
+        // its watch is gone (no pidfd left, nothing polled), and the new child is untouched
+        expect(openPidfds()).toEqual([])
+        expect(procStat(b)?.state).not.toBe("Z")
+        process.kill(b, "SIGKILL")
+        expect(waitpid(b, true)).toBe(b)
+      }).pipe(Effect.provide(layer))
+  )
+
   it.scopedLive("a child that exited but is not reaped yet is still ours to signal (the pidfd, not the pid)", () =>
     Effect.gen(function* () {
       const proc = yield* Process
