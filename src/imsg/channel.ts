@@ -274,8 +274,13 @@ class ImsgConnection {
     this.#ending = ending
     this.#reading = false
     this.#parser.dispose()
-    this.#notify()
-    this.#watch()
+    // The listener first (the vmm's exit path goes on from its EOF), then the poll;
+    // stopped even if the listener throws, or a socket at EOF would be polled on and on.
+    try {
+      this.#notify()
+    } finally {
+      this.#watch()
+    }
   }
 
   #fail(error: ChannelError): void {
@@ -482,6 +487,10 @@ class ImsgConnection {
 
   readonly queued: Effect.Effect<number> = Effect.sync(() => this.#writer.length)
 
+  queuedNow(): number {
+    return this.#writer.length
+  }
+
   // ---- closing ----------------------------------------------------------
 
   /** Everything of closing but waiting for the driver; false if already closed. */
@@ -535,6 +544,7 @@ export const makeChannel = (
     unsafeSend: (msg) => c.sendNow(msg),
     unsafeWritePending: () => c.writePendingNow(),
     unsafeClose: () => c.closeNow(),
+    unsafeQueued: () => c.queuedNow(),
     unsafeHold: (hold) => c.holdNow(hold),
     resume: Effect.sync(() => c.resumeNow())
   }

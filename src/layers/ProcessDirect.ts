@@ -61,10 +61,10 @@
  *
  * Reaping: right after posix_spawn returns, a ChildWatch (native/childWatch.ts:
  * the child's pidfd, opened before it can have been reaped, polled on Node's
- * loop, then waitpid(WNOHANG); the exit is reported, then the pidfd closed,
+ * loop, then waitid(P_PIDFD, WNOHANG); the exit is reported, then the pidfd closed,
  * in the same callback); the exit leaves the table, goes to the ExitBox and
  * completes `Child.exit`. Each exit is reported once, in the order reaped.
- * `unsafeReapNow(pid)` does the watch's waitpid(WNOHANG) at once, for a
+ * `unsafeReapNow(pid)` does the watch's reap at once, for a
  * caller with a hint that the child is gone (the vmm, at EOF on the VM's
  * socket: the socket closes as the process exits, and its pidfd's callback
  * comes one event later; ~0.06-0.14 ms sooner to TERMINATE_VM_EVENT).
@@ -208,7 +208,7 @@ export const make = (options: DirectOptions = {}): Effect.Effect<ProcessService,
       if (--releasing === 0) wake(onReleased)
     }
 
-    /** Reported once; the watch has closed the pidfd by then (the vmm holds nothing of a VM whose exit is out). */
+    /** Reported once; the watch closes the pidfd right after, in the same callback. */
     const finish = (c: LiveChild, status: ExitStatus): void => {
       if (c.done) return
       c.done = true

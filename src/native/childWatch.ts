@@ -33,7 +33,7 @@ export class ChildWatch {
 
   /**
    * Watch `pid`: `onExit` once, with its status (null if something else
-   * reaped it: ECHILD), after the watch is released; `onReleased` once
+   * reaped it: ECHILD), the watch released right after it returns; `onReleased` once
    * libuv has let go of the poll handle. -errno if it cannot be watched
    * (pidfd_open or uv_poll failed): nothing is left open then.
    */

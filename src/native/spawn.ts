@@ -203,7 +203,7 @@ let pidfdWait: boolean | undefined
 
 /**
  * Reap the child `pidfd` names, if it has exited: waitid(P_PIDFD, pidfd,
- * WEXITED | WNOHANG), whose status `reapedStatus()` then gives. The pid
+ * WEXITED | WNOHANG), whose status `waitStatus()` then gives. The pid
  * reaped, 0 if it is still running, or -errno (-ECHILD: something else
  * reaped it). The pidfd, not the pid: a pid reaped elsewhere and taken by
  * another child of ours names that child, and waitpid would ask about it.

@@ -141,6 +141,8 @@ export interface Channel {
   readonly unsafeSend: (msg: OutgoingImsg) => ChannelError | null
   readonly unsafeWritePending: () => void
   readonly unsafeClose: () => void
+  /** `queued`, now. */
+  readonly unsafeQueued: () => number
   /**
    * Stop reading the socket (true) until called with false: flow control
    * for a `listen` consumer, which gets every batch as soon as it is read

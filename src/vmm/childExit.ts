@@ -23,6 +23,7 @@ import type { ChildExit } from "../services/Process.ts"
 import type { Vm } from "../services/VmRegistry.ts"
 import { composeParentNow, type VmmContext } from "./context.ts"
 import { terminateVm } from "./terminate.ts"
+import { closeHeldFds } from "../layers/VmRegistryLive.ts"
 import { logDebug } from "./log.ts"
 import { span } from "./span.ts"
 
@@ -43,17 +44,21 @@ export const sighdlrNow = (ctx: VmmContext, exit: ChildExit): Vm | null => {
   // If the VM is gone already, it got terminated via a TERMINATE_VM_REQUEST.
   if (vm === null) return null
   const ret = exitResult(exit, (vm.state & VM_STATE_SHUTDOWN) !== 0)
-  // vmm.c does vm_remove first. Here the event is written first and the VM
-  // removed right after, in the same synchronous step: nothing is read or
-  // answered in between, so the parent cannot tell, and the event is out
-  // before the native calls that close the VM's socket (bench-vmm's exit
-  // notification). By the time the vmm answers anything else, the VM's
-  // socket and fds are closed (test/e2e/wire.test.ts).
+  // vmm.c does vm_remove first, and the parent may act on the event at once
+  // (reopen a tap, which is exclusive on OpenBSD): every fd of the VM's is
+  // closed before it goes out. The VM's socket may wait until just after it
+  // (its peer is dead; nothing is read or answered in between, so the parent
+  // cannot tell), which takes three native calls off the event's path
+  // (bench-vmm's exit notification). Not when messages wait in that socket's
+  // queue (they may carry fds): then vm_remove first, as vmm.c.
+  // test/vmm/exitOrder.test.ts, test/e2e/wire.test.ts.
+  closeHeldFds(vm) // fds sent for it after its start (START_VM_CDROM, ...); none usually
+  if (vm.channel !== null && vm.channel.unsafeQueued() > 0) ctx.registry.unsafeRemove(vm, "vmm_sighdlr")
   try {
     composeParentNow(ctx, IMSG_VMDOP_TERMINATE_VM_EVENT, vm.peerid, vmopResultBytes(ret, vm.vmid, 0))
     ctx.parent.unsafeWritePending()
   } finally {
-    ctx.registry.unsafeRemove(vm, "vmm_sighdlr")
+    ctx.registry.unsafeRemove(vm, "vmm_sighdlr") // a no-op if done above
   }
   return vm
 }

@@ -259,12 +259,17 @@ describe("ProcessDirect", () => {
             // spin
           }
           expect(waitpid(a.pid, true)).toBe(a.pid)
+          spawned.splice(spawned.indexOf(a.pid), 1) // reaped: its pid is no longer ours to check
+          // The pid counter goes back by a few for one fork, and then forward again to where
+          // it was: pids other tests freed meanwhile are not handed out again at once.
+          const before = Number(readFileSync(lastPid, "utf8"))
           writeFileSync(lastPid, String(a.pid - 1))
           const fa = new FileActions()
           expect(fa.init()).toBe(0)
           const attr = new SpawnAttr()
           expect(attr.init()).toBe(0)
           const b = posixSpawnp(child, fa, attr, [child, "sleep"], null)
+          writeFileSync(lastPid, String(Math.max(before, Number(readFileSync(lastPid, "utf8")))))
           fa.destroy()
           attr.destroy()
           expect(b).toBeGreaterThan(0)
@@ -275,6 +280,7 @@ describe("ProcessDirect", () => {
             expect(yield* a.exit).toEqual({ _tag: "Exited", code: 255 })
             process.kill(b, "SIGKILL")
             expect(waitpid(b, true)).toBe(b)
+            spawned.splice(spawned.indexOf(b), 1)
           }
         }
         expect(reused, "a new child got the reaped child's pid").not.toBeNull()
@@ -289,6 +295,7 @@ describe("ProcessDirect", () => {
         expect(procStat(b)?.state).not.toBe("Z")
         process.kill(b, "SIGKILL")
         expect(waitpid(b, true)).toBe(b)
+        spawned.splice(spawned.indexOf(b), 1)
       }).pipe(Effect.provide(layer))
   )
 

@@ -1,0 +1,81 @@
+/**
+ * vmm_sighdlr's order (src/vmm/childExit.ts sighdlrNow): what the vmm still
+ * holds of a VM at the moment its TERMINATE_VM_EVENT is handed to the
+ * parent's socket. vmm.c does vm_remove (every fd of the VM closed) before
+ * the event; ours closes the VM's own fds first too, and may leave only its
+ * socket (whose peer is dead) until right after the write, unless messages
+ * wait in that socket's queue (they may carry fds). Checked at the write
+ * itself, through a parent channel that looks when a message is handed to it.
+ * Found by a review: a START_VM_CDROM sent after the start (vmm.c and ours
+ * take it) was still open when the event went out.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Effect } from "effect"
+import { makeVmRegistry } from "../../src/layers/VmRegistryLive.ts"
+import { Fd, type FdBackend } from "../../src/services/Fd.ts"
+import type { Channel } from "../../src/services/ImsgChannel.ts"
+import type { VmmContext } from "../../src/vmm/context.ts"
+import { sighdlrNow } from "../../src/vmm/childExit.ts"
+import * as S from "../../src/schema/structs.ts"
+
+const IMSG_VMDOP_TERMINATE_VM_EVENT = 18 // IMSG_PROC_MAX (5) + 13
+
+const scenario = (queuedOnVmSocket: number) =>
+  Effect.gen(function* () {
+    const closed: Array<string> = []
+    const labels = new Map<number, string>()
+    let next = 100
+    const backend: FdBackend = { name: "test", closeNumber: (n) => (closed.push(labels.get(n) ?? "?"), 0), onDoubleClose: () => {} }
+    const fd = (label: string) => {
+      labels.set(next, label)
+      return new Fd(next++, backend, label)
+    }
+
+    const registry = yield* makeVmRegistry()
+    const vm = yield* registry.register(
+      { ...S.emptyVmopCreateParams(), vmc_name: "vm", vmc_flags: 0x1, vmc_kernel: 5, vmc_ncpus: 1n },
+      7,
+      0
+    )
+    vm.pid = 4242
+    // After a start the vmm holds none of these; a START_VM_CDROM / DISK sent later is taken.
+    vm.cdrom = fd("cdrom")
+    vm.disks[0]![0] = fd("disk")
+    let socketClosed = false
+    vm.channel = { unsafeQueued: () => queuedOnVmSocket } as unknown as Channel
+    vm.closeChannel = () => {
+      socketClosed = true
+    }
+
+    const atWrite: Array<{ type: number; closed: ReadonlyArray<string>; socketClosed: boolean; registered: boolean }> = []
+    const parent = {
+      unsafeSend: (msg: { type: number }) => {
+        atWrite.push({ type: msg.type, closed: [...closed].sort(), socketClosed, registered: registry.unsafeByPid(4242) !== null })
+        return null
+      },
+      unsafeWritePending: () => {}
+    } as unknown as Channel
+    const ctx = { registry, parent } as unknown as VmmContext
+
+    const removed = sighdlrNow(ctx, { pid: 4242, status: { _tag: "Exited", code: 0 } })
+    return { removed, vm, atWrite, closed, socketClosed, registered: registry.unsafeByPid(4242) !== null }
+  })
+
+describe("vmm_sighdlr: what the vmm holds of a VM when its exit event is written", () => {
+  it.effect("its own fds are closed before the event; its socket (nothing queued) right after", () =>
+    Effect.gen(function* () {
+      const r = yield* scenario(0)
+      expect(r.atWrite).toEqual([{ type: IMSG_VMDOP_TERMINATE_VM_EVENT, closed: ["cdrom", "disk"], socketClosed: false, registered: true }])
+      expect(r.removed).toBe(r.vm)
+      expect([r.socketClosed, r.registered]).toEqual([true, false])
+    })
+  )
+
+  it.effect("with messages queued on its socket: vm_remove first, as vmm.c", () =>
+    Effect.gen(function* () {
+      const r = yield* scenario(2)
+      expect(r.atWrite).toEqual([{ type: IMSG_VMDOP_TERMINATE_VM_EVENT, closed: ["cdrom", "disk"], socketClosed: true, registered: false }])
+      expect([r.socketClosed, r.registered]).toEqual([true, false])
+    })
+  )
+})
