@@ -34,8 +34,9 @@ export const exitResult = (exit: ChildExit, shuttingDown: boolean): number => {
 }
 
 /**
- * vmm_sighdlr up to TERMINATE_VM_EVENT, now: find the VM, queue the event,
- * write it, then vm_remove the VM. The removed VM (for `afterExit`), or null
+ * vmm_sighdlr up to TERMINATE_VM_EVENT, now: find the VM, close its fds,
+ * queue the event and write it, then vm_remove the VM (its socket), or
+ * vm_remove first if messages wait on that socket. The removed VM (for `afterExit`), or null
  * if the pid is no registered VM. Only where the dispatcher would run: it
  * is idle, or this is its turn.
  */

@@ -126,7 +126,7 @@ describe("ImsgChannelNative over real socketpairs", () => {
     )
   )
 
-  it.live("unsafeSend, unsafeWritePending and unsafeClose act at once, outside an effect, as send, writePending and close do", () =>
+  it.live("unsafeSend, unsafeWritePending, unsafeQueued and unsafeClose act at once, outside an effect, as send, writePending, queued and close do", () =>
     native(
       Effect.gen(function* () {
         const svc = yield* ImsgChannel
@@ -134,11 +134,13 @@ describe("ImsgChannelNative over real socketpairs", () => {
         const fdNum = a.num
         const ch = yield* svc.open(a)
         const peek = () => recvOnce(b.num)
+        expect(ch.unsafeQueued()).toBe(0)
         expect(ch.unsafeSend({ type: 7, peerid: 0, pid: 0, data: Uint8Array.of(1, 2) })).toBeNull()
         expect(peek()).toBe(-11) // queued, the write scheduled
+        expect([ch.unsafeQueued(), yield* ch.queued]).toEqual([1, 1])
         ch.unsafeWritePending()
         expect(peek()).toBe(18)
-        expect((yield* ch.queued)).toBe(0)
+        expect([ch.unsafeQueued(), yield* ch.queued]).toEqual([0, 0])
         // too large: the error send fails with, and the message's fd closed
         const dev = libc.nativeFd(libc.open("/dev/null", libc.O_RDONLY), "devnull")
         const tooLarge = ch.unsafeSend({ type: 7, peerid: 0, pid: 0, data: new Uint8Array(16385), fd: dev })

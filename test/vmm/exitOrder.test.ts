@@ -20,12 +20,20 @@ import * as S from "../../src/schema/structs.ts"
 
 const IMSG_VMDOP_TERMINATE_VM_EVENT = 18 // IMSG_PROC_MAX (5) + 13
 
-const scenario = (queuedOnVmSocket: number) =>
+const VM_STATE_SHUTDOWN = 0x04 // vmd.h
+const EAGAIN = 35
+
+const scenario = (queuedOnVmSocket: number, exitCode = 0, shuttingDown = false) =>
   Effect.gen(function* () {
     const closed: Array<string> = []
     const labels = new Map<number, string>()
     let next = 100
-    const backend: FdBackend = { name: "test", closeNumber: (n) => (closed.push(labels.get(n) ?? "?"), 0), onDoubleClose: () => {} }
+    let doubleCloses = 0
+    const backend: FdBackend = {
+      name: "test",
+      closeNumber: (n) => (closed.push(labels.get(n) ?? "?"), 0),
+      onDoubleClose: () => void doubleCloses++
+    }
     const fd = (label: string) => {
       labels.set(next, label)
       return new Fd(next++, backend, label)
@@ -38,6 +46,7 @@ const scenario = (queuedOnVmSocket: number) =>
       0
     )
     vm.pid = 4242
+    if (shuttingDown) vm.state |= VM_STATE_SHUTDOWN // a graceful stop pending
     // After a start the vmm holds none of these; a START_VM_CDROM / DISK sent later is taken.
     vm.cdrom = fd("cdrom")
     vm.disks[0]![0] = fd("disk")
@@ -47,35 +56,48 @@ const scenario = (queuedOnVmSocket: number) =>
       socketClosed = true
     }
 
-    const atWrite: Array<{ type: number; closed: ReadonlyArray<string>; socketClosed: boolean; registered: boolean }> = []
+    const atWrite: Array<{ type: number; result: number; closed: ReadonlyArray<string>; socketClosed: boolean; registered: boolean }> = []
     const parent = {
-      unsafeSend: (msg: { type: number }) => {
-        atWrite.push({ type: msg.type, closed: [...closed].sort(), socketClosed, registered: registry.unsafeByPid(4242) !== null })
+      unsafeSend: (msg: { type: number; data: Uint8Array }) => {
+        const result = new DataView(msg.data.buffer, msg.data.byteOffset).getInt32(0, true) // vmr_result
+        atWrite.push({ type: msg.type, result, closed: [...closed].sort(), socketClosed, registered: registry.unsafeByPid(4242) !== null })
         return null
       },
       unsafeWritePending: () => {}
     } as unknown as Channel
     const ctx = { registry, parent } as unknown as VmmContext
 
-    const removed = sighdlrNow(ctx, { pid: 4242, status: { _tag: "Exited", code: 0 } })
-    return { removed, vm, atWrite, closed, socketClosed, registered: registry.unsafeByPid(4242) !== null }
+    const removed = sighdlrNow(ctx, { pid: 4242, status: { _tag: "Exited", code: exitCode } })
+    return { removed, vm, atWrite, closed, socketClosed, doubleCloses, registered: registry.unsafeByPid(4242) !== null }
   })
 
 describe("vmm_sighdlr: what the vmm holds of a VM when its exit event is written", () => {
   it.effect("its own fds are closed before the event; its socket (nothing queued) right after", () =>
     Effect.gen(function* () {
       const r = yield* scenario(0)
-      expect(r.atWrite).toEqual([{ type: IMSG_VMDOP_TERMINATE_VM_EVENT, closed: ["cdrom", "disk"], socketClosed: false, registered: true }])
+      expect(r.atWrite).toEqual([{ type: IMSG_VMDOP_TERMINATE_VM_EVENT, result: 0, closed: ["cdrom", "disk"], socketClosed: false, registered: true }])
       expect(r.removed).toBe(r.vm)
-      expect([r.socketClosed, r.registered]).toEqual([true, false])
+      expect([r.socketClosed, r.registered, r.doubleCloses]).toEqual([true, false, 0])
+      expect(r.closed.sort()).toEqual(["cdrom", "disk"]) // each once
     })
   )
 
   it.effect("with messages queued on its socket: vm_remove first, as vmm.c", () =>
     Effect.gen(function* () {
-      const r = yield* scenario(2)
-      expect(r.atWrite).toEqual([{ type: IMSG_VMDOP_TERMINATE_VM_EVENT, closed: ["cdrom", "disk"], socketClosed: true, registered: false }])
-      expect([r.socketClosed, r.registered]).toEqual([true, false])
+      const r = yield* scenario(1)
+      expect(r.atWrite).toEqual([{ type: IMSG_VMDOP_TERMINATE_VM_EVENT, result: 0, closed: ["cdrom", "disk"], socketClosed: true, registered: false }])
+      expect([r.socketClosed, r.registered, r.doubleCloses]).toEqual([true, false, 0])
+    })
+  )
+
+  it.effect("a reset (EAGAIN) while a stop is pending is reported as 0, whichever order the removes take", () =>
+    Effect.gen(function* () {
+      for (const queued of [0, 1]) {
+        const r = yield* scenario(queued, EAGAIN, true)
+        expect(r.atWrite.map((w) => w.result)).toEqual([0])
+        const plain = yield* scenario(queued, EAGAIN, false)
+        expect(plain.atWrite.map((w) => w.result)).toEqual([EAGAIN]) // the parent restarts it
+      }
     })
   )
 })
