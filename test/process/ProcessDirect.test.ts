@@ -241,6 +241,18 @@ describe("ProcessDirect", () => {
       return false
     }
   })()
+  /** SIGKILL and reap a child this test started itself, unless reaped already (its pid may be another's then). */
+  const endOurs = (pid: number): void => {
+    const i = spawned.indexOf(pid)
+    if (i < 0) return
+    try {
+      process.kill(pid, "SIGKILL")
+    } catch {
+      // gone already (a zombie still takes it; reaped below either way)
+    }
+    waitpid(pid, true)
+    spawned.splice(i, 1)
+  }
   it.scopedLive.skipIf(!canSetLastPid)(
     "a child reaped elsewhere whose pid a new child got is reported once, as lost, and its watch stops",
     () =>
@@ -274,13 +286,13 @@ describe("ProcessDirect", () => {
           attr.destroy()
           expect(b).toBeGreaterThan(0)
           spawned.push(b)
+          // ended even if an expectation below fails (the layer's finalizer knows only its own)
+          yield* Effect.addFinalizer(() => Effect.sync(() => endOurs(b)))
           if (b === a.pid) reused = { a: a.pid, b, aExit: a.exit }
           else {
             // no reuse this time: the first child is reported lost either way; end the other
             expect(yield* a.exit).toEqual({ _tag: "Exited", code: 255 })
-            process.kill(b, "SIGKILL")
-            expect(waitpid(b, true)).toBe(b)
-            spawned.splice(spawned.indexOf(b), 1)
+            endOurs(b)
           }
         }
         expect(reused, "a new child got the reaped child's pid").not.toBeNull()
@@ -293,9 +305,8 @@ describe("ProcessDirect", () => {
         // its watch is gone (no pidfd left, nothing polled), and the new child is untouched
         expect(openPidfds()).toEqual([])
         expect(procStat(b)?.state).not.toBe("Z")
-        process.kill(b, "SIGKILL")
-        expect(waitpid(b, true)).toBe(b)
-        spawned.splice(spawned.indexOf(b), 1)
+        endOurs(b)
+        expect(spawned).not.toContain(b)
       }).pipe(Effect.provide(layer))
   )
 
