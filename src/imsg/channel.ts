@@ -485,11 +485,11 @@ class ImsgConnection {
     })
   })
 
-  readonly queued: Effect.Effect<number> = Effect.sync(() => this.#writer.length)
-
   queuedNow(): number {
     return this.#writer.length
   }
+
+  readonly queued: Effect.Effect<number> = Effect.sync(() => this.queuedNow())
 
   // ---- closing ----------------------------------------------------------
 

@@ -3,9 +3,10 @@
  * pidfd (readable once the child has exited; Linux >= 5.3) polled on Node's
  * own loop, then waitid(P_PIDFD, WNOHANG) on that pidfd (waitpid before
  * Linux 5.4), which also keeps the pid from being reused until then; a child
- * reaped by something else is reported lost even if a new child has its pid. Should libuv stop polling the pidfd, the child is
- * looked at every 50 ms instead. Node's libuv waitpids only the pids of its
- * own ChildProcess handles, never these.
+ * reaped by something else is reported lost even if a new child has its pid.
+ * Should libuv stop polling the pidfd, the child is looked at every 50 ms
+ * instead. Node's libuv waitpids only the pids of its own ChildProcess
+ * handles, never these.
  *
  * Used by ProcessDirect for every VM process and by ProcessSpawner for the
  * spawner itself.

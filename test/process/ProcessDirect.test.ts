@@ -18,6 +18,7 @@ import { afterAll, beforeAll, vi } from "vitest"
 import { layerEndTest, sharedProcessTests } from "./shared.ts"
 import { FAN_ALLOW, fanotifyWorks, holdExecs } from "./execGate.ts"
 import {
+  blockUntilZombie,
   childrenOf,
   clearCloexec,
   openPidfds,
@@ -266,10 +267,7 @@ describe("ProcessDirect", () => {
           // With this loop blocked from here on: kill it, reap it behind the layer's back, and
           // start a child of ours at its pid, before its watch can look.
           process.kill(a.pid, "SIGKILL")
-          const until = Date.now() + 5000
-          while (procStat(a.pid)?.state !== "Z" && Date.now() < until) {
-            // spin
-          }
+          blockUntilZombie(a.pid)
           expect(waitpid(a.pid, true)).toBe(a.pid)
           spawned.splice(spawned.indexOf(a.pid), 1) // reaped: its pid is no longer ours to check
           // The pid counter goes back by a few for one fork, and then forward again to where
@@ -317,10 +315,7 @@ describe("ProcessDirect", () => {
       spawned.push(c.pid)
       // Behind the layer's back, and with this loop blocked until it is a zombie: not reaped yet.
       process.kill(c.pid, "SIGTERM")
-      const until = Date.now() + 5000
-      while (procStat(c.pid)?.state !== "Z" && Date.now() < until) {
-        // spin
-      }
+      blockUntilZombie(c.pid)
       expect(procStat(c.pid)?.state).toBe("Z")
       expect(yield* proc.isAlive(c.pid)).toBe(true)
       yield* proc.kill(c.pid, "SIGKILL") // a zombie takes a signal (as kill(2) on it would)
@@ -565,8 +560,7 @@ describe("ProcessDirect", () => {
       spawned.push(running.pid, done.pid)
       const report = yield* Effect.sync(() => {
         // a zombie now, without a turn of the loop (where its pidfd's callback would reap it)
-        const until = Date.now() + 5000
-        while (procStat(done.pid)?.state !== "Z" && Date.now() < until) {}
+        blockUntilZombie(done.pid)
         const zombie = procStat(done.pid)?.state
         proc.unsafeReapNow(running.pid)
         proc.unsafeReapNow(done.pid)

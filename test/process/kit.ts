@@ -94,6 +94,18 @@ export const childrenOf = (ppid: number): ReadonlyArray<number> =>
     .filter((name) => procStat(Number(name))?.ppid === ppid)
     .map(Number)
 
+/**
+ * Spin, with this thread's event loop blocked, until child `pid` is a zombie
+ * (or `ms` have passed): exited, and not reaped by a watch whose callback
+ * would need a turn of the loop.
+ */
+export const blockUntilZombie = (pid: number, ms = 5000): void => {
+  const until = Date.now() + ms
+  while (procStat(pid)?.state !== "Z" && Date.now() < until) {
+    // spin
+  }
+}
+
 export const sorted = (xs: ReadonlyArray<number>): Array<number> => [...xs].sort((a, b) => a - b)
 
 /** "dev D ino I" of /dev/null, as child.c prints an fd on it. */
