@@ -58,6 +58,7 @@ import { parseArgs } from "../src/cli/args.ts"
 import * as ImsgChannelNative from "../src/layers/ImsgChannelNative.ts"
 import { spawnerAvailable, spawnerPath } from "../src/layers/ProcessSpawner.ts"
 import * as libc from "../src/native/libc.ts"
+import { FileActions, pidfdOpen, posixSpawnp, reapChild, SpawnAttr } from "../src/native/spawn.ts"
 import { sealInheritedFds } from "../src/native/sys.ts"
 import * as M from "../src/parent/messages.ts"
 import { openPty } from "../src/parent/pty.ts"
@@ -186,6 +187,71 @@ const rssMiB = (pid: number): number => {
  * (50-200 ms on this machine), which is not the vmm's cost.
  */
 const peerEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== "NODE_EXTRA_CA_CERTS"))
+
+/**
+ * `command args...` with its end of a socketpair on fd 3, started with
+ * posix_spawn on this thread (glibc's CLONE_VFORK: the parent's memory is
+ * not copied, and the call returns once the child has exec'd), as vmd's
+ * parent, a small C process, starts the vmm with fork+exec. Node's spawn
+ * (spawnPeer) forks this whole benchmark process first: on this machine
+ * that takes 4-12 ms, growing with the benchmark's own memory, and was
+ * counted in every start-up figure before session 14, C's included.
+ * Killed (SIGTERM, then SIGKILL) and reaped through a pidfd when the scope ends.
+ */
+const spawnPeerDirect = (command: string, args: ReadonlyArray<string>): Effect.Effect<Peer, unknown, Scope.Scope | ImsgChannel> =>
+  Effect.gen(function* () {
+    const imsg = yield* ImsgChannel
+    const [ours, theirs] = yield* imsg.socketpair("bench peer")
+    const spawned = yield* Effect.acquireRelease(
+      Effect.sync(() => {
+        sealInheritedFds()
+        const devnull = libc.open("/dev/null", libc.O_RDWR | libc.O_CLOEXEC)
+        if (devnull < 0) throw new Error(`/dev/null: errno ${-devnull}`)
+        const fa = new FileActions()
+        const attr = new SpawnAttr()
+        try {
+          const steps = [() => fa.init(), () => attr.init(), () => fa.dup2(devnull, 0), () => fa.dup2(devnull, 1), () => fa.dup2(devnull, 2), () => fa.dup2(theirs.num, 3)]
+          for (const step of steps) {
+            const r = step()
+            if (r < 0) throw new Error(`posix_spawn set-up: errno ${-r}`)
+          }
+          const env = Object.entries(peerEnv).map(([k, v]) => `${k}=${v}`)
+          const pid = posixSpawnp(command, fa, attr, [command, ...args], env)
+          if (pid < 0) throw new Error(`posix_spawn ${command}: errno ${-pid}`)
+          const pidfd = pidfdOpen(pid)
+          if (pidfd < 0) throw new Error(`pidfd_open: errno ${-pidfd}`)
+          return { pid, pidfd, reaped: false }
+        } finally {
+          fa.destroy()
+          attr.destroy()
+          libc.close(devnull)
+        }
+      }),
+      (c) =>
+        Effect.sync(() => {
+          if (c.reaped) return
+          if (libc.pollOne(c.pidfd, false, 0) === 0) {
+            process.kill(c.pid, "SIGTERM")
+            if (libc.pollOne(c.pidfd, false, 5000) === 0) process.kill(c.pid, "SIGKILL")
+          }
+          reapChild(c.pid, c.pidfd)
+          libc.close(c.pidfd)
+        })
+    )
+    theirs.closeSync()
+    yield* Effect.addFinalizer(() => Effect.sync(() => ours.isOpen && ours.closeSync()))
+    // The child's exit: its pidfd readable (this thread blocks in poll: the vmm exits
+    // at once when fd 3 closes), then reaped.
+    const exited = Effect.sync(() => {
+      if (spawned.reaped) return
+      if (libc.pollOne(spawned.pidfd, false, 10_000) > 0) {
+        reapChild(spawned.pid, spawned.pidfd)
+        spawned.reaped = true
+        libc.close(spawned.pidfd)
+      }
+    })
+    return { pid: spawned.pid, sock: ours, exited }
+  })
 
 interface Stamped {
   readonly m: Imsg
@@ -600,13 +666,17 @@ const infoAndRss = (files: Files) =>
     })
   )
 
-/** spawn -> first END_DATA, and the resident memory once idle. */
-/** One start-up of `command`: spawn -> the first GET_INFO_VM_END_DATA; with `rss`, its VmRSS after a second idle. */
-const startUpOnce = (command: ReadonlyArray<string>, rss: boolean) =>
+/**
+ * One start-up of `command`: spawn -> the first GET_INFO_VM_END_DATA; with
+ * `rss`, its VmRSS after a second idle. `direct`: started with posix_spawn
+ * (spawnPeerDirect), else with Node's spawn (spawnPeer, which forks this
+ * process first).
+ */
+const startUpOnce = (command: ReadonlyArray<string>, rss: boolean, direct: boolean) =>
   Effect.scoped(
     Effect.gen(function* () {
       const t0 = performance.now()
-      const peer = yield* spawnPeer(command[0]!, command.slice(1))
+      const peer = yield* (direct ? spawnPeerDirect : spawnPeer)(command[0]!, command.slice(1))
       const t = yield* talk(peer)
       yield* t.channel.send(M.getInfo(1))
       const end = yield* t.next(isType(T.IMSG_VMDOP_GET_INFO_VM_END_DATA))
@@ -622,15 +692,27 @@ const startUpOnce = (command: ReadonlyArray<string>, rss: boolean) =>
     })
   )
 
-/** Start-up of ours and of C, alternating (the first round of each is not counted); RSS idle after the second. */
+interface StartUps {
+  readonly samples: Array<number>
+  /** Started with Node's spawn (as before session 14), in the same rounds. */
+  readonly viaNode: Array<number>
+  rss: number
+}
+
+/**
+ * Start-up of ours and of C, alternating, each started both ways in every
+ * round (the first round is not counted); RSS idle after the second.
+ */
 const startUps = (ours: ReadonlyArray<string>, c: ReadonlyArray<string>) =>
   Effect.gen(function* () {
-    const out = { ours: { samples: [] as Array<number>, rss: NaN }, c: { samples: [] as Array<number>, rss: NaN } }
+    const out: { ours: StartUps; c: StartUps } = { ours: { samples: [], viaNode: [], rss: NaN }, c: { samples: [], viaNode: [], rss: NaN } }
     for (let i = 0; i < N.ready + 1; i++) {
       for (const [which, command] of rotated([["ours", ours], ["c", c]] as const, i)) {
-        const r = yield* startUpOnce(command, i === 1)
-        if (i > 0) out[which].samples.push(r.ms)
-        if (i === 1) out[which].rss = r.rss
+        for (const direct of i % 2 === 0 ? [true, false] : [false, true]) {
+          const r = yield* startUpOnce(command, i === 1 && direct, direct)
+          if (i > 0) (direct ? out[which].samples : out[which].viaNode).push(r.ms)
+          if (i === 1 && direct) out[which].rss = r.rss
+        }
       }
     }
     return out
@@ -736,6 +818,8 @@ const main = Effect.gen(function* () {
     console.error("start-up ...")
     const { ours: oursReady, c: cReady } = yield* startUps([...VMM_COMMAND, ...vmmArgs(files, [])], [files.cInfo])
     rows.push({ name: "start-up to ready, median", ours: median(oursReady.samples), c: median(cReady.samples), unit: "ms", goal: "< 100 ms", met: median(oursReady.samples) < 100 })
+    rows.push({ name: "start-up, started by Node's spawn", ours: median(oursReady.viaNode), c: median(cReady.viaNode), unit: "ms", goal: "-", met: null })
+    notes.push("start-up: started with posix_spawn, as vmd's C parent starts the vmm (fork+exec); the row after it starts the same programs with Node's spawn, which forks this benchmark process first (every start-up figure before session 14)")
     rows.push({ name: "resident memory, idle", ours: oursReady.rss, c: cReady.rss, unit: "MiB", goal: "< 80 MiB", met: oursReady.rss < 80 })
   }
   const largest = info.at(-1)
