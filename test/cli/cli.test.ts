@@ -179,8 +179,64 @@ describe("bin/vmm start-up", () => {
       if (stderr.includes("code cache")) (child.stdio[3] as NodeJS.ReadableStream & { destroy(): void }).destroy()
     })
     const code = await new Promise<number | null>((resolve) => child.once("exit", (c) => resolve(c)))
-    expect(stderr).toContain("vmm: code cache accepted")
+    expect(stderr).toContain("vmm: code cache accepted (mapped: vmm.cjs vmm.cache)")
     expect(code).toBe(0)
+  }, 30_000)
+
+  it.runIf(process.platform === "linux")("maps the bundle and its cache to load them, and unmaps both before the program runs", async () => {
+    const root = fileURLToPath(new URL("../../", import.meta.url))
+    const child = spawn(join(root, "bin/vmm"), ["-P", "vmm", "--backend", "process"], {
+      stdio: ["ignore", "ignore", "pipe", "pipe"],
+      env: { ...process.env, VMD_VMM_CACHE_REPORT: "1", NODE_OPTIONS: "" }
+    })
+    let stderr = ""
+    child.stderr!.setEncoding("utf8")
+    const loaded = new Promise<void>((resolve) =>
+      child.stderr!.on("data", (d: string) => {
+        stderr += d
+        if (stderr.includes("code cache")) resolve()
+      })
+    )
+    const exited = new Promise<number | null>((resolve) => child.once("exit", (c) => resolve(c)))
+    await loaded
+    // The report comes after the unmap, and before the program runs.
+    const maps = readFileSync(`/proc/${child.pid}/maps`, "latin1")
+    ;(child.stdio[3] as NodeJS.ReadableStream & { destroy(): void }).destroy()
+    expect(stderr).toContain("(mapped: vmm.cjs vmm.cache)")
+    expect(maps).toContain("koffi") // the same process, loaded through the mapping's koffi
+    expect(maps).not.toMatch(/dist\/vmm\.(cjs|cache)$/m)
+    expect(await exited).toBe(0)
+  }, 30_000)
+
+  it.runIf(process.platform === "linux")("reads the bundle with read(2) where it cannot map it (no koffi to load), and runs it the same", async () => {
+    const root = fileURLToPath(new URL("../../", import.meta.url))
+    const dir = mkdtempSync(join(tmpdir(), "vmm-loader-"))
+    try {
+      mkdirSync(join(dir, "bin"))
+      mkdirSync(join(dir, "dist"))
+      copyFileSync(join(root, "bin/vmm"), join(dir, "bin/vmm"))
+      copyFileSync(join(root, "bin/package.json"), join(dir, "bin/package.json"))
+      // a bundle of the build's layout that names a koffi which is not there
+      writeFileSync(
+        join(dir, "dist/vmm.cjs"),
+        `(function (exports, require, module, __filename, __dirname) {// vmm-build ${"0".repeat(64)} koffi nowhere%2Fkoffi.node 0\n` +
+          `process.stderr.write("bundle ran: " + typeof require + "\\n")\n})`
+      )
+      const child = spawn(process.execPath, [join(dir, "bin/vmm")], {
+        stdio: ["ignore", "ignore", "pipe"],
+        env: { ...process.env, VMD_VMM_CACHE_REPORT: "1", NODE_OPTIONS: "", NODE_PATH: "" },
+        cwd: dir
+      })
+      let stderr = ""
+      child.stderr!.setEncoding("utf8")
+      child.stderr!.on("data", (d: string) => (stderr += d))
+      const code = await new Promise<number | null>((resolve) => child.once("close", (c) => resolve(c)))
+      expect(stderr).toContain("vmm: code cache absent (mapped: none)")
+      expect(stderr).toContain("bundle ran: function")
+      expect(code).toBe(0)
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
   }, 30_000)
 
   it("dist/vmm.cjs is the bundle inside its CommonJS wrapper, the build id on its first line, ASCII only (bin/vmm reads it as latin1)", () => {
