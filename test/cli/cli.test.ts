@@ -1,5 +1,5 @@
 import { spawn } from "node:child_process"
-import { copyFileSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { copyFileSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
@@ -201,10 +201,18 @@ describe("bin/vmm start-up", () => {
     await loaded
     // The report comes after the unmap, and before the program runs.
     const maps = readFileSync(`/proc/${child.pid}/maps`, "latin1")
+    const fds = readdirSync(`/proc/${child.pid}/fd`).map((n) => {
+      try {
+        return readlinkSync(`/proc/${child.pid}/fd/${n}`)
+      } catch {
+        return ""
+      }
+    })
     ;(child.stdio[3] as NodeJS.ReadableStream & { destroy(): void }).destroy()
     expect(stderr).toContain("(mapped: vmm.cjs vmm.cache)")
     expect(maps).toContain("koffi") // the same process, loaded through the mapping's koffi
-    expect(maps).not.toMatch(/dist\/vmm\.(cjs|cache)$/m)
+    expect(maps).not.toMatch(/dist\/vmm\.(cjs|cache)( \(deleted\))?$/m)
+    expect(fds.filter((f) => /dist\/vmm\./.test(f))).toEqual([])
     expect(await exited).toBe(0)
   }, 30_000)
 
@@ -216,7 +224,11 @@ describe("bin/vmm start-up", () => {
       mkdirSync(join(dir, "dist"))
       copyFileSync(join(root, "bin/vmm"), join(dir, "bin/vmm"))
       copyFileSync(join(root, "bin/package.json"), join(dir, "bin/package.json"))
-      // a bundle of the build's layout that names a koffi which is not there
+      // a koffi that cannot load, found before any other (global folders, a node_modules above)
+      mkdirSync(join(dir, "node_modules/koffi"), { recursive: true })
+      writeFileSync(join(dir, "node_modules/koffi/package.json"), `{"name":"koffi","main":"index.js"}`)
+      writeFileSync(join(dir, "node_modules/koffi/index.js"), `throw new Error("no koffi here")\n`)
+      // a bundle of the build's layout that names a native module which is not there
       writeFileSync(
         join(dir, "dist/vmm.cjs"),
         `(function (exports, require, module, __filename, __dirname) {// vmm-build ${"0".repeat(64)} koffi nowhere%2Fkoffi.node 0\n` +
