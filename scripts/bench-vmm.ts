@@ -15,7 +15,8 @@
  *                      the replies are read on this thread (poll, read, a
  *                      scan of the headers) for both, so the figure is the
  *                      responder's, not this driver's message handling
- *   start-up           spawn -> first reply to a GET_INFO_VM_REQUEST;
+ *   start-up           posix_spawn -> first reply to a GET_INFO_VM_REQUEST
+ *                      (and, in a second row, Node's spawn -> first reply);
  *                      C: bench-info.c with no VM, alternating with ours
  *   resident memory    VmRSS of the vmm, idle and with N VMs; C: bench-info.c's
  *
@@ -58,7 +59,7 @@ import { parseArgs } from "../src/cli/args.ts"
 import * as ImsgChannelNative from "../src/layers/ImsgChannelNative.ts"
 import { spawnerAvailable, spawnerPath } from "../src/layers/ProcessSpawner.ts"
 import * as libc from "../src/native/libc.ts"
-import { FileActions, pidfdOpen, posixSpawnp, reapChild, SpawnAttr } from "../src/native/spawn.ts"
+import { FileActions, pidfdOpen, posixSpawnp, reapChild, SpawnAttr, spawnUnavailable, waitpid } from "../src/native/spawn.ts"
 import { sealInheritedFds } from "../src/native/sys.ts"
 import * as M from "../src/parent/messages.ts"
 import { openPty } from "../src/parent/pty.ts"
@@ -219,7 +220,11 @@ const spawnPeerDirect = (command: string, args: ReadonlyArray<string>): Effect.E
           const pid = posixSpawnp(command, fa, attr, [command, ...args], env)
           if (pid < 0) throw new Error(`posix_spawn ${command}: errno ${-pid}`)
           const pidfd = pidfdOpen(pid)
-          if (pidfd < 0) throw new Error(`pidfd_open: errno ${-pidfd}`)
+          if (pidfd < 0) {
+            process.kill(pid, "SIGKILL")
+            waitpid(pid, true)
+            throw new Error(`pidfd_open: errno ${-pidfd}`)
+          }
           return { pid, pidfd, reaped: false }
         } finally {
           fa.destroy()
@@ -230,11 +235,13 @@ const spawnPeerDirect = (command: string, args: ReadonlyArray<string>): Effect.E
       (c) =>
         Effect.sync(() => {
           if (c.reaped) return
-          if (libc.pollOne(c.pidfd, false, 0) === 0) {
+          // pollOne: > 0 the child has exited; 0 (timeout) or -errno (EINTR) not known to
+          if (libc.pollOne(c.pidfd, false, 0) <= 0) {
             process.kill(c.pid, "SIGTERM")
-            if (libc.pollOne(c.pidfd, false, 5000) === 0) process.kill(c.pid, "SIGKILL")
+            if (libc.pollOne(c.pidfd, false, 5000) <= 0) process.kill(c.pid, "SIGKILL")
           }
-          reapChild(c.pid, c.pidfd)
+          waitpid(c.pid, true) // blocking: after SIGKILL the child may not be a zombie yet
+          c.reaped = true
           libc.close(c.pidfd)
         })
     )
@@ -676,7 +683,7 @@ const startUpOnce = (command: ReadonlyArray<string>, rss: boolean, direct: boole
   Effect.scoped(
     Effect.gen(function* () {
       const t0 = performance.now()
-      const peer = yield* (direct ? spawnPeerDirect : spawnPeer)(command[0]!, command.slice(1))
+      const peer = yield* (direct && DIRECT_SPAWN ? spawnPeerDirect : spawnPeer)(command[0]!, command.slice(1))
       const t = yield* talk(peer)
       yield* t.channel.send(M.getInfo(1))
       const end = yield* t.next(isType(T.IMSG_VMDOP_GET_INFO_VM_END_DATA))
@@ -691,6 +698,10 @@ const startUpOnce = (command: ReadonlyArray<string>, rss: boolean, direct: boole
       return { ms: end.at - t0, rss: mib }
     })
   )
+
+/** Why start-up cannot be timed from a posix_spawn here (then both rows use Node's spawn), or null. */
+const directSpawnUnavailable = spawnUnavailable()
+const DIRECT_SPAWN = directSpawnUnavailable === null
 
 interface StartUps {
   readonly samples: Array<number>
@@ -819,7 +830,11 @@ const main = Effect.gen(function* () {
     const { ours: oursReady, c: cReady } = yield* startUps([...VMM_COMMAND, ...vmmArgs(files, [])], [files.cInfo])
     rows.push({ name: "start-up to ready, median", ours: median(oursReady.samples), c: median(cReady.samples), unit: "ms", goal: "< 100 ms", met: median(oursReady.samples) < 100 })
     rows.push({ name: "start-up, started by Node's spawn", ours: median(oursReady.viaNode), c: median(cReady.viaNode), unit: "ms", goal: "-", met: null })
-    notes.push("start-up: started with posix_spawn, as vmd's C parent starts the vmm (fork+exec); the row after it starts the same programs with Node's spawn, which forks this benchmark process first (every start-up figure before session 14)")
+    notes.push(
+      DIRECT_SPAWN
+        ? "start-up: started with posix_spawn, as vmd's C parent starts the vmm (fork+exec); the row after it starts the same programs with Node's spawn, which forks this benchmark process first (every start-up figure before session 14)"
+        : `start-up: posix_spawn cannot be used here (${directSpawnUnavailable}): both start-up rows are started with Node's spawn, which forks this benchmark process first`
+    )
     rows.push({ name: "resident memory, idle", ours: oursReady.rss, c: cReady.rss, unit: "MiB", goal: "< 80 MiB", met: oursReady.rss < 80 })
   }
   const largest = info.at(-1)
