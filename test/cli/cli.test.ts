@@ -165,6 +165,26 @@ describe("--trace in our VM process (bin/vmm -V ... --trace)", () => {
 })
 
 describe("bin/vmm start-up", () => {
+  /** bin/vmm `args` with a socket on fd 3, once its loader has said whether it used the code cache (and before its program runs). */
+  const startLoaded = async (args: ReadonlyArray<string>) => {
+    const root = fileURLToPath(new URL("../../", import.meta.url))
+    const child = spawn(join(root, "bin/vmm"), [...args], {
+      stdio: ["ignore", "ignore", "pipe", "pipe"],
+      env: { ...process.env, VMD_VMM_CACHE_REPORT: "1", NODE_OPTIONS: "" }
+    })
+    let stderr = ""
+    child.stderr!.setEncoding("utf8")
+    const loaded = new Promise<void>((resolve) =>
+      child.stderr!.on("data", (d: string) => {
+        stderr += d
+        if (stderr.includes("code cache")) resolve()
+      })
+    )
+    const exited = new Promise<number | null>((resolve) => child.once("exit", (c) => resolve(c)))
+    await loaded
+    return { child, stderr: () => stderr, exited }
+  }
+
   it.runIf(process.platform === "linux")("runs its bundle from the code cache the build trained (same V8, same flags)", async () => {
     const root = fileURLToPath(new URL("../../", import.meta.url))
     const child = spawn(join(root, "bin/vmm"), ["-P", "vmm", "--backend", "process"], {
@@ -184,21 +204,7 @@ describe("bin/vmm start-up", () => {
   }, 30_000)
 
   it.runIf(process.platform === "linux")("maps the bundle and its cache to load them, and unmaps both before the program runs", async () => {
-    const root = fileURLToPath(new URL("../../", import.meta.url))
-    const child = spawn(join(root, "bin/vmm"), ["-P", "vmm", "--backend", "process"], {
-      stdio: ["ignore", "ignore", "pipe", "pipe"],
-      env: { ...process.env, VMD_VMM_CACHE_REPORT: "1", NODE_OPTIONS: "" }
-    })
-    let stderr = ""
-    child.stderr!.setEncoding("utf8")
-    const loaded = new Promise<void>((resolve) =>
-      child.stderr!.on("data", (d: string) => {
-        stderr += d
-        if (stderr.includes("code cache")) resolve()
-      })
-    )
-    const exited = new Promise<number | null>((resolve) => child.once("exit", (c) => resolve(c)))
-    await loaded
+    const { child, stderr, exited } = await startLoaded(["-P", "vmm", "--backend", "process"])
     // The report comes after the unmap, and before the program runs.
     const maps = readFileSync(`/proc/${child.pid}/maps`, "latin1")
     const fds = readdirSync(`/proc/${child.pid}/fd`).map((n) => {
@@ -209,14 +215,18 @@ describe("bin/vmm start-up", () => {
       }
     })
     ;(child.stdio[3] as NodeJS.ReadableStream & { destroy(): void }).destroy()
-    expect(stderr).toContain("(mapped: vmm.cjs vmm.cache)")
+    expect(stderr()).toContain("(mapped: vmm.cjs vmm.cache)")
     expect(maps).toContain("koffi") // the same process, loaded through the mapping's koffi
     expect(maps).not.toMatch(/dist\/vmm\.(cjs|cache)( \(deleted\))?$/m)
     expect(fds.filter((f) => /dist\/vmm\./.test(f))).toEqual([])
     expect(await exited).toBe(0)
   }, 30_000)
 
-  it.runIf(process.platform === "linux")("reads the bundle with read(2) where it cannot map it (no koffi to load), and runs it the same", async () => {
+  /**
+   * bin/vmm copied into a directory of its own, with `bundle` as its dist/vmm.cjs
+   * (`prepare` adds to the directory), run by node with `args`: its exit code and stderr.
+   */
+  const runLoaderCopy = async (bundle: string, args: ReadonlyArray<string>, env: Record<string, string>, prepare: (dir: string) => void = () => {}) => {
     const root = fileURLToPath(new URL("../../", import.meta.url))
     const dir = mkdtempSync(join(tmpdir(), "vmm-loader-"))
     try {
@@ -224,31 +234,37 @@ describe("bin/vmm start-up", () => {
       mkdirSync(join(dir, "dist"))
       copyFileSync(join(root, "bin/vmm"), join(dir, "bin/vmm"))
       copyFileSync(join(root, "bin/package.json"), join(dir, "bin/package.json"))
-      // a koffi that cannot load, found before any other (global folders, a node_modules above)
-      mkdirSync(join(dir, "node_modules/koffi"), { recursive: true })
-      writeFileSync(join(dir, "node_modules/koffi/package.json"), `{"name":"koffi","main":"index.js"}`)
-      writeFileSync(join(dir, "node_modules/koffi/index.js"), `throw new Error("no koffi here")\n`)
-      // a bundle of the build's layout that names a native module which is not there
-      writeFileSync(
-        join(dir, "dist/vmm.cjs"),
-        `(function (exports, require, module, __filename, __dirname) {// vmm-build ${"0".repeat(64)} koffi nowhere%2Fkoffi.node 0\n` +
-          `process.stderr.write("bundle ran: " + typeof require + "\\n")\n})`
-      )
-      const child = spawn(process.execPath, [join(dir, "bin/vmm")], {
+      writeFileSync(join(dir, "dist/vmm.cjs"), bundle)
+      prepare(dir)
+      const child = spawn(process.execPath, [join(dir, "bin/vmm"), ...args], {
         stdio: ["ignore", "ignore", "pipe"],
-        env: { ...process.env, VMD_VMM_CACHE_REPORT: "1", NODE_OPTIONS: "", NODE_PATH: "" },
+        env: { ...process.env, NODE_OPTIONS: "", ...env },
         cwd: dir
       })
       let stderr = ""
       child.stderr!.setEncoding("utf8")
       child.stderr!.on("data", (d: string) => (stderr += d))
       const code = await new Promise<number | null>((resolve) => child.once("close", (c) => resolve(c)))
-      expect(stderr).toContain("vmm: code cache absent (mapped: none)")
-      expect(stderr).toContain("bundle ran: function")
-      expect(code).toBe(0)
+      return { code, stderr }
     } finally {
       rmSync(dir, { recursive: true, force: true })
     }
+  }
+
+  it.runIf(process.platform === "linux")("reads the bundle with read(2) where it cannot map it (no koffi to load), and runs it the same", async () => {
+    // a bundle of the build's layout that names a native module which is not there
+    const bundle =
+      `(function (exports, require, module, __filename, __dirname) {// vmm-build ${"0".repeat(64)} koffi nowhere%2Fkoffi.node 0\n` +
+      `process.stderr.write("bundle ran: " + typeof require + "\\n")\n})`
+    const r = await runLoaderCopy(bundle, [], { VMD_VMM_CACHE_REPORT: "1", NODE_PATH: "" }, (dir) => {
+      // a koffi that cannot load, found before any other (global folders, a node_modules above)
+      mkdirSync(join(dir, "node_modules/koffi"), { recursive: true })
+      writeFileSync(join(dir, "node_modules/koffi/package.json"), `{"name":"koffi","main":"index.js"}`)
+      writeFileSync(join(dir, "node_modules/koffi/index.js"), `throw new Error("no koffi here")\n`)
+    })
+    expect(r.stderr).toContain("vmm: code cache absent (mapped: none)")
+    expect(r.stderr).toContain("bundle ran: function")
+    expect(r.code).toBe(0)
   }, 30_000)
 
   it("dist/vmm.cjs is the bundle inside its CommonJS wrapper, the build id on its first line, ASCII only (bin/vmm reads it as latin1)", () => {
@@ -261,25 +277,10 @@ describe("bin/vmm start-up", () => {
   })
 
   it.runIf(process.platform === "linux")("a dist/vmm.cjs without the build header (another layout) fails at once with exit 1 and says why", async () => {
-    const root = fileURLToPath(new URL("../../", import.meta.url))
-    const dir = mkdtempSync(join(tmpdir(), "vmm-loader-"))
-    try {
-      mkdirSync(join(dir, "bin"))
-      mkdirSync(join(dir, "dist"))
-      copyFileSync(join(root, "bin/vmm"), join(dir, "bin/vmm"))
-      copyFileSync(join(root, "bin/package.json"), join(dir, "bin/package.json"))
-      // the layout before the wrapper moved into the file: the id line first
-      writeFileSync(join(dir, "dist/vmm.cjs"), `// vmm-build ${"0".repeat(64)}\n"use strict";\n`)
-      const child = spawn(process.execPath, [join(dir, "bin/vmm"), "-P", "vmm"], { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, NODE_OPTIONS: "" } })
-      let stderr = ""
-      child.stderr!.setEncoding("utf8")
-      child.stderr!.on("data", (d: string) => (stderr += d))
-      const code = await new Promise<number | null>((resolve) => child.once("close", (c) => resolve(c)))
-      expect(stderr).toContain("vmm: cannot load dist/vmm.cjs (run npm ci or npm run build): dist/vmm.cjs has no build header")
-      expect(code).toBe(1)
-    } finally {
-      rmSync(dir, { recursive: true, force: true })
-    }
+    // the layout before the wrapper moved into the file: the id line first
+    const r = await runLoaderCopy(`// vmm-build ${"0".repeat(64)}\n"use strict";\n`, ["-P", "vmm"], {})
+    expect(r.stderr).toContain("vmm: cannot load dist/vmm.cjs (run npm ci or npm run build): dist/vmm.cjs has no build header")
+    expect(r.code).toBe(1)
   }, 30_000)
 
   const runBin = (args: ReadonlyArray<string>, fd3: "none" | "devnull") =>
@@ -314,28 +315,14 @@ describe("bin/vmm start-up", () => {
   }, 30_000)
 
   it.runIf(process.platform === "linux")("SIGUSR1 is ignored, as proc.c does: no Node inspector opens, the vmm serves on and exits 0 at EOF", async () => {
-    const root = fileURLToPath(new URL("../../", import.meta.url))
-    const child = spawn(join(root, "bin/vmm"), ["-P", "vmm", "-d", "--backend", "process"], {
-      stdio: ["ignore", "ignore", "pipe", "pipe"],
-      env: { ...process.env, VMD_VMM_CACHE_REPORT: "1", NODE_OPTIONS: "" }
-    })
-    let stderr = ""
-    child.stderr!.setEncoding("utf8")
-    const loaded = new Promise<void>((resolve) =>
-      child.stderr!.on("data", (d: string) => {
-        stderr += d
-        if (stderr.includes("code cache")) resolve()
-      })
-    )
-    const exited = new Promise<number | null>((resolve) => child.once("exit", (c) => resolve(c)))
-    await loaded
+    const { child, stderr, exited } = await startLoaded(["-P", "vmm", "-d", "--backend", "process"])
     child.kill("SIGUSR1")
     child.kill("SIGUSR1")
     await new Promise((r) => setTimeout(r, 500))
     expect(child.exitCode).toBe(null)
     ;(child.stdio[3] as NodeJS.ReadableStream & { destroy(): void }).destroy()
     expect(await exited).toBe(0)
-    expect(stderr).not.toContain("Debugger listening")
-    expect(stderr).not.toContain("inspector")
+    expect(stderr()).not.toContain("Debugger listening")
+    expect(stderr()).not.toContain("inspector")
   }, 30_000)
 })
