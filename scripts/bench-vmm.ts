@@ -195,7 +195,7 @@ const peerEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => k
  * not copied, and the call returns once the child has exec'd), as vmd's
  * parent, a small C process, starts the vmm with fork+exec. Node's spawn
  * (spawnPeer) forks this whole benchmark process first: on this machine
- * that takes 4-12 ms, growing with the benchmark's own memory, and was
+ * that takes 4-10 ms, growing with the benchmark's own memory, and was
  * counted in every start-up figure before session 14, C's included.
  * Killed (SIGTERM, then SIGKILL) and reaped through a pidfd when the scope ends.
  */
