@@ -57,9 +57,9 @@ import type { Scope } from "effect"
 import koffi from "koffi"
 import { parseArgs } from "../src/cli/args.ts"
 import * as ImsgChannelNative from "../src/layers/ImsgChannelNative.ts"
+import * as ProcessDirect from "../src/layers/ProcessDirect.ts"
 import { spawnerAvailable, spawnerPath } from "../src/layers/ProcessSpawner.ts"
 import * as libc from "../src/native/libc.ts"
-import { FileActions, pidfdOpen, posixSpawnp, reapChild, SpawnAttr, spawnUnavailable, waitpid } from "../src/native/spawn.ts"
 import { sealInheritedFds } from "../src/native/sys.ts"
 import * as M from "../src/parent/messages.ts"
 import { openPty } from "../src/parent/pty.ts"
@@ -68,6 +68,7 @@ import { binVmm } from "../src/parent/vmmProcess.ts"
 import * as T from "../src/schema/imsgTypes.ts"
 import { decodeVmopResult, encodeVmopCreateParams } from "../src/schema/structs.ts"
 import type { Fd } from "../src/services/Fd.ts"
+import type { ProcessService } from "../src/services/Process.ts"
 import { ImsgChannel, type Channel, type Imsg, type OutgoingImsg } from "../src/services/ImsgChannel.ts"
 import { buildDir, compileVmprog, repoRoot } from "../src/vm/build.ts"
 import { defaultVmdConfig } from "../src/vmm/defaults.ts"
@@ -183,82 +184,51 @@ const rssMiB = (pid: number): number => {
 // Processes with a channel on fd 3, as vmd's parent starts the vmm
 
 /**
- * The environment of every process started here, without NODE_EXTRA_CA_CERTS:
- * vmd's parent would not pass it, and Node reads that file at start-up
- * (50-200 ms on this machine), which is not the vmm's cost.
+ * Every process started here inherits this one's environment, without
+ * NODE_EXTRA_CA_CERTS: vmd's parent would not pass it, and Node reads that
+ * file at start-up (50-200 ms on this machine), which is not the vmm's cost.
  */
-const peerEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== "NODE_EXTRA_CA_CERTS"))
+const extraCaCertsRemoved = process.env["NODE_EXTRA_CA_CERTS"] !== undefined
+delete process.env["NODE_EXTRA_CA_CERTS"]
+
+/** A peer still running when its scope ends: SIGTERM, then SIGKILL if it has not exited within 5 s; until it has. */
+const stopPeer = (exitedYet: Effect.Effect<boolean>, kill: (sig: "SIGTERM" | "SIGKILL") => Effect.Effect<void>, exited: Effect.Effect<unknown>) =>
+  Effect.gen(function* () {
+    if (yield* exitedYet) return
+    yield* kill("SIGTERM")
+    const gone = yield* exited.pipe(Effect.timeout("5 seconds"), Effect.option)
+    if (gone._tag === "None") {
+      yield* kill("SIGKILL")
+      yield* exited
+    }
+  })
 
 /**
- * `command args...` with its end of a socketpair on fd 3, started with
- * posix_spawn on this thread (glibc's CLONE_VFORK: the parent's memory is
- * not copied, and the call returns once the child has exec'd), as vmd's
- * parent, a small C process, starts the vmm with fork+exec. Node's spawn
- * (spawnPeer) forks this whole benchmark process first: on this machine
- * that takes 4-10 ms, growing with the benchmark's own memory, and was
- * counted in every start-up figure before session 14, C's included.
- * Killed (SIGTERM, then SIGKILL) and reaped through a pidfd when the scope ends.
+ * spawnPeer, through ProcessDirect (posix_spawn, glibc's CLONE_VFORK: the
+ * parent's memory is not copied, and the spawn returns once the child has
+ * exec'd), as vmd's parent, a small C process, starts the vmm with
+ * fork+exec. Node's spawn (spawnPeer) forks this whole benchmark process
+ * first: on this machine that takes 4-10 ms, growing with the benchmark's
+ * own memory, and was counted in every start-up figure before session 14,
+ * C's included.
  */
-const spawnPeerDirect = (command: string, args: ReadonlyArray<string>): Effect.Effect<Peer, unknown, Scope.Scope | ImsgChannel> =>
-  Effect.gen(function* () {
-    const imsg = yield* ImsgChannel
-    const [ours, theirs] = yield* imsg.socketpair("bench peer")
-    const spawned = yield* Effect.acquireRelease(
-      Effect.sync(() => {
-        sealInheritedFds()
-        const devnull = libc.open("/dev/null", libc.O_RDWR | libc.O_CLOEXEC)
-        if (devnull < 0) throw new Error(`/dev/null: errno ${-devnull}`)
-        const fa = new FileActions()
-        const attr = new SpawnAttr()
-        try {
-          const steps = [() => fa.init(), () => attr.init(), () => fa.dup2(devnull, 0), () => fa.dup2(devnull, 1), () => fa.dup2(devnull, 2), () => fa.dup2(theirs.num, 3)]
-          for (const step of steps) {
-            const r = step()
-            if (r < 0) throw new Error(`posix_spawn set-up: errno ${-r}`)
-          }
-          const env = Object.entries(peerEnv).map(([k, v]) => `${k}=${v}`)
-          const pid = posixSpawnp(command, fa, attr, [command, ...args], env)
-          if (pid < 0) throw new Error(`posix_spawn ${command}: errno ${-pid}`)
-          const pidfd = pidfdOpen(pid)
-          if (pidfd < 0) {
-            process.kill(pid, "SIGKILL")
-            waitpid(pid, true)
-            throw new Error(`pidfd_open: errno ${-pidfd}`)
-          }
-          return { pid, pidfd, reaped: false }
-        } finally {
-          fa.destroy()
-          attr.destroy()
-          libc.close(devnull)
-        }
-      }),
-      (c) =>
-        Effect.sync(() => {
-          if (c.reaped) return
-          // pollOne: > 0 the child has exited; 0 (timeout) or -errno (EINTR) not known to
-          if (libc.pollOne(c.pidfd, false, 0) <= 0) {
-            process.kill(c.pid, "SIGTERM")
-            if (libc.pollOne(c.pidfd, false, 5000) <= 0) process.kill(c.pid, "SIGKILL")
-          }
-          waitpid(c.pid, true) // blocking: after SIGKILL the child may not be a zombie yet
-          c.reaped = true
-          libc.close(c.pidfd)
-        })
-    )
-    theirs.closeSync()
-    yield* Effect.addFinalizer(() => Effect.sync(() => ours.isOpen && ours.closeSync()))
-    // The child's exit: its pidfd readable (this thread blocks in poll: the vmm exits
-    // at once when fd 3 closes), then reaped.
-    const exited = Effect.sync(() => {
-      if (spawned.reaped) return
-      if (libc.pollOne(spawned.pidfd, false, 10_000) > 0) {
-        reapChild(spawned.pid, spawned.pidfd)
-        spawned.reaped = true
-        libc.close(spawned.pidfd)
-      }
+const spawnPeerDirect =
+  (proc: ProcessService) =>
+  (command: string, args: ReadonlyArray<string>): Effect.Effect<Peer, unknown, Scope.Scope | ImsgChannel> =>
+    Effect.gen(function* () {
+      const imsg = yield* ImsgChannel
+      const [ours, theirs] = yield* imsg.socketpair("bench peer")
+      const child = yield* Effect.acquireRelease(proc.spawn({ command, args, fds: [theirs], at: [3], stdio: "null" }), (c) =>
+        stopPeer(
+          Effect.negate(proc.isAlive(c.pid)),
+          (sig) => Effect.ignore(proc.kill(c.pid, sig)),
+          c.exit
+        )
+      )
+      theirs.closeSync()
+      yield* Effect.addFinalizer(() => Effect.sync(() => ours.isOpen && ours.closeSync()))
+      return { pid: child.pid, sock: ours, exited: Effect.asVoid(child.exit) }
     })
-    return { pid: spawned.pid, sock: ours, exited }
-  })
 
 interface Stamped {
   readonly m: Imsg
@@ -282,7 +252,7 @@ const spawnPeer = (command: string, args: ReadonlyArray<string>): Effect.Effect<
     const child = yield* Effect.acquireRelease(
       Effect.sync(() => {
         sealInheritedFds()
-        const c = spawn(command, [...args], { stdio: ["ignore", "ignore", "ignore", theirs.num], env: peerEnv })
+        const c = spawn(command, [...args], { stdio: ["ignore", "ignore", "ignore", theirs.num] })
         c.once("exit", () => Deferred.unsafeDone(done, Effect.void))
         c.on("error", (e) => {
           console.error(`${command}: ${e.message}`)
@@ -290,16 +260,7 @@ const spawnPeer = (command: string, args: ReadonlyArray<string>): Effect.Effect<
         })
         return c
       }),
-      (c) =>
-        Effect.gen(function* () {
-          if (yield* Deferred.isDone(done)) return
-          c.kill("SIGTERM")
-          const gone = yield* Deferred.await(done).pipe(Effect.timeout("5 seconds"), Effect.option)
-          if (gone._tag === "None") {
-            c.kill("SIGKILL")
-            yield* Deferred.await(done)
-          }
-        })
+      (c) => stopPeer(Deferred.isDone(done), (sig) => Effect.sync(() => void c.kill(sig)), Deferred.await(done))
     )
     theirs.closeSync()
     yield* Effect.addFinalizer(() => Effect.sync(() => ours.isOpen && ours.closeSync()))
@@ -673,17 +634,17 @@ const infoAndRss = (files: Files) =>
     })
   )
 
+type SpawnPeer = typeof spawnPeer
+
 /**
- * One start-up of `command`: spawn -> the first GET_INFO_VM_END_DATA; with
- * `rss`, its VmRSS after a second idle. `direct`: started with posix_spawn
- * (spawnPeerDirect), else with Node's spawn (spawnPeer, which forks this
- * process first).
+ * One start-up of `command`, started by `spawnWith`: spawn -> the first
+ * GET_INFO_VM_END_DATA; with `rss`, its VmRSS after a second idle.
  */
-const startUpOnce = (command: ReadonlyArray<string>, rss: boolean, direct: boolean) =>
+const startUpOnce = (command: ReadonlyArray<string>, rss: boolean, spawnWith: SpawnPeer) =>
   Effect.scoped(
     Effect.gen(function* () {
       const t0 = performance.now()
-      const peer = yield* (direct && DIRECT_SPAWN ? spawnPeerDirect : spawnPeer)(command[0]!, command.slice(1))
+      const peer = yield* spawnWith(command[0]!, command.slice(1))
       const t = yield* talk(peer)
       yield* t.channel.send(M.getInfo(1))
       const end = yield* t.next(isType(T.IMSG_VMDOP_GET_INFO_VM_END_DATA))
@@ -699,10 +660,6 @@ const startUpOnce = (command: ReadonlyArray<string>, rss: boolean, direct: boole
     })
   )
 
-/** Why start-up cannot be timed from a posix_spawn here (then both rows use Node's spawn), or null. */
-const directSpawnUnavailable = spawnUnavailable()
-const DIRECT_SPAWN = directSpawnUnavailable === null
-
 interface StartUps {
   readonly samples: Array<number>
   /** Started with Node's spawn (as before session 14), in the same rounds. */
@@ -715,19 +672,26 @@ interface StartUps {
  * round (the first round is not counted); RSS idle after the second.
  */
 const startUps = (ours: ReadonlyArray<string>, c: ReadonlyArray<string>) =>
-  Effect.gen(function* () {
-    const out: { ours: StartUps; c: StartUps } = { ours: { samples: [], viaNode: [], rss: NaN }, c: { samples: [], viaNode: [], rss: NaN } }
-    for (let i = 0; i < N.ready + 1; i++) {
-      for (const [which, command] of rotated([["ours", ours], ["c", c]] as const, i)) {
-        for (const direct of i % 2 === 0 ? [true, false] : [false, true]) {
-          const r = yield* startUpOnce(command, i === 1 && direct, direct)
-          if (i > 0) (direct ? out[which].samples : out[which].viaNode).push(r.ms)
-          if (i === 1 && direct) out[which].rss = r.rss
+  Effect.scoped(
+    Effect.gen(function* () {
+      // Where posix_spawn cannot be used, both rows are Node's spawn (a note says so).
+      const viaDirect = DIRECT_UNAVAILABLE === null ? spawnPeerDirect(yield* ProcessDirect.make()) : spawnPeer
+      const out: { ours: StartUps; c: StartUps } = { ours: { samples: [], viaNode: [], rss: NaN }, c: { samples: [], viaNode: [], rss: NaN } }
+      for (let i = 0; i < N.ready + 1; i++) {
+        for (const [which, command] of rotated([["ours", ours], ["c", c]] as const, i)) {
+          for (const direct of i % 2 === 0 ? [true, false] : [false, true]) {
+            const r = yield* startUpOnce(command, i === 1 && direct, direct ? viaDirect : spawnPeer)
+            if (i > 0) (direct ? out[which].samples : out[which].viaNode).push(r.ms)
+            if (i === 1 && direct) out[which].rss = r.rss
+          }
         }
       }
-    }
-    return out
-  })
+      return out
+    })
+  )
+
+/** Why start-up cannot be timed from a posix_spawn here, or null. */
+const DIRECT_UNAVAILABLE = ProcessDirect.directUnavailable()
 
 // ---------------------------------------------------------------------------
 
@@ -831,9 +795,9 @@ const main = Effect.gen(function* () {
     rows.push({ name: "start-up to ready, median", ours: median(oursReady.samples), c: median(cReady.samples), unit: "ms", goal: "< 100 ms", met: median(oursReady.samples) < 100 })
     rows.push({ name: "start-up, started by Node's spawn", ours: median(oursReady.viaNode), c: median(cReady.viaNode), unit: "ms", goal: "-", met: null })
     notes.push(
-      DIRECT_SPAWN
+      DIRECT_UNAVAILABLE === null
         ? "start-up: started with posix_spawn, as vmd's C parent starts the vmm (fork+exec); the row after it starts the same programs with Node's spawn, which forks this benchmark process first (every start-up figure before session 14)"
-        : `start-up: posix_spawn cannot be used here (${directSpawnUnavailable}): both start-up rows are started with Node's spawn, which forks this benchmark process first`
+        : `start-up: posix_spawn cannot be used here (${DIRECT_UNAVAILABLE}): both start-up rows are started with Node's spawn, which forks this benchmark process first`
     )
     rows.push({ name: "resident memory, idle", ours: oursReady.rss, c: cReady.rss, unit: "MiB", goal: "< 80 MiB", met: oursReady.rss < 80 })
   }
@@ -853,7 +817,7 @@ const main = Effect.gen(function* () {
   console.log(
     `\nsamples: start ${N.start}, exit ${N.exit}, info ${N.info} per size, start-up ${N.ready} (after ${N.warm} warm-up rounds; start-up after 1)`
   )
-  if (process.env["NODE_EXTRA_CA_CERTS"] !== undefined) notes.push("NODE_EXTRA_CA_CERTS was removed from the vmm's environment (Node reads it at start-up)")
+  if (extraCaCertsRemoved) notes.push("NODE_EXTRA_CA_CERTS was removed from the vmm's environment (Node reads it at start-up)")
   for (const n of notes) console.log(`note: ${n}`)
   console.log(`load average after: ${loadavg().map((l) => l.toFixed(2)).join(" ")}`)
 })
