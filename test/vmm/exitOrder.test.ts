@@ -17,11 +17,12 @@ import type { Channel } from "../../src/services/ImsgChannel.ts"
 import type { VmmContext } from "../../src/vmm/context.ts"
 import { sighdlrNow } from "../../src/vmm/childExit.ts"
 import * as S from "../../src/schema/structs.ts"
+import { VM_STATE_SHUTDOWN } from "../../src/schema/constants.ts"
+import { Errno } from "../../src/schema/errno.ts"
+import * as T from "../../src/schema/imsgTypes.ts"
 
-const IMSG_VMDOP_TERMINATE_VM_EVENT = 18 // IMSG_PROC_MAX (5) + 13
-
-const VM_STATE_SHUTDOWN = 0x04 // vmd.h
-const EAGAIN = 35
+const { IMSG_VMDOP_TERMINATE_VM_EVENT } = T
+const { EAGAIN } = Errno
 
 const scenario = (queuedOnVmSocket: number, exitCode = 0, shuttingDown = false) =>
   Effect.gen(function* () {
