@@ -29,11 +29,12 @@
  *                     only a signal does (so that a vmm going away must end
  *                     it itself, as vmm.c's vmm_shutdown does)
  *
- * Benchmark only (env VMM_TEST_VM_EXIT_STAMP=dir): at start the program maps the 8-byte file dir/<pid> (and closes it: no fd is held),
- * and the signal handler writes CLOCK_MONOTONIC there, in ns, just before
- * _exit: the moment the VM exits, for bench-vmm's exit notification, which
- * then does not count the time the kernel takes to wake a sleeping process
- * for the signal.
+ * Benchmark only (env VMM_TEST_VM_EXIT_STAMP=dir): at start the program
+ * maps the 8-byte file dir/<pid> (and closes it: no fd is held), and the
+ * signal handler writes CLOCK_MONOTONIC there, in ns, just before _exit:
+ * the moment the VM exits, for bench-vmm's exit notification, which then
+ * does not count the time the kernel takes to wake a sleeping process for
+ * the signal.
  */
 #include <sys/types.h>
 #include <sys/mman.h>
