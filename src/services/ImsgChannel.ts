@@ -139,6 +139,14 @@ export interface Channel {
    * fd is closed then).
    */
   readonly unsafeSend: (msg: OutgoingImsg) => ChannelError | null
+  /**
+   * `unsafeSend` and `unsafeWritePending` in one: when nothing is queued or
+   * being written, a small fd-less message is written with one sendmsg at
+   * once, without going through the queue (the vmm's TERMINATE_VM_EVENT:
+   * bench-vmm's exit notification); otherwise it is queued and the queue
+   * written now. Same result and errors as the pair.
+   */
+  readonly unsafeSendNow: (msg: OutgoingImsg) => ChannelError | null
   readonly unsafeWritePending: () => void
   readonly unsafeClose: () => void
   /** `queued`, now. */

@@ -21,7 +21,7 @@ import { vmopResultBytes } from "./wire.ts"
 import { IMSG_VMDOP_TERMINATE_VM_EVENT } from "../schema/imsgTypes.ts"
 import type { ChildExit } from "../services/Process.ts"
 import type { Vm } from "../services/VmRegistry.ts"
-import { composeParentNow, type VmmContext } from "./context.ts"
+import { writeParentNow, type VmmContext } from "./context.ts"
 import { terminateVm } from "./terminate.ts"
 import { closeHeldFds } from "../layers/VmRegistryLive.ts"
 import { logDebug } from "./log.ts"
@@ -35,10 +35,11 @@ export const exitResult = (exit: ChildExit, shuttingDown: boolean): number => {
 
 /**
  * vmm_sighdlr up to TERMINATE_VM_EVENT, now: find the VM, close its fds,
- * queue the event and write it, then vm_remove the VM (its socket), or
- * vm_remove first if messages wait on that socket. The removed VM (for `afterExit`), or null
- * if the pid is no registered VM. Only where the dispatcher would run: it
- * is idle, or this is its turn.
+ * write the event (past the parent channel's queue when that is empty),
+ * then vm_remove the VM (its socket), or vm_remove first if messages wait
+ * on that socket. The removed VM (for `afterExit`), or null if the pid is
+ * no registered VM. Only where the dispatcher would run: it is idle, or
+ * this is its turn.
  */
 export const sighdlrNow = (ctx: VmmContext, exit: ChildExit): Vm | null => {
   const vm = ctx.registry.unsafeByPid(exit.pid)
@@ -56,8 +57,7 @@ export const sighdlrNow = (ctx: VmmContext, exit: ChildExit): Vm | null => {
   closeHeldFds(vm) // fds sent for it after its start (START_VM_CDROM, ...); none usually
   if (vm.channel !== null && vm.channel.unsafeQueued() > 0) ctx.registry.unsafeRemove(vm, "vmm_sighdlr")
   try {
-    composeParentNow(ctx, IMSG_VMDOP_TERMINATE_VM_EVENT, vm.peerid, vmopResultBytes(ret, vm.vmid, 0))
-    ctx.parent.unsafeWritePending()
+    writeParentNow(ctx, IMSG_VMDOP_TERMINATE_VM_EVENT, vm.peerid, vmopResultBytes(ret, vm.vmid, 0))
   } finally {
     ctx.registry.unsafeRemove(vm, "vmm_sighdlr") // a no-op if done above
   }

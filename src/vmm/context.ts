@@ -89,6 +89,16 @@ export const composeParentNow = (ctx: VmmContext, type: number, peerid: number, 
   if (error !== null) emitLog("warning", `could not send to parent: ${error.message}`)
 }
 
+/**
+ * composeParentNow with the parent channel written at once (unsafeSendNow:
+ * with nothing queued the message goes out in one sendmsg, past the queue):
+ * vmm_sighdlr's TERMINATE_VM_EVENT.
+ */
+export const writeParentNow = (ctx: VmmContext, type: number, peerid: number, data: Uint8Array): void => {
+  const error = ctx.parent.unsafeSendNow({ type, peerid, pid: PROC_COMPOSE_PID, data })
+  if (error !== null) emitLog("warning", `could not send to parent: ${error.message}`)
+}
+
 /** proc_compose_imsg(ps, PROC_PARENT, type, peerid, -1, data): header pid 1. */
 export const composeParent = (ctx: VmmContext, type: number, peerid: number, data: Uint8Array) =>
   Effect.sync(() => composeParentNow(ctx, type, peerid, data))

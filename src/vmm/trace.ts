@@ -102,10 +102,14 @@ const traceIn = (ch: Channel, m: Imsg) =>
 const traceChannel = (ch: Channel): Channel => ({
   ...ch,
   send: (msg: OutgoingImsg) => Effect.zipRight(Effect.sync(() => traceOut(ch, msg)), ch.send(msg)),
-  // what composeParent and the exit path send through
+  // what composeParent sends through, and the exit path's event (unsafeSendNow)
   unsafeSend: (msg: OutgoingImsg) => {
     traceOut(ch, msg)
     return ch.unsafeSend(msg)
+  },
+  unsafeSendNow: (msg: OutgoingImsg) => {
+    traceOut(ch, msg)
+    return ch.unsafeSendNow(msg)
   },
   sendAll: (msgs: Iterable<OutgoingImsg>) => {
     const list = [...msgs]

@@ -77,7 +77,7 @@ const traceOf = <A, E, R>(body: Effect.Effect<A, E, R>): Effect.Effect<ReadonlyA
   ).pipe(Effect.map((lines) => lines.filter((l) => l.includes("trace fd")).map((l) => l.replace(/^.*trace fd \d+ /, ""))))
 
 describe("--trace on every channel", () => {
-  it.effect("traces a channel from open and one from openOwned consumed by listen, both ways, sent by send or unsafeSend", () =>
+  it.effect("traces a channel from open and one from openOwned consumed by listen, both ways, sent by send, unsafeSend or unsafeSendNow", () =>
     Effect.gen(function* () {
       const exchange = Effect.gen(function* () {
         const svc = yield* ImsgChannel
@@ -88,20 +88,22 @@ describe("--trace on every channel", () => {
         yield* vm.listen({ messages: (ms) => heard.push(...ms.map((m) => m.type)), end: () => {} })
         yield* parent.send({ type: T.IMSG_VMDOP_PAUSE_VM, peerid: 1, pid: 0 })
         yield* vm.send({ type: T.IMSG_VMDOP_UNPAUSE_VM, peerid: 2, pid: 0 })
-        // the vmm's replies to its parent and TERMINATE_VM_EVENT go this way
-        expect(vm.unsafeSend({ type: T.IMSG_VMDOP_TERMINATE_VM_EVENT, peerid: 3, pid: 0 })).toBeNull()
+        // the vmm's replies to its parent go this way
+        expect(vm.unsafeSend({ type: T.IMSG_VMDOP_START_VM_RESPONSE, peerid: 3, pid: 0 })).toBeNull()
+        // and TERMINATE_VM_EVENT this way
+        expect(vm.unsafeSendNow({ type: T.IMSG_VMDOP_TERMINATE_VM_EVENT, peerid: 4, pid: 0 })).toBeNull()
         yield* parent.flush
         yield* vm.flush
         const back: Array<number> = []
-        while (back.length < 2) back.push(...((yield* parent.receive) ?? []).map((m) => m.type))
+        while (back.length < 3) back.push(...((yield* parent.receive) ?? []).map((m) => m.type))
         for (let i = 0; i < 10 && heard.length === 0; i++) yield* Effect.yieldNow()
         expect(heard).toEqual([T.IMSG_VMDOP_PAUSE_VM])
-        expect(back).toEqual([T.IMSG_VMDOP_UNPAUSE_VM, T.IMSG_VMDOP_TERMINATE_VM_EVENT])
+        expect(back).toEqual([T.IMSG_VMDOP_UNPAUSE_VM, T.IMSG_VMDOP_START_VM_RESPONSE, T.IMSG_VMDOP_TERMINATE_VM_EVENT])
         yield* vm.close
       })
       const traced = yield* traceOf(Effect.scoped(exchange).pipe(Effect.provide(withTrace.pipe(Layer.provide(ImsgChannelMemory.layer)))))
       for (const dir of [">", "<"])
-        for (const name of ["IMSG_VMDOP_PAUSE_VM", "IMSG_VMDOP_UNPAUSE_VM", "IMSG_VMDOP_TERMINATE_VM_EVENT"])
+        for (const name of ["IMSG_VMDOP_PAUSE_VM", "IMSG_VMDOP_UNPAUSE_VM", "IMSG_VMDOP_START_VM_RESPONSE", "IMSG_VMDOP_TERMINATE_VM_EVENT"])
           expect(traced.filter((l) => l.startsWith(`${dir} ${name} `)), `${dir} ${name}`).toHaveLength(1)
     })
   )

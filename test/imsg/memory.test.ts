@@ -303,6 +303,49 @@ describe("ImsgChannelMemory", () => {
     })
   )
 
+  it.effect("unsafeSendNow: a write the socket takes only part of sends the rest later, once; a failed one goes the queue's way, sent once", () =>
+    Effect.gen(function* () {
+      const { a, open } = yield* memory(
+        Effect.gen(function* () {
+          const svc = yield* ImsgChannel
+          const table = yield* MemorySockets
+          const [x, y] = yield* svc.socketpair("p")
+          const cx = yield* svc.open(x)
+          const cy = yield* svc.open(y)
+          const payload = (n: number) => new Uint8Array(28).fill(n)
+          // the socket takes 10 bytes a write: the first 10 go at once, the rest is queued
+          table.shortWrites(x, 10)
+          expect(cx.unsafeSendNow({ type: 18, peerid: 1, pid: 1, data: payload(1) })).toBeNull()
+          const partial = cx.unsafeQueued()
+          // a message sent after it follows it
+          yield* cx.send({ type: 19, peerid: 2, pid: 1, data: payload(2) })
+          yield* cx.flush
+          table.shortWrites(x, Infinity)
+          // a write that fails (EAGAIN, EPIPE: nothing written) leaves it to the queue, which writes it once
+          table.failNextWrite(x, Errno.EAGAIN)
+          expect(cx.unsafeSendNow({ type: 20, peerid: 3, pid: 1, data: payload(3) })).toBeNull()
+          yield* cx.flush
+          table.failNextWrite(x, Errno.EPIPE)
+          expect(cx.unsafeSendNow({ type: 21, peerid: 4, pid: 1, data: payload(4) })).toBeNull()
+          yield* cx.flush
+          const got = yield* take(cy.messages, 4)
+          yield* cx.close
+          const rest = yield* cy.receive
+          return { partial, got: got.map((m) => [m.type, m.peerid, m.data.length, m.data[0]]), rest }
+        })
+      )
+      expect(a.partial).toBe(1)
+      expect(a.got).toEqual([
+        [18, 1, 28, 1],
+        [19, 2, 28, 2],
+        [20, 3, 28, 3],
+        [21, 4, 28, 4]
+      ])
+      expect(a.rest).toBeNull() // nothing written twice
+      expect(open).toEqual([])
+    })
+  )
+
   it.effect("backpressure: 4 MB to a reader that pauses, all in order; close drops unsent fds", () =>
     Effect.gen(function* () {
       const { a, open } = yield* memory(

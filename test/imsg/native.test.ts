@@ -126,6 +126,52 @@ describe("ImsgChannelNative over real socketpairs", () => {
     )
   )
 
+  it.live("unsafeSendNow: with nothing queued the message is on the socket when it returns, never queued; behind queued messages it keeps their order", () =>
+    native(
+      Effect.gen(function* () {
+        const svc = yield* ImsgChannel
+        const [a, b] = yield* svc.socketpair("now")
+        const ch = yield* svc.open(a)
+        const frame = (type: number, peerid: number, payload: string) =>
+          toHex(encodeFrames([{ type, peerid, pid: 1, data: hex(payload), marked: false }]).bytes)
+        /** One recvmsg now, without waiting: the bytes (none if nothing is there). */
+        const recvNow = (): Uint8Array => {
+          const buf = new libc.ScmBuffer()
+          const into = new Uint8Array(256)
+          try {
+            const n = buf.recv(b.num, into)
+            return into.slice(0, Math.max(0, n))
+          } finally {
+            buf.free()
+          }
+        }
+        // nothing queued: on the socket before it returns (no microtask, no writePending), nothing left queued
+        expect(ch.unsafeSendNow({ type: 18, peerid: 3, pid: 1, data: hex("05 00 00 00") })).toBeNull()
+        expect(ch.unsafeQueued()).toBe(0)
+        expect(toHex(recvNow())).toBe(frame(18, 3, "05 00 00 00"))
+        // pid 0 is ours, as with send
+        expect(ch.unsafeSendNow({ type: 7, peerid: 0, pid: 0 })).toBeNull()
+        expect(new DataView(recvNow().buffer).getUint32(12, true)).toBe(process.pid)
+        // one queued (its write scheduled, not done): the new one goes after it, both now
+        expect(ch.unsafeSend({ type: 8, peerid: 1, pid: 1, data: hex("aa") })).toBeNull()
+        expect(recvNow().length).toBe(0)
+        expect(ch.unsafeSendNow({ type: 9, peerid: 2, pid: 1, data: hex("bb") })).toBeNull()
+        expect(ch.unsafeQueued()).toBe(0)
+        expect(toHex(recvNow())).toBe(frame(8, 1, "aa") + " " + frame(9, 2, "bb"))
+        // an fd goes the queue's way, with its message
+        const dev = libc.nativeFd(libc.open("/dev/null", libc.O_RDONLY), "devnull")
+        expect(ch.unsafeSendNow({ type: 10, peerid: 0, pid: 1, fd: dev })).toBeNull()
+        const withFd = yield* recvRaw(b.num, 256)
+        expect(withFd.fds.length).toBe(1)
+        for (const fd of withFd.fds) libc.close(fd)
+        // closed: the error send fails with
+        ch.unsafeClose()
+        expect(ch.unsafeSendNow({ type: 7, peerid: 0, pid: 1 })?.reason).toBe("Closed")
+        b.closeSync()
+      })
+    )
+  )
+
   it.live("unsafeSend, unsafeWritePending, unsafeQueued and unsafeClose act at once, outside an effect, as send, writePending, queued and close do", () =>
     native(
       Effect.gen(function* () {

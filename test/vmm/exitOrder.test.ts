@@ -58,13 +58,13 @@ const scenario = (queuedOnVmSocket: number, exitCode = 0, shuttingDown = false) 
     }
 
     const atWrite: Array<{ type: number; result: number; closed: ReadonlyArray<string>; socketClosed: boolean; registered: boolean }> = []
+    // the event is written with unsafeSendNow (queued and written in one call)
     const parent = {
-      unsafeSend: (msg: { type: number; data: Uint8Array }) => {
+      unsafeSendNow: (msg: { type: number; data: Uint8Array }) => {
         const result = new DataView(msg.data.buffer, msg.data.byteOffset).getInt32(0, true) // vmr_result
         atWrite.push({ type: msg.type, result, closed: [...closed].sort(), socketClosed, registered: registry.unsafeByPid(4242) !== null })
         return null
-      },
-      unsafeWritePending: () => {}
+      }
     } as unknown as Channel
     const ctx = { registry, parent } as unknown as VmmContext
 
