@@ -21,16 +21,21 @@ const memory = <A, E>(body: Effect.Effect<A, E, ImsgChannel | MemorySockets | Sc
     return { a, open: table.openFds() }
   }).pipe(Effect.provide(ImsgChannelMemory.layer))
 
+/** A socketpair of the fake kernel with a channel open on each end. */
+const openPair = (label: string) =>
+  Effect.gen(function* () {
+    const svc = yield* ImsgChannel
+    const table = yield* MemorySockets
+    const [x, y] = yield* svc.socketpair(label)
+    return { table, x, y, cx: yield* svc.open(x), cy: yield* svc.open(y) }
+  })
+
 describe("ImsgChannelMemory", () => {
   it.effect("messages and an fd cross a pair; the Fd object itself travels; pid 0 becomes ours", () =>
     Effect.gen(function* () {
       const { a, open } = yield* memory(
         Effect.gen(function* () {
-          const svc = yield* ImsgChannel
-          const table = yield* MemorySockets
-          const [x, y] = yield* svc.socketpair("vm1")
-          const cx = yield* svc.open(x)
-          const cy = yield* svc.open(y)
+          const { table, cx, cy } = yield* openPair("vm1")
           const disk = table.makeFd("disk0")
           yield* cx.send({ type: 9, peerid: 3, pid: 0, data: hex("01 02") })
           yield* cx.send({ type: 10, peerid: 4, pid: 1, fd: disk })
@@ -307,11 +312,7 @@ describe("ImsgChannelMemory", () => {
     Effect.gen(function* () {
       const { a, open } = yield* memory(
         Effect.gen(function* () {
-          const svc = yield* ImsgChannel
-          const table = yield* MemorySockets
-          const [x, y] = yield* svc.socketpair("p")
-          const cx = yield* svc.open(x)
-          const cy = yield* svc.open(y)
+          const { table, x, cx, cy } = yield* openPair("p")
           const payload = (n: number) => new Uint8Array(28).fill(n)
           // the socket takes 10 bytes a write: the first 10 go at once, the rest is queued
           table.shortWrites(x, 10)
