@@ -411,10 +411,10 @@ class ImsgConnection {
    * `sendNow` then `writePendingNow` (Channel.unsafeSendNow). With nothing
    * queued or being written, a small fd-less message is framed and written
    * with one sendmsg straight away, without the writer's queue (its compose
-   * chunk, run and gather: tens of µs of cold code on the exit path); what
-   * the socket does not take of it is queued as the rest of a partial write.
-   * When nothing is written (EAGAIN, EPIPE, ...) it takes the queue's way,
-   * whose write meets the same condition and handles it as always.
+   * chunk, run and gather: tens of µs of cold code on the exit path). Each
+   * outcome is the pair's: what the socket does not take (a partial write,
+   * EAGAIN) is queued and written when it is writable; EPIPE drops it and
+   * marks the peer gone; another error fails the channel.
    */
   sendWriteNow(msg: OutgoingImsg): ChannelError | null {
     const data = msg.data
@@ -437,18 +437,17 @@ class ImsgConnection {
       if (plen > 0) directFrame.set(data as Uint8Array, IMSG_HEADER_SIZE)
       directBatch.lens[0] = size
       directBatch.length = size
-      let n = 0
       this.#guard(() => {
-        n = this.#driver.send(directBatch)
+        const n = this.#driver.send(directBatch)
+        if (n === size) return
+        if (n > 0 || n === -Errno.EAGAIN || n === -Errno.ENOBUFS) {
+          // as the queue's write would have left it: the rest queued, written when the socket takes it
+          this.#writer.push(msg)
+          if (n > 0) this.#writer.written(n)
+          this.#waitWritable()
+        } else this.#writeFailed(n)
       })
-      if (n === size) return null
-      if (n > 0) {
-        // the rest goes as that of any partial write: queued, written when the socket takes it
-        this.#writer.push(msg)
-        this.#writer.written(n)
-        this.#waitWritable()
-        return null
-      }
+      return null
     }
     const e = this.#enqueue(msg)
     if (e === null) this.writePendingNow()
@@ -512,14 +511,7 @@ class ImsgConnection {
       } else if (n === -Errno.EAGAIN || n === -Errno.ENOBUFS) {
         return this.#waitWritable()
       } else {
-        w.clear(closeFd)
-        if (n === -Errno.EPIPE) {
-          // the peer is gone: what it sent before is still readable
-          this.#peerGone = true
-          if (this.#reading) this.#readNow()
-        } else {
-          this.#fail(ioError("sendmsg", n === 0 ? Errno.EIO : -n))
-        }
+        this.#writeFailed(n)
         break
       }
     }
@@ -528,6 +520,18 @@ class ImsgConnection {
       this.#watch()
     }
     this.#drained()
+  }
+
+  /** A sendmsg that sent nothing and cannot be retried (n: 0 or -errno, not EAGAIN): the queue is dropped. */
+  #writeFailed(n: number): void {
+    this.#writer.clear(closeFd)
+    if (n === -Errno.EPIPE) {
+      // the peer is gone: what it sent before is still readable
+      this.#peerGone = true
+      if (this.#reading) this.#readNow()
+    } else {
+      this.#fail(ioError("sendmsg", n === 0 ? Errno.EIO : -n))
+    }
   }
 
   #waitWritable(): void {

@@ -144,7 +144,7 @@ export interface Channel {
    * being written, a small fd-less message is written with one sendmsg at
    * once, without going through the queue (the vmm's TERMINATE_VM_EVENT:
    * bench-vmm's exit notification); otherwise it is queued and the queue
-   * written now. Same result and errors as the pair.
+   * written now. Same result, errors and outcome of the write as the pair.
    */
   readonly unsafeSendNow: (msg: OutgoingImsg) => ChannelError | null
   readonly unsafeWritePending: () => void

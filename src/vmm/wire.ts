@@ -23,7 +23,7 @@ const VMR_PID = offsetOf("vmr_pid")
 /**
  * struct vmop_result {res, id, pid, ttyname ""}, written at the layout's
  * offsets (the empty ttyname is the zeroed bytes it starts as): the bytes
- * encodeVmopResult gives for the same values (test/vmm/wire.test.ts), without
+ * encodeVmopResult gives for the same values (test/vmm/replyBytes.test.ts), without
  * its checks and Either, which cost ~15 µs of cold code on the path of
  * TERMINATE_VM_EVENT. `res` and `pid` are C ints, `id` a uint32_t.
  */

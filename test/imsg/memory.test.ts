@@ -308,7 +308,7 @@ describe("ImsgChannelMemory", () => {
     })
   )
 
-  it.effect("unsafeSendNow: a write the socket takes only part of sends the rest later, once; a failed one goes the queue's way, sent once", () =>
+  it.effect("unsafeSendNow: what the socket does not take (part of a write, EAGAIN) is sent later, once; EPIPE ends writing as the queue's write does", () =>
     Effect.gen(function* () {
       const { a, open } = yield* memory(
         Effect.gen(function* () {
@@ -322,28 +322,64 @@ describe("ImsgChannelMemory", () => {
           yield* cx.send({ type: 19, peerid: 2, pid: 1, data: payload(2) })
           yield* cx.flush
           table.shortWrites(x, Infinity)
-          // a write that fails (EAGAIN, EPIPE: nothing written) leaves it to the queue, which writes it once
+          // EAGAIN: queued, written once the socket is writable
           table.failNextWrite(x, Errno.EAGAIN)
           expect(cx.unsafeSendNow({ type: 20, peerid: 3, pid: 1, data: payload(3) })).toBeNull()
+          const afterEagain = cx.unsafeQueued()
           yield* cx.flush
+          const got = yield* take(cy.messages, 3)
+          // EPIPE: as unsafeSend + unsafeWritePending, the message is dropped and the peer taken
+          // for gone: a later send is refused (the queue's write is not tried again)
           table.failNextWrite(x, Errno.EPIPE)
           expect(cx.unsafeSendNow({ type: 21, peerid: 4, pid: 1, data: payload(4) })).toBeNull()
-          yield* cx.flush
-          const got = yield* take(cy.messages, 4)
+          const laterSend = cx.unsafeSend({ type: 22, peerid: 5, pid: 1 })?.reason
           yield* cx.close
           const rest = yield* cy.receive
-          return { partial, got: got.map((m) => [m.type, m.peerid, m.data.length, m.data[0]]), rest }
+          return { partial, afterEagain, got: got.map((m) => [m.type, m.peerid, m.data.length, m.data[0]]), laterSend, rest }
         })
       )
       expect(a.partial).toBe(1)
+      expect(a.afterEagain).toBe(1)
       expect(a.got).toEqual([
         [18, 1, 28, 1],
         [19, 2, 28, 2],
-        [20, 3, 28, 3],
-        [21, 4, 28, 4]
+        [20, 3, 28, 3]
       ])
-      expect(a.rest).toBeNull() // nothing written twice
+      expect(a.laterSend).toBe("Closed")
+      expect(a.rest).toBeNull() // nothing written twice, nothing after the EPIPE
       expect(open).toEqual([])
+    })
+  )
+
+  it.effect("unsafeSendNow and unsafeSend + unsafeWritePending leave a channel alike after a write error", () =>
+    Effect.gen(function* () {
+      const outcome = (now: boolean, errno: number) =>
+        memory(
+          Effect.gen(function* () {
+            const { table, x, cx, cy } = yield* openPair("e")
+            table.failNextWrite(x, errno)
+            const msg = { type: 7, peerid: 1, pid: 1, data: Uint8Array.of(1, 2, 3) }
+            const sent = now ? cx.unsafeSendNow(msg) : (cx.unsafeSend(msg) ?? (cx.unsafeWritePending(), null))
+            yield* cx.flush
+            const queued = cx.unsafeQueued()
+            const later = cx.unsafeSend({ type: 8, peerid: 2, pid: 1 })?.reason ?? null
+            yield* cx.flush
+            yield* cx.close
+            const got: Array<number> = []
+            for (;;) {
+              const ms = yield* cy.receive.pipe(Effect.either)
+              if (Either.isLeft(ms) || ms.right === null) break
+              got.push(...ms.right.map((m) => m.type))
+            }
+            const failed = yield* cx.receive.pipe(Effect.either)
+            return { sent, queued, later, got, failed: Either.isLeft(failed) ? failed.left.reason : "ok" }
+          })
+        ).pipe(Effect.map((r) => r.a))
+      for (const errno of [Errno.EAGAIN, Errno.EPIPE, Errno.EIO]) {
+        const pair = yield* outcome(false, errno)
+        const now = yield* outcome(true, errno)
+        expect(now, `errno ${errno}`).toEqual(pair)
+      }
     })
   )
 
