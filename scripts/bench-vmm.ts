@@ -610,6 +610,9 @@ const exitLatencies = (files: Files, layers: ReadonlyArray<Subject>) =>
         if (ms < signalled - 0.01 || ms > at + 0.01) throw new Error(`VM ${pid}: exit stamp ${ms} outside ${signalled}..${at}`)
         return ms
       }
+      /** A sample's figure: from the kill (SIGKILL), or from the VM's exit stamp (SIGTERM), to `at`. */
+      const latency = (signal: "SIGKILL" | "SIGTERM", pid: number, t0: number, at: number): number =>
+        signal === "SIGKILL" ? at - t0 : at - exitedAt(pid, t0, at)
       type Sample = { readonly kill: number; readonly exit: number }
       const peer = yield* spawnPeer(files.cExit, [files.vmprog])
       const cOne = (signal: "SIGKILL" | "SIGTERM") =>
@@ -631,7 +634,7 @@ const exitLatencies = (files: Files, layers: ReadonlyArray<Subject>) =>
           process.kill(pid, signal)
           const at = blockUntilReadable(peer.sock.num, 5000)
           yield* imsg.readRaw(peer.sock, 16 + 28, 5000)
-          return signal === "SIGKILL" ? at - t0 : at - exitedAt(pid, t0, at)
+          return latency(signal, pid, t0, at)
         })
       const cSample = Effect.gen(function* () {
         return { kill: yield* cOne("SIGKILL"), exit: yield* cOne("SIGTERM") }
@@ -644,7 +647,7 @@ const exitLatencies = (files: Files, layers: ReadonlyArray<Subject>) =>
           process.kill(pid, signal)
           const at = yield* vmm.t.arrival()
           yield* vmm.t.only(isType(T.IMSG_VMDOP_TERMINATE_VM_EVENT))
-          return signal === "SIGKILL" ? at - t0 : at - exitedAt(pid, t0, at)
+          return latency(signal, pid, t0, at)
         })
       const ourSample = (vmm: Vmm, i: number) =>
         Effect.gen(function* () {

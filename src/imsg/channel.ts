@@ -21,7 +21,7 @@
 import { Chunk, Effect, Option, Stream } from "effect"
 import { Errno, errnoName } from "../schema/errno.ts"
 import type { HeaderFormat } from "../schema/imsgHeader.ts"
-import { IMSG_HEADER_SIZE, MAX_IMSG_PAYLOAD } from "../schema/imsgHeader.ts"
+import { IMSG_HEADER_SIZE, MAX_IMSG_PAYLOAD, writeHeader } from "../schema/imsgHeader.ts"
 import type { Fd } from "../services/Fd.ts"
 import type { Channel, ChannelListener, Imsg, OutgoingImsg } from "../services/ImsgChannel.ts"
 import { ChannelError } from "../services/ImsgChannel.ts"
@@ -93,16 +93,7 @@ const sharedStaging = (): Uint8Array => {
  */
 const DIRECT_MAX_PAYLOAD = 1024
 const directFrame = new Uint8Array(IMSG_HEADER_SIZE + DIRECT_MAX_PAYLOAD)
-const directView = new DataView(directFrame.buffer)
-const directBatch: { first: 0; count: 1; bufs: [Uint8Array]; offs: [0]; lens: [number]; length: number; fd: null } = {
-  first: 0,
-  count: 1,
-  bufs: [directFrame],
-  offs: [0],
-  lens: [0],
-  length: 0,
-  fd: null
-}
+const directBatch = { first: 0, count: 1, bufs: [directFrame], offs: [0], lens: [0], length: 0, fd: null }
 
 const closeFd = (fd: Fd): void => {
   fd.closeSync()
@@ -429,11 +420,8 @@ class ImsgConnection {
       this.#writer.length === 0
     ) {
       const size = IMSG_HEADER_SIZE + plen
-      const dv = directView
-      dv.setUint32(0, msg.type, true)
-      dv.setUint32(4, size, true) // no fd: the len word is the len in either header format
-      dv.setUint32(8, msg.peerid, true)
-      dv.setUint32(12, msg.pid === 0 ? process.pid : msg.pid, true)
+      // no fd: the len word is the same in either header format
+      writeHeader(directFrame, 0, msg.type, size, false, msg.peerid, msg.pid === 0 ? process.pid : msg.pid)
       if (plen > 0) directFrame.set(data as Uint8Array, IMSG_HEADER_SIZE)
       directBatch.lens[0] = size
       directBatch.length = size

@@ -5,16 +5,16 @@
  */
 import { Either } from "effect"
 import type { SchemaError } from "../schema/codec.ts"
-import { VMOP_RESULT } from "../schema/layout.ts"
+import { resolvePath, VMOP_RESULT } from "../schema/layout.ts"
 import { encodeImsgInt, encodeLocalPrefix, type LocalPrefix } from "../schema/structs.ts"
 
 export const orDie = (e: Either.Either<Uint8Array, SchemaError>): Uint8Array =>
   Either.getOrThrowWith(e, (err) => new Error(`encode ${err.struct}.${err.field}: ${err.message}`))
 
 const offsetOf = (name: string): number => {
-  const f = VMOP_RESULT.fields.find((x) => x.name === name)
-  if (f === undefined) throw new Error(`vmop_result has no field ${name}`)
-  return f.offset
+  const at = resolvePath(VMOP_RESULT, name)
+  if (at === undefined) throw new Error(`vmop_result has no field ${name}`)
+  return at.offset
 }
 const VMR_RESULT = offsetOf("vmr_result")
 const VMR_ID = offsetOf("vmr_id")

@@ -31,14 +31,19 @@ const le32 = (n: number) => toHex(Uint8Array.of(n & 0xff, (n >>> 8) & 0xff, (n >
 const devNull = (label: string) => libc.nativeFd(libc.open("/dev/null", libc.O_RDONLY), label)
 
 /** One recvmsg of up to 64 bytes on a raw fd: bytes, 0 at EOF, or -errno (-11: nothing there). */
-const recvOnce = (fd: number): number => {
+/** One recvmsg now, without waiting: what it returned (bytes or -errno) and the bytes read. */
+const recvNow = (fd: number): { readonly n: number; readonly bytes: Uint8Array } => {
   const buf = new libc.ScmBuffer()
+  const into = new Uint8Array(256)
   try {
-    return buf.recv(fd, new Uint8Array(64))
+    const n = buf.recv(fd, into)
+    return { n, bytes: into.slice(0, Math.max(0, n)) }
   } finally {
     buf.free()
   }
 }
+
+const recvOnce = (fd: number): number => recvNow(fd).n
 
 describe("ImsgChannelNative over real socketpairs", () => {
   it.live("writes the hex dump of imsg.md §2 byte for byte, in the same two sendmsgs", () =>
@@ -134,30 +139,20 @@ describe("ImsgChannelNative over real socketpairs", () => {
         const ch = yield* svc.open(a)
         const frame = (type: number, peerid: number, payload: string) =>
           toHex(encodeFrames([{ type, peerid, pid: 1, data: hex(payload), marked: false }]).bytes)
-        /** One recvmsg now, without waiting: the bytes (none if nothing is there). */
-        const recvNow = (): Uint8Array => {
-          const buf = new libc.ScmBuffer()
-          const into = new Uint8Array(256)
-          try {
-            const n = buf.recv(b.num, into)
-            return into.slice(0, Math.max(0, n))
-          } finally {
-            buf.free()
-          }
-        }
+        const got = () => recvNow(b.num).bytes
         // nothing queued: on the socket before it returns (no microtask, no writePending), nothing left queued
         expect(ch.unsafeSendNow({ type: 18, peerid: 3, pid: 1, data: hex("05 00 00 00") })).toBeNull()
         expect(ch.unsafeQueued()).toBe(0)
-        expect(toHex(recvNow())).toBe(frame(18, 3, "05 00 00 00"))
+        expect(toHex(got())).toBe(frame(18, 3, "05 00 00 00"))
         // pid 0 is ours, as with send
         expect(ch.unsafeSendNow({ type: 7, peerid: 0, pid: 0 })).toBeNull()
-        expect(new DataView(recvNow().buffer).getUint32(12, true)).toBe(process.pid)
+        expect(new DataView(got().buffer).getUint32(12, true)).toBe(process.pid)
         // one queued (its write scheduled, not done): the new one goes after it, both now
         expect(ch.unsafeSend({ type: 8, peerid: 1, pid: 1, data: hex("aa") })).toBeNull()
-        expect(recvNow().length).toBe(0)
+        expect(got().length).toBe(0)
         expect(ch.unsafeSendNow({ type: 9, peerid: 2, pid: 1, data: hex("bb") })).toBeNull()
         expect(ch.unsafeQueued()).toBe(0)
-        expect(toHex(recvNow())).toBe(frame(8, 1, "aa") + " " + frame(9, 2, "bb"))
+        expect(toHex(got())).toBe(frame(8, 1, "aa") + " " + frame(9, 2, "bb"))
         // an fd goes the queue's way, with its message
         const dev = libc.nativeFd(libc.open("/dev/null", libc.O_RDONLY), "devnull")
         expect(ch.unsafeSendNow({ type: 10, peerid: 0, pid: 1, fd: dev })).toBeNull()
