@@ -21,6 +21,11 @@
  *   start-up           posix_spawn -> first reply to a GET_INFO_VM_REQUEST
  *                      (and, in a second row, Node's spawn -> first reply);
  *                      C: bench-info.c with no VM, alternating with ours
+ *   start-up floors    the same start-up of programs that answer that request
+ *                      with nothing of the vmm (scripts/floors/): Node alone
+ *                      under bin/vmm's #! line; the same through bin/vmm's
+ *                      loader (code cache, koffi); + Effect's runtime; + the
+ *                      imsg channel. Where bin/vmm's start-up goes, on this host
  *   resident memory    VmRSS of the vmm, idle and with N VMs; C: bench-info.c's
  *
  * Every process gets its channel on fd 3 from this process, and every time
@@ -51,7 +56,7 @@
  * that drift.
  */
 import { spawn, execFile } from "node:child_process"
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
 import { loadavg, cpus } from "node:os"
 import { promisify } from "node:util"
@@ -736,6 +741,53 @@ const startUpOnce = (command: ReadonlyArray<string>, rss: boolean, spawnWith: Sp
     })
   )
 
+/** A start-up floor: a program that answers the request with nothing of the vmm (scripts/floors/). */
+interface Floor {
+  readonly name: string
+  readonly command: ReadonlyArray<string>
+}
+
+/**
+ * The start-up floors, built into `dir`. scripts/floors/node.ts bundled
+ * alone under bin/vmm's #! line (Node's start-up and the answer), then
+ * node.ts, effect.ts and channel.ts each as bin/vmm's program is: bundled
+ * by scripts/build.mjs --out, beside a copy of bin/vmm (its loader), with a
+ * code cache trained by scripts/train-vmm-cache.mjs --root.
+ */
+const buildFloors = async (dir: string): Promise<ReadonlyArray<Floor>> => {
+  const run = promisify(execFile)
+  const { build } = await import("esbuild")
+  const alone = join(dir, "floor-node.cjs")
+  await build({
+    entryPoints: [join(repoRoot, "scripts/floors/node.ts")],
+    outfile: alone,
+    bundle: true,
+    platform: "node",
+    target: "node20",
+    format: "cjs",
+    minifyWhitespace: true,
+    banner: { js: readFileSync(join(repoRoot, "bin", "vmm"), "utf8").split("\n")[0]! },
+    logLevel: "warning"
+  })
+  chmodSync(alone, 0o755)
+  const throughLoader = async (program: string, name: string): Promise<Floor> => {
+    const root = join(dir, `floor-${program}`)
+    mkdirSync(join(root, "bin"), { recursive: true })
+    for (const f of ["vmm", "package.json"]) copyFileSync(join(repoRoot, "bin", f), join(root, "bin", f))
+    symlinkSync(join(repoRoot, "node_modules"), join(root, "node_modules"))
+    await run(process.execPath, [join(repoRoot, "scripts", "build.mjs"), "--entry", join(repoRoot, "scripts", "floors", `${program}.ts`), "--out", join(root, "dist")])
+    await run(process.execPath, [join(repoRoot, "scripts", "train-vmm-cache.mjs"), "--root", root])
+    if (!existsSync(join(root, "dist", "vmm.cache"))) throw new Error(`start-up floor ${program}: no code cache was made`)
+    return { name, command: [join(root, "bin", "vmm")] }
+  }
+  return [
+    { name: "Node alone (bin/vmm's #! line)", command: [alone] },
+    await throughLoader("node", "+ bin/vmm's loader, code cache, koffi"),
+    await throughLoader("effect", "+ Effect's runtime (a fiber answers)"),
+    await throughLoader("channel", "+ the imsg channel (ImsgChannelNative)")
+  ]
+}
+
 interface StartUps {
   readonly samples: Array<number>
   /** Started with Node's spawn (as before session 14), in the same rounds. */
@@ -745,16 +797,27 @@ interface StartUps {
 
 /**
  * Start-up of ours and of C, alternating, each started both ways in every
- * round (the first round is not counted); RSS idle after the second.
+ * round (the first round is not counted); RSS idle after the second. The
+ * floors in the same rounds, started the first way only.
  */
-const startUps = (ours: ReadonlyArray<string>, c: ReadonlyArray<string>) =>
+const startUps = (ours: ReadonlyArray<string>, c: ReadonlyArray<string>, floors: ReadonlyArray<Floor>) =>
   Effect.scoped(
     Effect.gen(function* () {
       // Where posix_spawn cannot be used, both rows are Node's spawn (a note says so).
       const viaDirect = DIRECT_UNAVAILABLE === null ? spawnPeerDirect(yield* ProcessDirect.make()) : spawnPeer
-      const out: { ours: StartUps; c: StartUps } = { ours: { samples: [], viaNode: [], rss: NaN }, c: { samples: [], viaNode: [], rss: NaN } }
+      const out: { ours: StartUps; c: StartUps; floors: Array<Array<number>> } = {
+        ours: { samples: [], viaNode: [], rss: NaN },
+        c: { samples: [], viaNode: [], rss: NaN },
+        floors: floors.map(() => [])
+      }
+      const programs = [["ours", ours] as const, ["c", c] as const, ...floors.map((f, k) => [k, f.command] as const)]
       for (let i = 0; i < N.ready + 1; i++) {
-        for (const [which, command] of rotated([["ours", ours], ["c", c]] as const, i)) {
+        for (const [which, command] of rotated(programs, i)) {
+          if (typeof which === "number") {
+            const r = yield* startUpOnce(command, false, viaDirect)
+            if (i > 0) out.floors[which]!.push(r.ms)
+            continue
+          }
           for (const direct of i % 2 === 0 ? [true, false] : [false, true]) {
             const r = yield* startUpOnce(command, i === 1 && direct, direct ? viaDirect : spawnPeer)
             if (i > 0) (direct ? out[which].samples : out[which].viaNode).push(r.ms)
@@ -873,9 +936,17 @@ const main = Effect.gen(function* () {
 
   if (ONLY.has("startup")) {
     console.error("start-up ...")
-    const { ours: oursReady, c: cReady } = yield* startUps([...VMM_COMMAND, ...vmmArgs(files, [])], [files.cInfo])
+    const floors = yield* Effect.promise(() => buildFloors(files.dir))
+    const { ours: oursReady, c: cReady, floors: floorSamples } = yield* startUps([...VMM_COMMAND, ...vmmArgs(files, [])], [files.cInfo], floors)
     rows.push({ name: "start-up to ready, median", ours: median(oursReady.samples), c: median(cReady.samples), unit: "ms", goal: "< 100 ms", met: median(oursReady.samples) < 100 })
     rows.push({ name: "start-up, started by Node's spawn", ours: median(oursReady.viaNode), c: median(cReady.viaNode), unit: "ms", goal: "-", met: null })
+    floors.forEach((f, k) => {
+      spread(`start-up floor ${f.name}`, floorSamples[k]!)
+      rows.push({ name: `start-up floor: ${f.name}`, ours: median(floorSamples[k]!), c: null, unit: "ms", goal: "-", met: null })
+    })
+    notes.push(
+      "start-up floors: programs that answer the same request with nothing of the vmm (scripts/floors/), in the same rounds, started as the first row; each row adds to the one above it, and the vmm adds its own services to the last"
+    )
     notes.push(
       DIRECT_UNAVAILABLE === null
         ? "start-up: started with posix_spawn, as vmd's C parent starts the vmm (fork+exec); the row after it starts the same programs with Node's spawn, which forks this benchmark process first (every start-up figure before session 14)"

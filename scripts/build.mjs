@@ -26,11 +26,17 @@ import { createHash } from "node:crypto"
 import { mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs"
 import { readFile } from "node:fs/promises"
 import { createRequire } from "node:module"
-import { dirname, join, relative, sep } from "node:path"
+import { dirname, join, relative, resolve, sep } from "node:path"
 import { fileURLToPath } from "node:url"
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..")
-const dist = join(root, "dist")
+/** `--entry FILE --out DIR`: another program bundled as bin/vmm's is (scripts/bench-vmm.ts's start-up floors), with a bin/vmm beside DIR to load it. */
+const option = (name) => {
+  const at = process.argv.indexOf(name)
+  return at < 0 ? undefined : process.argv[at + 1]
+}
+const entry = resolve(option("--entry") ?? join(root, "src/cli/vmm.ts"))
+const dist = resolve(option("--out") ?? join(root, "dist"))
 
 /**
  * `import { Effect, Layer, type Scope } from "effect"` -> one
@@ -163,7 +169,7 @@ export const effectStartupPatches = {
 mkdirSync(dist, { recursive: true })
 rmSync(join(dist, "vmm.cache"), { force: true })
 const result = await build({
-  entryPoints: [join(root, "src/cli/vmm.ts")],
+  entryPoints: [entry],
   outfile: join(dist, "vmm.cjs"),
   bundle: true,
   platform: "node",

@@ -11,11 +11,14 @@
 // It never fails the build: without a cache bin/vmm compiles from source.
 import { spawn } from "node:child_process"
 import { existsSync, rmSync, statSync } from "node:fs"
-import { dirname, join } from "node:path"
+import { dirname, join, resolve } from "node:path"
 import { fileURLToPath } from "node:url"
 import { binVmmV8Flags } from "./vmm-flags.mjs"
 
-const root = join(dirname(fileURLToPath(import.meta.url)), "..")
+// --root DIR: the bin/vmm and dist/ of another program built by scripts/build.mjs --out DIR/dist
+// (scripts/bench-vmm.ts's start-up floors, which answer the same request and ignore the arguments).
+const rootAt = process.argv.indexOf("--root")
+const root = rootAt < 0 ? join(dirname(fileURLToPath(import.meta.url)), "..") : resolve(process.argv[rootAt + 1] ?? ".")
 const cache = join(root, "dist", "vmm.cache")
 // vmd's message numbers (src/schema/imsgTypes.ts, IMSG_PROC_MAX = 5).
 const IMSG_VMDOP_GET_INFO_VM_REQUEST = 19

@@ -1,0 +1,58 @@
+/**
+ * The start-up floors' common part (scripts/bench-vmm.ts, "start-up
+ * floor" rows): what bin/vmm must at least do to count as ready, with
+ * nothing of the vmm. It reads imsgs from fd 3 (vmd's parent channel) with
+ * plain node:fs, answers the first GET_INFO_VM_REQUEST with a
+ * GET_INFO_VM_END_DATA of the same peerid, as the vmm does with no VMs, and
+ * calls `done` at EOF. fd 3 is a non-blocking socket: EAGAIN waits a turn of
+ * the event loop (the benchmark writes its request right after the spawn,
+ * long before a program is up to read it).
+ */
+import { readSync, writeSync } from "node:fs"
+
+const IMSG_HEADER_SIZE = 16
+// vmd's message numbers (src/schema/imsgTypes.ts, IMSG_PROC_MAX = 5)
+const IMSG_VMDOP_GET_INFO_VM_REQUEST = 19
+const IMSG_VMDOP_GET_INFO_VM_END_DATA = 21
+
+export const answerOnFd3 = (done: () => void): void => {
+  const header = Buffer.alloc(IMSG_HEADER_SIZE)
+  const sink = Buffer.alloc(4096)
+  let have = 0
+  /** Payload bytes of the current message still to skip. */
+  let skip = 0
+  let answered = false
+  const step = (): void => {
+    for (;;) {
+      let n: number
+      try {
+        n = skip > 0 ? readSync(3, sink, 0, Math.min(skip, sink.length), null) : readSync(3, header, have, IMSG_HEADER_SIZE - have, null)
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === "EAGAIN") {
+          setImmediate(step)
+          return
+        }
+        throw err
+      }
+      if (n === 0) return done()
+      if (skip > 0) {
+        skip -= n
+        continue
+      }
+      have += n
+      if (have < IMSG_HEADER_SIZE) continue
+      have = 0
+      skip = (header.readUInt32LE(4) & 0x7fffffff) - IMSG_HEADER_SIZE
+      if (!answered && header.readUInt32LE(0) === IMSG_VMDOP_GET_INFO_VM_REQUEST) {
+        answered = true
+        const reply = Buffer.alloc(IMSG_HEADER_SIZE)
+        reply.writeUInt32LE(IMSG_VMDOP_GET_INFO_VM_END_DATA, 0)
+        reply.writeUInt32LE(IMSG_HEADER_SIZE, 4)
+        reply.writeUInt32LE(header.readUInt32LE(8), 8)
+        reply.writeUInt32LE(process.pid, 12)
+        writeSync(3, reply)
+      }
+    }
+  }
+  step()
+}
