@@ -810,14 +810,14 @@ const startUps = (ours: ReadonlyArray<string>, c: ReadonlyArray<string>, floors:
         c: { samples: [], viaNode: [], rss: NaN },
         floors: floors.map(() => [])
       }
-      const programs = [["ours", ours] as const, ["c", c] as const, ...floors.map((f, k) => [k, f.command] as const)]
+      const floorOrder = floors.map((_, k) => k)
       for (let i = 0; i < N.ready + 1; i++) {
-        for (const [which, command] of rotated(programs, i)) {
-          if (typeof which === "number") {
-            const r = yield* startUpOnce(command, false, viaDirect)
-            if (i > 0) out.floors[which]!.push(r.ms)
-            continue
-          }
+        // the floors first, in turns, then ours and C's alternating as they always have
+        for (const k of rotated(floorOrder, i)) {
+          const r = yield* startUpOnce(floors[k]!.command, false, viaDirect)
+          if (i > 0) out.floors[k]!.push(r.ms)
+        }
+        for (const [which, command] of rotated([["ours", ours], ["c", c]] as const, i)) {
           for (const direct of i % 2 === 0 ? [true, false] : [false, true]) {
             const r = yield* startUpOnce(command, i === 1 && direct, direct ? viaDirect : spawnPeer)
             if (i > 0) (direct ? out[which].samples : out[which].viaNode).push(r.ms)

@@ -30,13 +30,32 @@ import { dirname, join, relative, resolve, sep } from "node:path"
 import { fileURLToPath } from "node:url"
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..")
-/** `--entry FILE --out DIR`: another program bundled as bin/vmm's is (scripts/bench-vmm.ts's start-up floors), with a bin/vmm beside DIR to load it. */
-const option = (name) => {
-  const at = process.argv.indexOf(name)
-  return at < 0 ? undefined : process.argv[at + 1]
-}
-const entry = resolve(option("--entry") ?? join(root, "src/cli/vmm.ts"))
-const dist = resolve(option("--out") ?? join(root, "dist"))
+/**
+ * No arguments: bin/vmm's program into dist/. `--entry FILE --out DIR`, both:
+ * another program bundled as bin/vmm's is, into DIR, with a bin/vmm beside DIR
+ * to load it (scripts/bench-vmm.ts's start-up floors). Anything else is refused,
+ * so that a mistyped option never rebuilds dist/ with another program.
+ */
+const options = (() => {
+  const args = process.argv.slice(2)
+  if (args.length === 0) return { entry: join(root, "src/cli/vmm.ts"), out: join(root, "dist") }
+  const got = {}
+  for (let i = 0; i < args.length; i += 2) {
+    const [name, value] = [args[i], args[i + 1]]
+    if ((name !== "--entry" && name !== "--out") || name.slice(2) in got || value === undefined || value.startsWith("--")) {
+      process.stderr.write("usage: node scripts/build.mjs [--entry FILE --out DIR]\n")
+      process.exit(2)
+    }
+    got[name.slice(2)] = value
+  }
+  if (got.entry === undefined || got.out === undefined) {
+    process.stderr.write("usage: node scripts/build.mjs [--entry FILE --out DIR]\n")
+    process.exit(2)
+  }
+  return got
+})()
+const entry = resolve(options.entry)
+const dist = resolve(options.out)
 
 /**
  * `import { Effect, Layer, type Scope } from "effect"` -> one

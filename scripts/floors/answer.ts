@@ -4,9 +4,11 @@
  * nothing of the vmm. It reads imsgs from fd 3 (vmd's parent channel) with
  * plain node:fs, answers the first GET_INFO_VM_REQUEST with a
  * GET_INFO_VM_END_DATA of the same peerid, as the vmm does with no VMs, and
- * calls `done` at EOF. fd 3 is a non-blocking socket: EAGAIN waits a turn of
- * the event loop (the benchmark writes its request right after the spawn,
- * long before a program is up to read it).
+ * calls `done` at EOF. fd 3 is a non-blocking socket, and node:fs cannot wait
+ * for it: before the answer, EAGAIN tries again on the next turn of the event
+ * loop (a spin, but the benchmark writes its request right after the spawn,
+ * long before a program is up to read it); after it, every millisecond until
+ * the benchmark closes the socket, so as not to take a core from what it times.
  */
 import { readSync, writeSync } from "node:fs"
 
@@ -29,7 +31,8 @@ export const answerOnFd3 = (done: () => void): void => {
         n = skip > 0 ? readSync(3, sink, 0, Math.min(skip, sink.length), null) : readSync(3, header, have, IMSG_HEADER_SIZE - have, null)
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code === "EAGAIN") {
-          setImmediate(step)
+          if (answered) setTimeout(step, 1)
+          else setImmediate(step)
           return
         }
         throw err

@@ -68,7 +68,7 @@ export interface ChannelOptions {
 }
 
 const DEFAULT_HIGH_WATER = 1 << 20
-/** recvmsg calls per readable event before yielding to the loop. */
+/** recvmsg calls per readable event at most: reads that carry fds (each ends at its message), or `drain`. */
 const READS_PER_EVENT = 64
 type Ending = { readonly _tag: "Eof" } | { readonly _tag: "Failed"; readonly error: ChannelError }
 const EOF: Ending = { _tag: "Eof" }
@@ -180,9 +180,9 @@ class ImsgConnection {
 
   /**
    * Read what the socket has, up to READS_PER_EVENT reads. A read without
-   * fds ends it (level-triggered polling calls again), unless `drain`: then it goes on
-   * to EAGAIN or the end. Whether it stopped at EAGAIN with the stream still
-   * going.
+   * fds ends it (level-triggered polling calls again), unless `drain`: then
+   * it goes on to EAGAIN or the end. Whether it stopped at EAGAIN with the
+   * stream still going.
    */
   #readNow(drain = false): boolean {
     if (!this.#readingNow) return false
@@ -242,7 +242,7 @@ class ImsgConnection {
    * libuv reports POLLERR as EBADF, and has stopped the handle (uv__poll_io).
    * On a stream socket that is the peer closing with data of ours unread
    * (ECONNRESET): what it sent before is still to be read, and ends as EOF
-   * (read to the end, not just to the first short read); a write meets EPIPE
+   * (read to the end, not just one read); a write meets EPIPE
    * and drops the queue. Fail only if reading to EAGAIN does not explain the
    * error. While reading is paused (high water, held), the read that resumes
    * it meets the error again and reads what is left then.
