@@ -28,6 +28,7 @@ import { readFile } from "node:fs/promises"
 import { createRequire } from "node:module"
 import { dirname, join, relative, resolve, sep } from "node:path"
 import { fileURLToPath } from "node:url"
+import { parseArgs } from "node:util"
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..")
 /**
@@ -37,22 +38,15 @@ const root = join(dirname(fileURLToPath(import.meta.url)), "..")
  * so that a mistyped option never rebuilds dist/ with another program.
  */
 const options = (() => {
-  const args = process.argv.slice(2)
-  if (args.length === 0) return { entry: join(root, "src/cli/vmm.ts"), out: join(root, "dist") }
-  const got = {}
-  for (let i = 0; i < args.length; i += 2) {
-    const [name, value] = [args[i], args[i + 1]]
-    if ((name !== "--entry" && name !== "--out") || name.slice(2) in got || value === undefined || value.startsWith("--")) {
-      process.stderr.write("usage: node scripts/build.mjs [--entry FILE --out DIR]\n")
-      process.exit(2)
-    }
-    got[name.slice(2)] = value
+  try {
+    const { entry, out } = parseArgs({ options: { entry: { type: "string" }, out: { type: "string" } } }).values
+    if (entry === undefined && out === undefined) return { entry: join(root, "src/cli/vmm.ts"), out: join(root, "dist") }
+    if (entry !== undefined && out !== undefined) return { entry, out }
+  } catch {
+    // an unknown option, or one without its value: the usage below
   }
-  if (got.entry === undefined || got.out === undefined) {
-    process.stderr.write("usage: node scripts/build.mjs [--entry FILE --out DIR]\n")
-    process.exit(2)
-  }
-  return got
+  process.stderr.write("usage: node scripts/build.mjs [--entry FILE --out DIR]\n")
+  process.exit(2)
 })()
 const entry = resolve(options.entry)
 const dist = resolve(options.out)

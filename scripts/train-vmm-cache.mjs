@@ -13,16 +13,20 @@ import { spawn } from "node:child_process"
 import { existsSync, rmSync, statSync } from "node:fs"
 import { dirname, join, resolve } from "node:path"
 import { fileURLToPath } from "node:url"
+import { parseArgs } from "node:util"
 import { binVmmV8Flags } from "./vmm-flags.mjs"
 
 // --root DIR: the bin/vmm and dist/ of another program built by scripts/build.mjs --out DIR/dist
 // (scripts/bench-vmm.ts's start-up floors, which answer the same request and ignore the arguments).
-const args = process.argv.slice(2)
-if (!(args.length === 0 || (args.length === 2 && args[0] === "--root" && !args[1].startsWith("--")))) {
-  process.stderr.write("usage: node scripts/train-vmm-cache.mjs [--root DIR]\n")
-  process.exit(2)
-}
-const root = args.length === 0 ? join(dirname(fileURLToPath(import.meta.url)), "..") : resolve(args[1])
+const root = (() => {
+  try {
+    const given = parseArgs({ options: { root: { type: "string" } } }).values.root
+    return given === undefined ? join(dirname(fileURLToPath(import.meta.url)), "..") : resolve(given)
+  } catch {
+    process.stderr.write("usage: node scripts/train-vmm-cache.mjs [--root DIR]\n")
+    process.exit(2)
+  }
+})()
 const cache = join(root, "dist", "vmm.cache")
 // vmd's message numbers (src/schema/imsgTypes.ts, IMSG_PROC_MAX = 5).
 const IMSG_VMDOP_GET_INFO_VM_REQUEST = 19

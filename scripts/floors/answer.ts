@@ -11,11 +11,8 @@
  * the benchmark closes the socket, so as not to take a core from what it times.
  */
 import { readSync, writeSync } from "node:fs"
-
-const IMSG_HEADER_SIZE = 16
-// vmd's message numbers (src/schema/imsgTypes.ts, IMSG_PROC_MAX = 5)
-const IMSG_VMDOP_GET_INFO_VM_REQUEST = 19
-const IMSG_VMDOP_GET_INFO_VM_END_DATA = 21
+import { IMSG_HEADER_SIZE, lenOf, readLenWord, readPeerid, readType, writeHeader } from "../../src/schema/imsgHeader.ts"
+import { IMSG_VMDOP_GET_INFO_VM_END_DATA, IMSG_VMDOP_GET_INFO_VM_REQUEST } from "../../src/schema/imsgTypes.ts"
 
 export const answerOnFd3 = (done: () => void): void => {
   const header = Buffer.alloc(IMSG_HEADER_SIZE)
@@ -45,14 +42,11 @@ export const answerOnFd3 = (done: () => void): void => {
       have += n
       if (have < IMSG_HEADER_SIZE) continue
       have = 0
-      skip = (header.readUInt32LE(4) & 0x7fffffff) - IMSG_HEADER_SIZE
-      if (!answered && header.readUInt32LE(0) === IMSG_VMDOP_GET_INFO_VM_REQUEST) {
+      skip = lenOf(readLenWord(header, 0)) - IMSG_HEADER_SIZE
+      if (!answered && readType(header, 0) === IMSG_VMDOP_GET_INFO_VM_REQUEST) {
         answered = true
         const reply = Buffer.alloc(IMSG_HEADER_SIZE)
-        reply.writeUInt32LE(IMSG_VMDOP_GET_INFO_VM_END_DATA, 0)
-        reply.writeUInt32LE(IMSG_HEADER_SIZE, 4)
-        reply.writeUInt32LE(header.readUInt32LE(8), 8)
-        reply.writeUInt32LE(process.pid, 12)
+        writeHeader(reply, 0, IMSG_VMDOP_GET_INFO_VM_END_DATA, IMSG_HEADER_SIZE, false, readPeerid(header, 0), process.pid)
         writeSync(3, reply)
       }
     }
