@@ -29,7 +29,8 @@
 #define VMM	"/usr/local/vmd-vmm/bin/vmm"
 #endif
 
-static const char *v8flags[] = { "--max-semi-space-size=1", "--optimize-for-size" };
+static const char *v8flags[] = { "--max-semi-space-size=1", "--optimize-for-size",
+    "--verify-snapshot-checksum" };
 static const char *vmmflags[] = { "--backend", "vmm", "--spawn", "node", "--vm-exec", VMD_C };
 
 #define NELEM(a)	(sizeof(a) / sizeof((a)[0]))

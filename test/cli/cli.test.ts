@@ -1,7 +1,8 @@
 import { spawn } from "node:child_process"
-import { copyFileSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs"
+import { copyFileSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import type { Duplex } from "node:stream"
 import { fileURLToPath } from "node:url"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Either, Layer, Option } from "effect"
@@ -222,6 +223,53 @@ describe("bin/vmm start-up", () => {
     expect(maps).not.toMatch(/dist\/vmm\.(cjs|cache)( \(deleted\))?$/m)
     expect(fds.filter((f) => /dist\/vmm\./.test(f))).toEqual([])
     expect(await exited).toBe(0)
+  }, 30_000)
+
+  it.runIf(process.platform === "linux")("a code cache damaged in its body is rejected, and the bundle runs from source (V8 aborted on it)", async () => {
+    const root = fileURLToPath(new URL("../../", import.meta.url))
+    const dir = mkdtempSync(join(tmpdir(), "vmm-cache-"))
+    try {
+      mkdirSync(join(dir, "bin"))
+      mkdirSync(join(dir, "dist"))
+      for (const f of ["bin/vmm", "bin/package.json", "dist/vmm.cjs"]) copyFileSync(join(root, f), join(dir, f))
+      symlinkSync(join(root, "node_modules"), join(dir, "node_modules"))
+      // the build's own cache, its id and V8's header intact, 64 bytes in the middle inverted
+      const cache = readFileSync(join(root, "dist/vmm.cache"))
+      const at = cache.length >> 1
+      for (let i = at; i < at + 64; i++) cache[i] = cache[i]! ^ 0xff
+      writeFileSync(join(dir, "dist/vmm.cache"), cache)
+      const child = spawn(join(dir, "bin/vmm"), ["-P", "vmm", "--backend", "process"], {
+        stdio: ["ignore", "ignore", "pipe", "pipe"],
+        env: { ...process.env, VMD_VMM_CACHE_REPORT: "1", NODE_OPTIONS: "" }
+      })
+      let stderr = ""
+      child.stderr!.setEncoding("utf8")
+      child.stderr!.on("data", (d: string) => (stderr += d))
+      const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+        child.once("exit", (code, signal) => resolve({ code, signal }))
+      )
+      // the program answers a request: it runs, compiled from source
+      const parent = child.stdio[3] as Duplex
+      const answer = new Promise<number | null>((resolve) => {
+        let got = Buffer.alloc(0)
+        parent.on("data", (d: Buffer) => {
+          got = Buffer.concat([got, d])
+          if (got.length >= 16) resolve(got.readUInt32LE(0))
+        })
+        parent.on("error", () => resolve(null))
+        parent.on("close", () => resolve(null))
+      })
+      const request = Buffer.alloc(16)
+      request.writeUInt32LE(T.IMSG_VMDOP_GET_INFO_VM_REQUEST, 0)
+      request.writeUInt32LE(16, 4)
+      parent.write(request)
+      expect(await answer, stderr).toBe(T.IMSG_VMDOP_GET_INFO_VM_END_DATA)
+      parent.destroy()
+      expect(await exited, stderr).toEqual({ code: 0, signal: null })
+      expect(stderr).toContain("vmm: code cache rejected (mapped: vmm.cjs vmm.cache)")
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
   }, 30_000)
 
   /**
