@@ -91,10 +91,11 @@ const nativeDriver = (fd: Fd, poll: UvPoll, events: DriverEvents): SocketDriver 
       if (r < 0) events.error(fromHostErrno(-r))
     },
     close: (done) => {
-      poll.stop() // before close(2): libuv must not watch a dead fd
-      fd.closeSync()
-      // A stopped handle never calls back; uv_close's callback only frees its memory.
+      // uv_close first: it stops the handle (its epoll_ctl DEL) while the fd is
+      // still open; a DEL after close(2) fails with EBADF. A closing handle never
+      // calls back; uv_close's callback only frees its memory.
       poll.close()
+      fd.closeSync()
       done()
     }
   }

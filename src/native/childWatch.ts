@@ -84,10 +84,10 @@ export class ChildWatch {
   }
 
   /**
-   * Stop watching, close(2) the pidfd at once (a stopped handle never calls
-   * back), then uv_close the handle, whose callback only frees its memory:
-   * after a reap, right after the exit is reported, in the same callback.
-   * Once.
+   * uv_close the handle (it stops watching, its epoll_ctl DEL made while the
+   * pidfd is still open; the close callback only frees its memory), then
+   * close(2) the pidfd at once: after a reap, right after the exit is
+   * reported, in the same callback. Once.
    */
   release(): void {
     if (this.#released) return
@@ -96,9 +96,8 @@ export class ChildWatch {
     this.#timer = null
     const poll = this.#poll
     this.#poll = null
-    poll?.stop()
-    libc.close(this.pidfd)
     if (poll !== null) poll.close(this.onReleased)
-    else this.onReleased()
+    libc.close(this.pidfd)
+    if (poll === null) this.onReleased()
   }
 }

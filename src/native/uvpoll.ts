@@ -170,8 +170,8 @@ export class UvPoll {
   }
 
   /**
-   * Stop and uv_close; `done` runs once the close callback has freed the
-   * handle (at once if that already happened). Safe to call again.
+   * uv_close, which stops the handle; `done` runs once the close callback has
+   * freed the handle (at once if that already happened). Safe to call again.
    */
   close(done?: () => void): void {
     if (this.#state === "closed") {
@@ -180,7 +180,9 @@ export class UvPoll {
     }
     if (done) this.#onClosed.push(done)
     if (this.#state === "closing") return
-    this.stop()
+    // uv_close stops a started handle itself (one epoll_ctl DEL, not a
+    // uv_poll_stop's and then uv_close's again)
+    this.#events = 0
     this.#state = "closing"
     uv.close(this.#mem, registered().close)
   }
