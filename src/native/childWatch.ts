@@ -54,8 +54,8 @@ export class ChildWatch {
     }
     const started = poll.start(UV_READABLE)
     if (started < 0) {
+      poll.close() // before the fd's close: uv_close's epoll DEL must find it open
       libc.close(pidfd)
-      poll.close()
       return started
     }
     w.#poll = poll

@@ -6,7 +6,9 @@
  * and dispatch on the handle address, so handles are not limited by koffi's
  * callback slots. A handle's memory is freed only in uv_close's callback,
  * as libuv requires; `close` is idempotent and the memory is freed once.
- * Callers stop (or close) the handle before closing its fd.
+ * Callers `close` the handle before they close(2) its fd: uv_close makes an
+ * epoll DEL of its own (even after a `stop`), which would find the fd closed
+ * (EBADF), or, were its number reused meanwhile, take the new fd out of epoll.
  */
 import { Data, Effect } from "effect"
 import type { Scope } from "effect"
