@@ -95,6 +95,9 @@ const DIRECT_MAX_PAYLOAD = 1024
 const directFrame = new Uint8Array(IMSG_HEADER_SIZE + DIRECT_MAX_PAYLOAD)
 const directBatch = { first: 0, count: 1, bufs: [directFrame], offs: [0], lens: [0], length: 0, fd: null }
 
+/** A sendmsg result that means "the socket is full, try when writable" (nothing was sent). */
+const wouldBlock = (n: number): boolean => n === -Errno.EAGAIN || n === -Errno.ENOBUFS
+
 const closeFd = (fd: Fd): void => {
   fd.closeSync()
 }
@@ -434,7 +437,7 @@ class ImsgConnection {
       this.#guard(() => {
         const n = this.#driver.send(directBatch)
         if (n === size) return
-        if (n > 0 || n === -Errno.EAGAIN || n === -Errno.ENOBUFS) {
+        if (n > 0 || wouldBlock(n)) {
           // as the queue's write would have left it: the rest queued, written when the socket takes it
           this.#writer.push(msg)
           if (n > 0) this.#writer.written(n)
@@ -502,7 +505,7 @@ class ImsgConnection {
       if (n > 0) {
         w.written(n)
         if (n < batch.length) return this.#waitWritable()
-      } else if (n === -Errno.EAGAIN || n === -Errno.ENOBUFS) {
+      } else if (wouldBlock(n)) {
         return this.#waitWritable()
       } else {
         this.#writeFailed(n)
