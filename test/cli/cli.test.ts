@@ -3,7 +3,6 @@ import { copyFileSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSy
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import type { Duplex } from "node:stream"
-import { fileURLToPath } from "node:url"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Either, Layer, Option } from "effect"
 import { parseArgs } from "../../src/cli/args.ts"
@@ -16,6 +15,8 @@ import * as T from "../../src/schema/imsgTypes.ts"
 import { emptyVmdVm, encodeVmdVm, encodeVmopResult, SIZEOF } from "../../src/schema/structs.ts"
 import { defaultLocalPrefix } from "../../src/vmm/defaults.ts"
 import { localPrefixBytes } from "../../src/vmm/wire.ts"
+import { repoRoot } from "../../src/vm/build.ts"
+import { IMSG_HEADER_SIZE, readType, writeHeader } from "../../src/schema/imsgHeader.ts"
 
 describe("bin/vmm flags", () => {
   it("accepts the argv vmd's proc_exec builds for the vmm child, ignoring the other children's flags", () => {
@@ -170,8 +171,7 @@ describe("--trace in our VM process (bin/vmm -V ... --trace)", () => {
 describe("bin/vmm start-up", () => {
   /** bin/vmm `args` with a socket on fd 3, once its loader has said whether it used the code cache (and before its program runs). */
   const startLoaded = async (args: ReadonlyArray<string>) => {
-    const root = fileURLToPath(new URL("../../", import.meta.url))
-    const child = spawn(join(root, "bin/vmm"), [...args], {
+    const child = spawn(join(repoRoot, "bin/vmm"), [...args], {
       stdio: ["ignore", "ignore", "pipe", "pipe"],
       env: { ...process.env, VMD_VMM_CACHE_REPORT: "1", NODE_OPTIONS: "" }
     })
@@ -189,8 +189,7 @@ describe("bin/vmm start-up", () => {
   }
 
   it.runIf(process.platform === "linux")("runs its bundle from the code cache the build trained (same V8, same flags)", async () => {
-    const root = fileURLToPath(new URL("../../", import.meta.url))
-    const child = spawn(join(root, "bin/vmm"), ["-P", "vmm", "--backend", "process"], {
+    const child = spawn(join(repoRoot, "bin/vmm"), ["-P", "vmm", "--backend", "process"], {
       stdio: ["ignore", "ignore", "pipe", "pipe"],
       env: { ...process.env, VMD_VMM_CACHE_REPORT: "1", NODE_OPTIONS: "" }
     })
@@ -225,16 +224,22 @@ describe("bin/vmm start-up", () => {
     expect(await exited).toBe(0)
   }, 30_000)
 
+  /** A new directory holding a copy of bin/vmm (its loader) and an empty dist/; the caller removes it. */
+  const loaderCopy = (prefix: string): string => {
+    const dir = mkdtempSync(join(tmpdir(), prefix))
+    mkdirSync(join(dir, "bin"))
+    mkdirSync(join(dir, "dist"))
+    for (const f of ["bin/vmm", "bin/package.json"]) copyFileSync(join(repoRoot, f), join(dir, f))
+    return dir
+  }
+
   it.runIf(process.platform === "linux")("a code cache damaged in its body is rejected, and the bundle runs from source (V8 aborted on it)", async () => {
-    const root = fileURLToPath(new URL("../../", import.meta.url))
-    const dir = mkdtempSync(join(tmpdir(), "vmm-cache-"))
+    const dir = loaderCopy("vmm-cache-")
     try {
-      mkdirSync(join(dir, "bin"))
-      mkdirSync(join(dir, "dist"))
-      for (const f of ["bin/vmm", "bin/package.json", "dist/vmm.cjs"]) copyFileSync(join(root, f), join(dir, f))
-      symlinkSync(join(root, "node_modules"), join(dir, "node_modules"))
+      copyFileSync(join(repoRoot, "dist/vmm.cjs"), join(dir, "dist/vmm.cjs"))
+      symlinkSync(join(repoRoot, "node_modules"), join(dir, "node_modules"))
       // the build's own cache, its id and V8's header intact, 64 bytes in the middle inverted
-      const cache = readFileSync(join(root, "dist/vmm.cache"))
+      const cache = readFileSync(join(repoRoot, "dist/vmm.cache"))
       const at = cache.length >> 1
       for (let i = at; i < at + 64; i++) cache[i] = cache[i]! ^ 0xff
       writeFileSync(join(dir, "dist/vmm.cache"), cache)
@@ -254,14 +259,13 @@ describe("bin/vmm start-up", () => {
         let got = Buffer.alloc(0)
         parent.on("data", (d: Buffer) => {
           got = Buffer.concat([got, d])
-          if (got.length >= 16) resolve(got.readUInt32LE(0))
+          if (got.length >= IMSG_HEADER_SIZE) resolve(readType(got, 0))
         })
         parent.on("error", () => resolve(null))
         parent.on("close", () => resolve(null))
       })
-      const request = Buffer.alloc(16)
-      request.writeUInt32LE(T.IMSG_VMDOP_GET_INFO_VM_REQUEST, 0)
-      request.writeUInt32LE(16, 4)
+      const request = Buffer.alloc(IMSG_HEADER_SIZE)
+      writeHeader(request, 0, T.IMSG_VMDOP_GET_INFO_VM_REQUEST, IMSG_HEADER_SIZE, false, 0, 0)
       parent.write(request)
       expect(await answer, stderr).toBe(T.IMSG_VMDOP_GET_INFO_VM_END_DATA)
       parent.destroy()
@@ -277,13 +281,8 @@ describe("bin/vmm start-up", () => {
    * (`prepare` adds to the directory), run by node with `args`: its exit code and stderr.
    */
   const runLoaderCopy = async (bundle: string, args: ReadonlyArray<string>, env: Record<string, string>, prepare: (dir: string) => void = () => {}) => {
-    const root = fileURLToPath(new URL("../../", import.meta.url))
-    const dir = mkdtempSync(join(tmpdir(), "vmm-loader-"))
+    const dir = loaderCopy("vmm-loader-")
     try {
-      mkdirSync(join(dir, "bin"))
-      mkdirSync(join(dir, "dist"))
-      copyFileSync(join(root, "bin/vmm"), join(dir, "bin/vmm"))
-      copyFileSync(join(root, "bin/package.json"), join(dir, "bin/package.json"))
       writeFileSync(join(dir, "dist/vmm.cjs"), bundle)
       prepare(dir)
       const child = spawn(process.execPath, [join(dir, "bin/vmm"), ...args], {
@@ -318,8 +317,7 @@ describe("bin/vmm start-up", () => {
   }, 30_000)
 
   it("dist/vmm.cjs is the bundle inside its CommonJS wrapper, the build id on its first line, ASCII only (bin/vmm reads it as latin1)", () => {
-    const root = fileURLToPath(new URL("../../", import.meta.url))
-    const bytes = readFileSync(join(root, "dist/vmm.cjs"))
+    const bytes = readFileSync(join(repoRoot, "dist/vmm.cjs"))
     const text = bytes.toString("latin1")
     expect(text).toMatch(/^\(function \(exports, require, module, __filename, __dirname\) \{\/\/ vmm-build [0-9a-f]{64}( koffi \S+ \S+)?\n/)
     expect(text.endsWith("\n})")).toBe(true)
@@ -335,8 +333,7 @@ describe("bin/vmm start-up", () => {
 
   const runBin = (args: ReadonlyArray<string>, fd3: "none" | "devnull") =>
     new Promise<{ code: number | null; stderr: string }>((resolve) => {
-      const root = fileURLToPath(new URL("../../", import.meta.url))
-      const child = spawn(join(root, "bin/vmm"), [...args], {
+      const child = spawn(join(repoRoot, "bin/vmm"), [...args], {
         stdio: fd3 === "none" ? ["ignore", "ignore", "pipe"] : ["ignore", "ignore", "pipe", openSync("/dev/null", "r")],
         env: { ...process.env, VMD_VMM_LOG_STDERR: "1", NODE_OPTIONS: "" }
       })

@@ -26,7 +26,7 @@ const hasStrace = (() => {
   }
 })()
 
-describe.runIf(process.platform === "linux" && hasStrace)("bin/vmm's epoll_ctl calls (strace)", () => {
+describe.runIf(process.platform === "linux" && hasStrace)(`bin/vmm's epoll_ctl calls (strace${hasStrace ? "" : " NOT INSTALLED: skipped"})`, () => {
   for (const spawn of ["direct", "spawner"] as const) {
     e2e(fixture, `--spawn ${spawn}: VMs stopped gracefully, by force and by a crash, then fd 3 closed: no epoll_ctl fails with EBADF`, (run) =>
       Effect.gen(function* () {

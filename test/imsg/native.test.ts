@@ -30,7 +30,6 @@ const le32 = (n: number) => toHex(Uint8Array.of(n & 0xff, (n >>> 8) & 0xff, (n >
 
 const devNull = (label: string) => libc.nativeFd(libc.open("/dev/null", libc.O_RDONLY), label)
 
-/** One recvmsg of up to 64 bytes on a raw fd: bytes, 0 at EOF, or -errno (-11: nothing there). */
 /** One recvmsg now, without waiting: what it returned (bytes or -errno) and the bytes read. */
 const recvNow = (fd: number): { readonly n: number; readonly bytes: Uint8Array } => {
   const buf = new libc.ScmBuffer()
@@ -43,6 +42,7 @@ const recvNow = (fd: number): { readonly n: number; readonly bytes: Uint8Array }
   }
 }
 
+/** One recvmsg on a raw fd: bytes, 0 at EOF, or -errno (-11: nothing there). */
 const recvOnce = (fd: number): number => recvNow(fd).n
 
 describe("ImsgChannelNative over real socketpairs", () => {
